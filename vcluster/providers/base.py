@@ -45,7 +45,7 @@ class BootFile:
     """A file the instance must hold before its first boot (minion config, key)."""
 
     path: str
-    content: str
+    content: str = dataclasses.field(repr=False)  # may hold a private key
     mode: int = 0o644
 
 

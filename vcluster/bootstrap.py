@@ -1,0 +1,87 @@
+"""Files a new virtual node needs before its first boot.
+
+The node's minion must come up already knowing its master, its id and its
+pre-accepted key pair, and it must trust only our master's public key. Its
+grains say what it is (a virtual compute node of a given profile), so the
+same top.sls and states that configure bare metal configure it too.
+
+Providers deliver these files their own way: LXD pushes them before the first
+start, OpenStack writes them with cloud-init, OpenNebula with its context.
+"""
+
+import yaml
+
+from vcluster.providers.base import BootFile
+
+MINION_CONF = "/etc/salt/minion.d/vcluster.conf"
+GRAINS = "/etc/salt/grains"
+PKI_DIR = "/etc/salt/pki/minion"
+
+
+def grains_for(node, profile, membership):
+    """Grains that identify a virtual node to the state tree."""
+    return {
+        "roles": ["slurm-compute", "vcluster-virtual"],
+        "vcluster": {
+            "node": node,
+            "profile": profile.name,
+            "cpus": profile.cpus,
+            "memory": profile.memory,
+            "features": list(profile.features),
+            "partition": profile.partition,
+            "membership": membership,
+        },
+    }
+
+
+def minion_config(node, master, master_port=4506, publish_port=4505):
+    """The minion.d drop-in of a virtual node."""
+    return {
+        "id": node,
+        "master": master,
+        "master_port": int(master_port),
+        "publish_port": int(publish_port),
+        "acceptance_wait_time": 2,
+        "random_reauth_delay": 0,
+        "startup_states": "",
+        "log_level_logfile": "info",
+    }
+
+
+def boot_files(node, profile, membership, master, key_pair, master_pub,
+               master_port=4506, publish_port=4505):
+    """Return the :class:`BootFile` list for ``node``.
+
+    ``key_pair`` is ``{"pub": ..., "priv": ...}`` as generated and
+    pre-accepted on the master; ``master_pub`` is the master's public key,
+    cached as ``minion_master.pub`` so the minion refuses any other master
+    instead of trusting the first one that answers.
+    """
+    dump = lambda data: yaml.safe_dump(data, default_flow_style=False, sort_keys=True)  # noqa: E731
+    return [
+        BootFile(MINION_CONF, dump(minion_config(node, master, master_port, publish_port)), 0o644),
+        BootFile(GRAINS, dump(grains_for(node, profile, membership)), 0o644),
+        BootFile(f"{PKI_DIR}/minion.pem", key_pair["priv"], 0o400),
+        BootFile(f"{PKI_DIR}/minion.pub", key_pair["pub"], 0o644),
+        BootFile(f"{PKI_DIR}/minion_master.pub", master_pub, 0o644),
+    ]
+
+
+def cloud_init(files, runcmd=("systemctl restart salt-minion",)):
+    """Render boot files as cloud-init user-data (``#cloud-config``).
+
+    Used by providers whose instances run cloud-init (OpenStack).
+    """
+    doc = {
+        "write_files": [
+            {
+                "path": f.path,
+                "content": f.content,
+                "permissions": "0{:o}".format(f.mode),
+                "owner": "root:root",
+            }
+            for f in files
+        ],
+        "runcmd": [list(cmd.split()) for cmd in runcmd],
+    }
+    return "#cloud-config\n" + yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)

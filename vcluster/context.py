@@ -1,0 +1,97 @@
+"""What the engine needs from its surroundings, as small interfaces.
+
+The engine is plain Python; the Salt runner supplies Salt-backed
+implementations of these (keys through the wheel client, Slurm through the
+controller's minion, events on the master bus). Tests may supply real
+alternatives where Salt itself is not under test.
+"""
+
+import dataclasses
+import logging
+import typing
+
+from vcluster import providers as _providers
+
+log = logging.getLogger(__name__)
+
+
+class KeyStore(typing.Protocol):
+    """Minion keys on the master."""
+
+    def gen_accept(self, name: str) -> dict:
+        """Generate a key pair for ``name``, accept its public key, return both."""
+
+    def delete(self, name: str) -> None:
+        """Delete ``name``'s key in any state; absent keys are fine."""
+
+    def accepted(self) -> set:
+        """Ids of all accepted minion keys."""
+
+    def master_pub(self) -> str:
+        """The master's public key (PEM)."""
+
+
+class SlurmController(typing.Protocol):
+    """The slurmctld host, reached through its minion's ``slurm`` module."""
+
+    def nodes(self) -> list: ...
+    def jobs(self, nodes=None) -> list: ...
+    def update_node(self, name, state, reason=None) -> None: ...
+    def delete_node(self, name) -> None: ...
+    def requeue(self, job_id) -> None: ...
+    def wait_node_state(self, name, states, timeout) -> str: ...
+    def reconfigure(self) -> None: ...
+
+
+class SaltActions(typing.Protocol):
+    """State runs on minions."""
+
+    def highstate(self, minion: str, timeout: int) -> tuple:
+        """Run the highstate; return ``(ok, one-sentence summary)``."""
+
+    def apply(self, target: str, sls: str, timeout: int, tgt_type: str = "glob") -> tuple:
+        """Apply ``sls`` to ``target``; return ``(ok, summary)``."""
+
+
+class Events(typing.Protocol):
+    """The master event bus."""
+
+    def fire(self, tag: str, data: dict) -> None: ...
+
+    def wait_for_nodes(self, registry, names, done_states, deadline) -> None:
+        """Return when every node in ``names`` is in ``done_states`` or at ``deadline``."""
+
+    def progress(self, message: str, **data) -> None: ...
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything one engine call works with."""
+
+    policy: typing.Any
+    registry: typing.Any
+    keys: KeyStore
+    slurm: SlurmController
+    salt: SaltActions
+    events: Events
+    master_ports: tuple = (4506, 4505)  # ret_port, publish_port
+    actor: str = "vcluster"
+    _providers: dict = dataclasses.field(default_factory=dict)
+
+    def provider(self, name):
+        """The provider instance named ``name`` in policy (created once)."""
+        if name not in self._providers:
+            conf = self.policy.providers[name]
+            self._providers[name] = _providers.get(name, conf.driver, conf.options)
+        return self._providers[name]
+
+    def node_event(self, node, state, **data):
+        """Fire ``vcluster/node/<name>/<state>`` (never with secrets)."""
+        self.events.fire(f"vcluster/node/{node}/{state}", dict(data, node=node, state=state))
+
+    def close(self):
+        for prov in self._providers.values():
+            try:
+                prov.close()
+            except Exception:  # noqa: BLE001 - closing must not mask results
+                log.debug("closing provider %s failed", prov.name, exc_info=True)

@@ -1,0 +1,499 @@
+"""Expand, join, retire, shrink, status, plan and reconcile.
+
+Written against :mod:`vcluster.context` interfaces; the Salt runner wires
+them to the real master, minions and Slurm controller. Every step that
+changes something is one registry transition and one event, so a crash
+between two steps leaves a state that reconcile recognises.
+"""
+
+import logging
+import time
+import uuid
+
+import hostlist
+
+from vcluster import bootstrap, membership
+from vcluster.errors import (
+    InvalidTransition,
+    PolicyError,
+    RegistryError,
+    VclusterError,
+)
+
+log = logging.getLogger(__name__)
+
+#: Nodes in these states hold a name, an address and possibly an instance.
+HELD_STATES = (
+    "allocated", "booting", "joining", "ready", "draining", "retiring",
+    "suspending", "suspended", "resuming", "migrating", "failed",
+)
+#: States in which a node may be retired by the admin.
+RETIRABLE = ("ready", "draining", "suspended", "failed")
+#: Slurm job states that mean "still holds the node".
+LIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED")
+
+
+# -- input validation --------------------------------------------------------
+
+def _positive_int(value, what):
+    if isinstance(value, bool):
+        raise PolicyError(f"{what} must be a positive integer, got {value!r}")
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise PolicyError(f"{what} must be a positive integer, got {value!r}") from None
+    if number < 1 or str(number) != str(value).strip().lstrip("+"):
+        raise PolicyError(f"{what} must be a positive integer, got {value!r}")
+    return number
+
+
+def _non_negative_int(value, what):
+    if isinstance(value, bool):
+        raise PolicyError(f"{what} must be a whole number of seconds, got {value!r}")
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise PolicyError(f"{what} must be a whole number of seconds, got {value!r}") from None
+    if number < 0:
+        raise PolicyError(f"{what} must be a whole number of seconds, got {value!r}")
+    return number
+
+
+def _bool(value, what):
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off", "none", ""):
+        return False
+    raise PolicyError(f"{what} must be true or false, got {value!r}")
+
+
+def parse_nodes(spec, what="nodes"):
+    """Expand a hostlist argument into names; refuse anything malformed."""
+    if isinstance(spec, (list, tuple)):
+        spec = ",".join(str(s) for s in spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise PolicyError(f"{what} must be a Slurm hostlist such as vnode[001-004], got {spec!r}")
+    try:
+        names = hostlist.expand_hostlist(spec.strip())
+    except hostlist.BadHostlist:
+        raise PolicyError(f"{what} must be a Slurm hostlist such as vnode[001-004], got {spec!r}") from None
+    if not names:
+        raise PolicyError(f"{what} must name at least one node, got {spec!r}")
+    return names
+
+
+def _profile(ctx, name):
+    if not isinstance(name, str) or name not in ctx.policy.profiles:
+        known = ", ".join(sorted(ctx.policy.profiles)) or "none"
+        raise PolicyError(f"profile must be one of {known}, got {name!r}")
+    return ctx.policy.profiles[name]
+
+
+def _check_request(ctx, profile, count):
+    """Validate an expand request against policy limits and current use."""
+    limits = ctx.policy.limits
+    if count > limits.max_per_request:
+        raise PolicyError(
+            f"count must be at most vcluster:limits:max_per_request ({limits.max_per_request}), got {count}"
+        )
+    active = [n for n in ctx.registry.nodes() if n.state in HELD_STATES]
+    total = len(active) + count
+    if total > limits.max_nodes:
+        raise PolicyError(
+            f"count {count} would bring the cluster to {total} virtual nodes, over "
+            f"vcluster:limits:max_nodes ({limits.max_nodes})"
+        )
+    in_profile = sum(1 for n in active if n.profile == profile.name) + count
+    if profile.max_nodes is not None and in_profile > profile.max_nodes:
+        raise PolicyError(
+            f"count {count} would bring profile {profile.name} to {in_profile} nodes, over "
+            f"vcluster:profiles:{profile.name}:max_nodes ({profile.max_nodes})"
+        )
+
+
+def _preview(ctx, profile, count):
+    """Names and addresses expand would take now, without taking them."""
+    pool = ctx.policy.pools[profile.pool]
+    held = [n for n in ctx.registry.nodes(pool=pool.name) if n.state in HELD_STATES]
+    used_names = {n.name for n in held}
+    used_addrs = {n.address for n in held}
+    names = [n for n in pool.names if n not in used_names][:count]
+    addrs = [a for a in pool.addresses if a not in used_addrs][:count]
+    return names, addrs
+
+
+# -- plan and expand ----------------------------------------------------------
+
+def plan(ctx, profile, count):
+    """What ``expand`` would do, with no side effect."""
+    count = _positive_int(count, "count")
+    prof = _profile(ctx, profile)
+    _check_request(ctx, prof, count)
+    names, addrs = _preview(ctx, prof, count)
+    ok = len(names) == count and len(addrs) == count
+    return {
+        "result": ok,
+        "profile": prof.name,
+        "provider": prof.provider,
+        "membership": ctx.policy.membership_of(prof.name),
+        "count": count,
+        "nodes": dict(zip(names, addrs)),
+        "comment": (
+            f"would create {count} node(s) of profile {prof.name}"
+            if ok
+            else f"pool {prof.pool} has only {min(len(names), len(addrs))} free name/address pair(s) for {count}"
+        ),
+    }
+
+
+def expand(ctx, profile, count, test=False, wait=True):
+    """Create ``count`` virtual nodes of ``profile`` and wait until they join.
+
+    Returns a dict with ``result``, ``comment`` and ``nodes`` (name -> state,
+    address, instance, reason). Every failure releases what it took.
+    """
+    count = _positive_int(count, "count")
+    prof = _profile(ctx, profile)
+    test = _bool(test, "test")
+    _check_request(ctx, prof, count)
+    if test:
+        ret = plan(ctx, profile, count)
+        ret["result"] = None if ret["result"] else False
+        return ret
+
+    pool = ctx.policy.pools[prof.pool]
+    provider = ctx.provider(prof.provider)
+    request_id = uuid.uuid4().hex[:12]
+    nodes = ctx.registry.allocate(pool, prof.name, prof.provider, count, request_id)
+    names = [n.name for n in nodes]
+    ctx.events.progress(f"allocated {hostlist.collect_hostlist(names)}", nodes=names)
+    for n in nodes:
+        ctx.node_event(n.name, "allocated", address=n.address, profile=prof.name, request=request_id)
+
+    created = []
+    try:
+        specs = [_spec(ctx, prof, n, request_id) for n in nodes]
+        instances = provider.create(specs)
+        created = [i.id for i in instances]
+        for n, inst in zip(nodes, instances):
+            ctx.registry.transition(
+                n.name, "booting", expect="allocated", actor=ctx.actor,
+                instance_id=inst.id, host=inst.host,
+            )
+            ctx.node_event(n.name, "booting", instance=inst.id, host=inst.host)
+    except Exception as exc:  # noqa: BLE001 - every failure must roll back
+        reason = f"creating instances failed: {_sentence(exc)}"
+        log.warning("expand %s: %s", request_id, reason)
+        if created:
+            _quietly(provider.delete, created)
+        for n in nodes:
+            _release(ctx, n.name, reason, delete_instance=False)
+        return {"result": False, "comment": reason, "request": request_id,
+                "nodes": {n.name: {"state": "released", "reason": reason} for n in nodes}}
+
+    ctx.events.progress(f"created {len(created)} instance(s); waiting for them to join", nodes=names)
+    if not wait:
+        return _summary(ctx, names, request_id)
+    deadline = time.monotonic() + prof.join_timeout
+    ctx.events.wait_for_nodes(ctx.registry, names, ("ready", "failed", "released"), deadline)
+    for name in names:
+        node = ctx.registry.get(name)
+        if node is not None and node.state in ("allocated", "booting", "joining"):
+            fail_node(ctx, name, f"did not join Slurm within {prof.join_timeout} s")
+    return _summary(ctx, names, request_id)
+
+
+def _spec(ctx, prof, node, request_id):
+    from vcluster.providers.base import InstanceSpec
+
+    keys = ctx.keys.gen_accept(node.name)
+    files = bootstrap.boot_files(
+        node.name, prof, ctx.policy.membership_of(prof.name), ctx.policy.master, keys,
+        ctx.keys.master_pub(), master_port=ctx.master_ports[0], publish_port=ctx.master_ports[1],
+    )
+    return InstanceSpec(
+        name=node.name,
+        address=node.address,
+        image=prof.image,
+        cpus=prof.cpus,
+        memory_mb=prof.memory,
+        flavor=prof.flavor,
+        network=prof.network,
+        boot_files=files,
+        tags={"cluster": ctx.policy.cluster, "node": node.name, "profile": prof.name,
+              "registry_id": request_id},
+        extra=dict(prof.extra),
+    )
+
+
+def _summary(ctx, names, request_id):
+    nodes = {}
+    for name in names:
+        node = ctx.registry.get(name)
+        if node is None or node.state == "released":
+            last = ctx.registry.history(name, limit=1) if hasattr(ctx.registry, "history") else []
+            reason = (last[0].get("reason") if last else None) or (node.reason if node else None)
+            nodes[name] = {"state": "released", "reason": reason}
+        else:
+            nodes[name] = {"state": node.state, "address": node.address,
+                           "instance": node.instance_id, "host": node.host, "reason": node.reason}
+    ready = [n for n, v in nodes.items() if v["state"] == "ready"]
+    failed = {n: v["reason"] for n, v in nodes.items() if v["state"] != "ready"}
+    comment = f"{len(ready)} of {len(names)} node(s) ready"
+    if failed:
+        comment += "; " + "; ".join(f"{n}: {r}" for n, r in sorted(failed.items()))
+    return {"result": not failed, "comment": comment, "request": request_id, "nodes": nodes}
+
+
+# -- join (reactor: salt/minion/<id>/start) -----------------------------------
+
+def join(ctx, minion_id):
+    """Configure and register a freshly started registry node.
+
+    Unknown minion ids are only logged: a minion start event is no reason to
+    touch anything that vcluster did not create.
+    """
+    node = ctx.registry.get(minion_id) if isinstance(minion_id, str) else None
+    if node is None or node.state == "released":
+        log.info("minion %r started; not a vcluster node, ignored", minion_id)
+        return {"result": True, "ignored": True, "comment": f"{minion_id!r} is not a vcluster node"}
+    if node.state != "booting":
+        log.info("minion %s started in state %s; nothing to join", node.name, node.state)
+        return {"result": True, "ignored": True,
+                "comment": f"{node.name} is {node.state}, not booting"}
+    try:
+        ctx.registry.transition(node.name, "joining", expect="booting", actor=ctx.actor)
+    except InvalidTransition:
+        return {"result": True, "ignored": True, "comment": f"{node.name} is already being joined"}
+    ctx.node_event(node.name, "joining")
+    prof = ctx.policy.profiles[node.profile]
+    deadline = time.monotonic() + prof.join_timeout
+    try:
+        ok, summary = ctx.salt.highstate(node.name, timeout=_left(deadline))
+        if not ok:
+            raise VclusterError(f"highstate failed: {summary}")
+        state = membership.join(ctx, node, timeout=_left(deadline))
+        ctx.registry.transition(node.name, "ready", expect="joining", actor=ctx.actor)
+    except InvalidTransition:
+        log.info("node %s left the joining state while being joined (expand gave up)", node.name)
+        return {"result": False, "comment": f"{node.name} was failed by its expand while joining"}
+    except Exception as exc:  # noqa: BLE001 - any failure fails the node
+        reason = _sentence(exc)
+        fail_node(ctx, node.name, reason)
+        return {"result": False, "comment": f"{node.name}: {reason}"}
+    ctx.node_event(node.name, "ready", slurm_state=state)
+    return {"result": True, "comment": f"{node.name} is ready ({state})"}
+
+
+def fail_node(ctx, name, reason):
+    """Mark ``name`` failed and release everything it holds."""
+    try:
+        ctx.registry.transition(name, "failed", reason=reason, actor=ctx.actor)
+    except (InvalidTransition, RegistryError):
+        node = ctx.registry.get(name)
+        if node is None or node.state != "failed":
+            return
+    ctx.node_event(name, "failed", reason=reason)
+    _release(ctx, name, reason)
+
+
+def _release(ctx, name, reason, delete_instance=True):
+    """Delete instance, Slurm node and key of ``name``; free its name and address."""
+    node = ctx.registry.get(name)
+    if node is None:
+        return
+    if delete_instance and node.instance_id:
+        _quietly(ctx.provider(node.provider).delete, [node.instance_id])
+    if node.state in ("failed", "retiring") and ctx.policy.membership_of(node.profile) == "dynamic":
+        _quietly(ctx.slurm.delete_node, name, expected="invalid node name")
+    _quietly(ctx.keys.delete, name)
+    ctx.registry.release(name, reason)
+    ctx.node_event(name, "released", reason=reason)
+
+
+# -- retire and shrink --------------------------------------------------------
+
+def retire(ctx, nodes, force=False, wait=600):
+    """Drain ``nodes``, wait for their jobs, remove them everywhere.
+
+    ``force=True`` requeues the jobs still running instead of waiting (the
+    jobs go back to the queue; none is lost). Nodes whose jobs outlast
+    ``wait`` seconds stay ``draining`` and are reported; run retire again.
+    """
+    names = parse_nodes(nodes)
+    force = _bool(force, "force")
+    wait = _non_negative_int(wait, "wait")
+    found = {}
+    for name in names:
+        node = ctx.registry.get(name)
+        if node is None or node.state == "released":
+            raise PolicyError(f"nodes must be vcluster nodes; {name!r} is not in the registry")
+        if node.state not in RETIRABLE:
+            raise PolicyError(f"node {name} is {node.state}; only {', '.join(RETIRABLE)} nodes can be retired")
+        found[name] = node
+
+    result = {}
+    for name, node in found.items():
+        if node.state == "failed":
+            _release(ctx, name, "retired by admin")
+            result[name] = "released"
+            continue
+        if node.state in ("ready", "suspended"):
+            ctx.registry.transition(name, "draining", reason="retire", actor=ctx.actor)
+            ctx.node_event(name, "draining")
+        ctx.slurm.update_node(name, "DRAIN", reason="vcluster retire")
+
+    draining = [n for n in found if n not in result]
+    deadline = time.monotonic() + wait
+    while draining:
+        busy = _busy_nodes(ctx, draining)
+        if force and busy:
+            for job in ctx.slurm.jobs(nodes=sorted(busy)):
+                if job.get("state") in LIVE_JOB_STATES:
+                    ctx.slurm.requeue(job["id"])
+            ctx.events.progress(f"requeued jobs on {hostlist.collect_hostlist(sorted(busy))}")
+            busy = _busy_nodes(ctx, draining)
+            if busy and time.monotonic() < deadline:
+                time.sleep(1)
+                continue
+        idle = [n for n in draining if n not in busy]
+        for name in idle:
+            _remove(ctx, found[name])
+            result[name] = "released"
+        draining = [n for n in draining if n in busy]
+        if not draining or time.monotonic() >= deadline:
+            break
+        ctx.events.progress(f"waiting for jobs on {hostlist.collect_hostlist(draining)}")
+        time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+    for name in draining:
+        result[name] = "draining"
+    done = [n for n, s in result.items() if s == "released"]
+    comment = f"retired {len(done)} of {len(names)} node(s)"
+    if draining:
+        comment += f"; {hostlist.collect_hostlist(draining)} still run jobs after {wait} s and stay draining"
+    return {"result": not draining, "comment": comment, "nodes": result}
+
+
+def _busy_nodes(ctx, names):
+    busy = set()
+    for job in ctx.slurm.jobs(nodes=names):
+        if job.get("state") in LIVE_JOB_STATES:
+            busy.update(n for n in job.get("nodes", []) if n in names)
+    return busy
+
+
+def _remove(ctx, node):
+    ctx.registry.transition(node.name, "retiring", expect="draining", actor=ctx.actor)
+    ctx.node_event(node.name, "retiring")
+    if node.instance_id:
+        ctx.provider(node.provider).delete([node.instance_id])
+    membership.leave(ctx, ctx.registry.get(node.name), timeout=120)
+    _quietly(ctx.keys.delete, node.name)
+    ctx.registry.release(node.name, "retired")
+    ctx.node_event(node.name, "released", reason="retired")
+
+
+def shrink(ctx, count, profile, force=False, wait=600):
+    """Retire ``count`` nodes of ``profile``, idle ones first."""
+    count = _positive_int(count, "count")
+    prof = _profile(ctx, profile)
+    candidates = [n for n in ctx.registry.nodes(profile=prof.name) if n.state in RETIRABLE]
+    if not candidates:
+        return {"result": True, "comment": f"profile {prof.name} has no node to retire", "nodes": {}}
+    busy = _busy_nodes(ctx, [n.name for n in candidates])
+    order = {"failed": 0, "ready": 1, "suspended": 2, "draining": 3}
+    candidates.sort(key=lambda n: (n.name in busy, order.get(n.state, 9), n.name))
+    chosen = [n.name for n in candidates[:count]]
+    ret = retire(ctx, chosen, force=force, wait=wait)
+    if len(chosen) < count:
+        ret["comment"] += f"; profile {prof.name} had only {len(chosen)} retirable node(s)"
+    return ret
+
+
+# -- status and reconcile ----------------------------------------------------
+
+def status(ctx):
+    """Every held node with its vcluster, provider and Slurm view."""
+    nodes = [n for n in ctx.registry.nodes() if n.state in HELD_STATES]
+    slurm = {s["name"]: s for s in _try(ctx.slurm.nodes, default=[])}
+    jobs = {}
+    for job in _try(ctx.slurm.jobs, default=[]):
+        for name in job.get("nodes", []):
+            jobs.setdefault(name, []).append(job["id"])
+    out = {}
+    for n in sorted(nodes, key=lambda n: n.name):
+        s = slurm.get(n.name)
+        out[n.name] = {
+            "address": n.address,
+            "profile": n.profile,
+            "provider": n.provider,
+            "instance": n.instance_id,
+            "host": n.host,
+            "state": n.state,
+            "slurm": "+".join(s["state"]) if s and isinstance(s.get("state"), list) else (s or {}).get("state", "absent"),
+            "jobs": sorted(jobs.get(n.name, [])),
+            "reason": n.reason,
+        }
+    return {"result": True, "nodes": out, "count": len(out)}
+
+
+def reconcile(ctx):
+    """Compare registry, provider instances, minion keys and Slurm; report."""
+    held = {n.name: n for n in ctx.registry.nodes() if n.state in HELD_STATES}
+    pool_names = set()
+    for pool in ctx.policy.pools.values():
+        pool_names.update(pool.names)
+    report = {"instances_without_node": [], "nodes_without_instance": [],
+              "keys_without_node": [], "slurm_without_node": [], "stuck": []}
+    seen_instances = {}
+    for prov_name in {p.provider for p in ctx.policy.profiles.values()}:
+        for inst in ctx.provider(prov_name).list(ctx.policy.cluster):
+            seen_instances[inst.id] = inst
+            node = held.get(inst.tags.get("node") or inst.name)
+            if node is None or node.instance_id not in (None, inst.id):
+                report["instances_without_node"].append({"provider": prov_name, "instance": inst.id, "name": inst.name})
+    for n in held.values():
+        if n.instance_id and n.instance_id not in seen_instances:
+            report["nodes_without_instance"].append({"node": n.name, "state": n.state, "instance": n.instance_id})
+    for key in sorted(ctx.keys.accepted() & pool_names):
+        if key not in held:
+            report["keys_without_node"].append(key)
+    for s in _try(ctx.slurm.nodes, default=[]):
+        if s["name"] in pool_names and s["name"] not in held:
+            report["slurm_without_node"].append(s["name"])
+    for n in held.values():
+        if n.state in ("allocated", "booting", "joining", "retiring", "suspending", "resuming", "migrating"):
+            report["stuck"].append({"node": n.name, "state": n.state, "since": n.updated})
+    problems = sum(len(v) for v in report.values())
+    return {"result": problems == 0, "comment": f"{problems} inconsistency(ies) found", "report": report}
+
+
+# -- helpers -------------------------------------------------------------------
+
+def _left(deadline):
+    return max(1, int(deadline - time.monotonic()))
+
+
+def _sentence(exc):
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _try(func, default):
+    try:
+        return func()
+    except VclusterError as exc:
+        log.warning("%s", exc)
+        return default
+
+
+def _quietly(func, *args, expected=None):
+    try:
+        func(*args)
+    except Exception as exc:  # noqa: BLE001 - clean-up must go on
+        if expected and expected in str(exc).lower():
+            return
+        log.warning("clean-up step %s%r failed: %s", getattr(func, "__name__", func), args, exc)

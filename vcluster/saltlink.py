@@ -1,0 +1,204 @@
+"""Salt-backed implementations of the engine's interfaces (master side).
+
+Only the runner imports this: it needs the master's ``opts``. Keys go
+through the wheel client (the master's key cache), Slurm through the
+controller minion's ``slurm`` execution module, states through the local
+client, events through the master event bus.
+"""
+
+import logging
+import time
+
+import salt.client
+import salt.config
+import salt.pillar
+import salt.utils.event
+import salt.wheel
+
+from vcluster import policy as _policy
+from vcluster.context import Context
+from vcluster.errors import PolicyError, SlurmError, VclusterError
+from vcluster.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def load_policy(opts):
+    """Compile the master's own pillar and validate its ``vcluster`` key."""
+    pillar = salt.pillar.get_pillar(
+        opts, {}, opts["id"], saltenv=opts.get("saltenv") or "base",
+        pillarenv=opts.get("pillarenv"),
+    ).compile_pillar()
+    errors = pillar.get("_errors")
+    if errors:
+        raise PolicyError(f"the master's pillar does not render: {errors[0]}")
+    data = pillar.get("vcluster")
+    if data is None:
+        data = opts.get("vcluster")
+    if data is None:
+        raise PolicyError(
+            f"pillar vcluster is missing for the master (id {opts['id']!r}); assign pillar/vcluster.sls to it"
+        )
+    return _policy.load(data)
+
+
+def context(opts, jid_event=None, actor="vcluster"):
+    """A ready :class:`~vcluster.context.Context` for one runner call."""
+    pol = load_policy(opts)
+    return Context(
+        policy=pol,
+        registry=Registry(pol.registry),
+        keys=WheelKeys(opts),
+        slurm=ControllerSlurm(opts, pol.controller),
+        salt=LocalActions(opts),
+        events=MasterEvents(opts, jid_event),
+        master_ports=(opts.get("ret_port", 4506), opts.get("publish_port", 4505)),
+        actor=actor,
+    )
+
+
+class WheelKeys:
+    """Minion keys through the wheel client (honours ``keys.cache_driver``)."""
+
+    def __init__(self, opts):
+        self.opts = opts
+        self.wheel = salt.wheel.WheelClient(opts)
+
+    def gen_accept(self, name):
+        keys = self.wheel.cmd("key.gen_accept", [name], {"force": True}, print_event=False)
+        if not keys or "priv" not in keys:
+            raise VclusterError(f"could not generate and accept a minion key for {name}")
+        return keys
+
+    def delete(self, name):
+        self.wheel.cmd("key.delete", [name], print_event=False)
+
+    def accepted(self):
+        listing = self.wheel.cmd("key.list", ["accepted"], print_event=False) or {}
+        return set(listing.get("minions", []))
+
+    def master_pub(self):
+        return self.wheel.cmd("key.master_key_str", [], print_event=False)["local"]["master.pub"]
+
+
+class _Local:
+    def __init__(self, opts):
+        self.opts = opts
+        self.client = salt.client.get_local_client(opts["conf_file"])
+
+    def _call(self, target, fun, arg=(), kwarg=None, timeout=60, tgt_type="glob"):
+        ret = self.client.cmd(target, fun, arg=list(arg), kwarg=kwarg or {}, timeout=timeout,
+                              tgt_type=tgt_type, full_return=True)
+        return ret or {}
+
+
+class ControllerSlurm(_Local):
+    """The ``slurm`` execution module on the controller's minion."""
+
+    def __init__(self, opts, controller):
+        super().__init__(opts)
+        self.controller = controller
+
+    def _slurm(self, fun, *arg, call_timeout=60, **kwarg):
+        kwarg = {k: v for k, v in kwarg.items() if v is not None}
+        ret = self._call(self.controller, f"slurm.{fun}", arg, kwarg, timeout=call_timeout + 15)
+        if self.controller not in ret:
+            raise SlurmError(f"the Slurm controller's minion {self.controller} did not answer slurm.{fun}")
+        out = ret[self.controller]
+        if out.get("retcode", 0) != 0:
+            text = out.get("ret")
+            raise SlurmError(str(text).splitlines()[-1] if text else f"slurm.{fun} failed")
+        return out.get("ret")
+
+    def nodes(self):
+        return self._slurm("nodes")
+
+    def jobs(self, nodes=None):
+        return self._slurm("jobs", nodes=",".join(nodes) if nodes else None)
+
+    def update_node(self, name, state, reason=None):
+        return self._slurm("update_node", name, state=state, reason=reason)
+
+    def delete_node(self, name):
+        return self._slurm("delete_node", name)
+
+    def requeue(self, job_id):
+        return self._slurm("requeue", job_id)
+
+    def reconfigure(self):
+        return self._slurm("reconfigure")
+
+    def wait_node_state(self, name, states, timeout):
+        return self._slurm("wait_node_state", name, states=",".join(states), timeout=int(timeout),
+                           call_timeout=int(timeout))
+
+
+class LocalActions(_Local):
+    """State runs on minions through the local client."""
+
+    def highstate(self, minion, timeout):
+        ret = self._call(minion, "state.highstate", timeout=timeout)
+        return summarize(ret, [minion])
+
+    def apply(self, target, sls, timeout, tgt_type="glob"):
+        ret = self._call(target, "state.apply", [sls], timeout=timeout, tgt_type=tgt_type)
+        return summarize(ret, [target] if tgt_type == "glob" and "*" not in target else None)
+
+
+def summarize(ret, expected=None):
+    """``(ok, one sentence)`` from a full_return state run of one or more minions."""
+    if expected:
+        missing = [m for m in expected if m not in ret]
+        if missing:
+            return False, f"{', '.join(missing)} did not return in time"
+    if not ret:
+        return False, "no minion returned"
+    for minion, out in sorted(ret.items()):
+        data = out.get("ret") if isinstance(out, dict) else out
+        if isinstance(data, list):
+            return False, f"{minion}: {data[0]}"
+        if not isinstance(data, dict):
+            return False, f"{minion}: {data}"
+        failed = [(v.get("__run_num__", 0), k, v) for k, v in data.items()
+                  if isinstance(v, dict) and v.get("result") is False]
+        if failed:
+            _, key, value = sorted(failed)[0]
+            sid = key.split("_|-")[1] if "_|-" in key else key
+            comment = str(value.get("comment", "")).strip().splitlines()
+            return False, f"{minion}: state {sid} failed: {comment[0] if comment else 'no comment'}"
+    return True, f"{len(ret)} minion(s) succeeded"
+
+
+class MasterEvents:
+    """The master event bus, plus the runner's progress events."""
+
+    def __init__(self, opts, jid_event=None):
+        self.opts = opts
+        self.jid_event = jid_event
+
+    def fire(self, tag, data):
+        with salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=False) as bus:
+            bus.fire_event(data, tag)
+
+    def progress(self, message, **data):
+        log.info("%s", message)
+        if self.jid_event is not None:
+            self.jid_event.fire_event(dict(data, message=message), "progress")
+
+    def wait_for_nodes(self, registry, names, done_states, deadline):
+        """Wake on each ``vcluster/node/`` event; re-check the registry then."""
+        with salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=True) as bus:
+            while True:
+                pending = [n for n in names if (registry.get(n) or _Gone).state not in done_states]
+                if not pending:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                # The registry is the truth; the event only wakes us early.
+                # A bounded wait also covers a node failed by another process.
+                bus.get_event(wait=min(left, 5), tag="vcluster/node/", match_type="startswith")
+
+
+class _Gone:
+    state = "released"
