@@ -42,12 +42,13 @@ def ext_pillar(minion_id, pillar, registry=None):  # pylint: disable=unused-argu
     """Return ``vcluster_nodes`` and, for a virtual node, ``vcluster_self``."""
     if not registry or not os.path.exists(registry):
         return {}
-    reg = Registry(registry)
+    with Registry(registry) as reg:
+        held = reg.nodes()
     nodes = {}
     me = None
-    for node in reg.nodes():
+    for node in held:
         entry = dict(node.attrs or {}, address=node.address, profile=node.profile, state=node.state)
-        if node.name == minion_id and node.state not in ("released",):
+        if node.name == minion_id:
             me = dict(entry, name=node.name)
         if node.state in IN_SLURM:
             nodes[node.name] = entry

@@ -13,22 +13,20 @@ import uuid
 import hostlist
 
 from vcluster import bootstrap, membership
+from vcluster import policy as _policy
 from vcluster.errors import (
     InvalidTransition,
     PolicyError,
     RegistryError,
     VclusterError,
 )
+from vcluster.registry import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
 
-#: Nodes in these states hold a name, an address and possibly an instance.
-HELD_STATES = (
-    "allocated", "booting", "joining", "ready", "draining", "retiring",
-    "suspending", "suspended", "resuming", "migrating", "failed",
-)
-#: States in which a node may be retired by the admin.
-RETIRABLE = ("ready", "draining", "suspended", "failed")
+#: States in which a node may be retired by the admin (a suspended node is
+#: resumed first: its jobs are suspended, not finished).
+RETIRABLE = ("ready", "draining", "failed")
 #: Slurm job states that mean "still holds the node".
 LIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED")
 
@@ -85,39 +83,16 @@ def parse_nodes(spec, what="nodes"):
     return names
 
 
-def _profile(ctx, name):
-    if not isinstance(name, str) or name not in ctx.policy.profiles:
-        known = ", ".join(sorted(ctx.policy.profiles)) or "none"
-        raise PolicyError(f"profile must be one of {known}, got {name!r}")
-    return ctx.policy.profiles[name]
-
-
-def _check_request(ctx, profile, count):
-    """Validate an expand request against policy limits and current use."""
-    limits = ctx.policy.limits
-    if count > limits.max_per_request:
-        raise PolicyError(
-            f"count must be at most vcluster:limits:max_per_request ({limits.max_per_request}), got {count}"
-        )
-    active = [n for n in ctx.registry.nodes() if n.state in HELD_STATES]
-    total = len(active) + count
-    if total > limits.max_nodes:
-        raise PolicyError(
-            f"count {count} would bring the cluster to {total} virtual nodes, over "
-            f"vcluster:limits:max_nodes ({limits.max_nodes})"
-        )
-    in_profile = sum(1 for n in active if n.profile == profile.name) + count
-    if profile.max_nodes is not None and in_profile > profile.max_nodes:
-        raise PolicyError(
-            f"count {count} would bring profile {profile.name} to {in_profile} nodes, over "
-            f"vcluster:profiles:{profile.name}:max_nodes ({profile.max_nodes})"
-        )
+def _request(ctx, profile, count):
+    """Validate an expand request against policy and current use; the Profile."""
+    count = _positive_int(count, "count")
+    return _policy.validate_request(ctx.policy, profile, count, ctx.registry.counts()), count
 
 
 def _preview(ctx, profile, count):
     """Names and addresses expand would take now, without taking them."""
     pool = ctx.policy.pools[profile.pool]
-    held = [n for n in ctx.registry.nodes(pool=pool.name) if n.state in HELD_STATES]
+    held = ctx.registry.nodes(pool=pool.name)
     used_names = {n.name for n in held}
     used_addrs = {n.address for n in held}
     names = [n for n in pool.names if n not in used_names][:count]
@@ -129,9 +104,7 @@ def _preview(ctx, profile, count):
 
 def plan(ctx, profile, count):
     """What ``expand`` would do, with no side effect."""
-    count = _positive_int(count, "count")
-    prof = _profile(ctx, profile)
-    _check_request(ctx, prof, count)
+    prof, count = _request(ctx, profile, count)
     names, addrs = _preview(ctx, prof, count)
     ok = len(names) == count and len(addrs) == count
     return {
@@ -155,10 +128,8 @@ def expand(ctx, profile, count, test=False, wait=True):
     Returns a dict with ``result``, ``comment`` and ``nodes`` (name -> state,
     address, instance, reason). Every failure releases what it took.
     """
-    count = _positive_int(count, "count")
-    prof = _profile(ctx, profile)
+    prof, count = _request(ctx, profile, count)
     test = _bool(test, "test")
-    _check_request(ctx, prof, count)
     if test:
         ret = plan(ctx, profile, count)
         ret["result"] = None if ret["result"] else False
@@ -167,7 +138,11 @@ def expand(ctx, profile, count, test=False, wait=True):
     pool = ctx.policy.pools[prof.pool]
     provider = ctx.provider(prof.provider)
     request_id = uuid.uuid4().hex[:12]
-    nodes = ctx.registry.allocate(pool, prof.name, prof.provider, count, request_id)
+    mode = ctx.policy.membership_of(prof.name)
+    attrs = {"cpus": prof.cpus, "memory": prof.memory, "features": list(prof.features),
+             "partition": prof.partition, "membership": mode}
+    nodes = ctx.registry.allocate(pool, prof.name, prof.provider, count, request_id,
+                                  membership=mode, actor=ctx.actor, attrs=attrs)
     names = [n.name for n in nodes]
     ctx.events.progress(f"allocated {hostlist.collect_hostlist(names)}", nodes=names)
     for n in nodes:
@@ -233,10 +208,9 @@ def _summary(ctx, names, request_id):
     nodes = {}
     for name in names:
         node = ctx.registry.get(name)
-        if node is None or node.state == "released":
-            last = ctx.registry.history(name, limit=1) if hasattr(ctx.registry, "history") else []
-            reason = (last[0].get("reason") if last else None) or (node.reason if node else None)
-            nodes[name] = {"state": "released", "reason": reason}
+        if node is None:
+            gone = ctx.registry.get(name, include_released=True)
+            nodes[name] = {"state": "released", "reason": gone.reason if gone else None}
         else:
             nodes[name] = {"state": node.state, "address": node.address,
                            "instance": node.instance_id, "host": node.host, "reason": node.reason}
@@ -399,7 +373,7 @@ def _remove(ctx, node):
 def shrink(ctx, count, profile, force=False, wait=600):
     """Retire ``count`` nodes of ``profile``, idle ones first."""
     count = _positive_int(count, "count")
-    prof = _profile(ctx, profile)
+    prof = ctx.policy.profile(profile)
     candidates = [n for n in ctx.registry.nodes(profile=prof.name) if n.state in RETIRABLE]
     if not candidates:
         return {"result": True, "comment": f"profile {prof.name} has no node to retire", "nodes": {}}
@@ -417,7 +391,7 @@ def shrink(ctx, count, profile, force=False, wait=600):
 
 def status(ctx):
     """Every held node with its vcluster, provider and Slurm view."""
-    nodes = [n for n in ctx.registry.nodes() if n.state in HELD_STATES]
+    nodes = ctx.registry.nodes()
     slurm = {s["name"]: s for s in _try(ctx.slurm.nodes, default=[])}
     jobs = {}
     for job in _try(ctx.slurm.jobs, default=[]):
@@ -442,7 +416,7 @@ def status(ctx):
 
 def reconcile(ctx):
     """Compare registry, provider instances, minion keys and Slurm; report."""
-    held = {n.name: n for n in ctx.registry.nodes() if n.state in HELD_STATES}
+    held = {n.name: n for n in ctx.registry.nodes()}
     pool_names = set()
     for pool in ctx.policy.pools.values():
         pool_names.update(pool.names)

@@ -26,7 +26,7 @@ CLUSTER_TARGET = "G@roles:slurm-controller or G@roles:slurm-compute"
 
 def join(ctx, node, timeout):
     """Make ``node`` (already highstated) a usable Slurm node."""
-    mode = ctx.policy.membership_of(node.profile)
+    mode = node.membership or ctx.policy.membership_of(node.profile)
     if mode == "static":
         _push_static_conf(ctx, timeout)
         ctx.slurm.wait_node_state(node.name, UP_STATES + ("DOWN", "UNKNOWN", "FUTURE"), timeout)
@@ -42,7 +42,7 @@ def join(ctx, node, timeout):
 
 def leave(ctx, node, timeout):
     """Remove ``node`` from Slurm; its instance is already deleted."""
-    mode = ctx.policy.membership_of(node.profile)
+    mode = node.membership or ctx.policy.membership_of(node.profile)
     if mode == "static":
         _push_static_conf(ctx, timeout)
     else:
