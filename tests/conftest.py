@@ -13,7 +13,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-pytest_plugins = []
+pytest_plugins = ["tests.harness.fixtures"]
 
 
 def pytest_configure(config):

@@ -1,0 +1,293 @@
+"""Slurm controller operations, for the minion of the slurmctld host.
+
+A thin adapter over :class:`vcluster.slurm.client.Slurm`: every function
+returns plain dicts/lists and raises ``CommandExecutionError`` with the Slurm
+command's own message when it fails.
+
+Configuration (minion config, grains or pillar, read with ``config.get``):
+
+.. code-block:: yaml
+
+    slurm:
+      conf: /etc/slurm/slurm.conf   # optional: a non-default SLURM_CONF
+
+Every function also takes ``conf=`` to override it for one call.
+"""
+
+import contextlib
+import logging
+
+import salt.utils.path
+from salt.exceptions import CommandExecutionError
+
+from vcluster.errors import SlurmError
+from vcluster.slurm import client as _client
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "slurm"
+
+
+def __virtual__():
+    if salt.utils.path.which("scontrol") is None:
+        return (False, "the slurm module needs Slurm's scontrol on PATH")
+    return __virtualname__
+
+
+def _slurm(conf=None):
+    if conf is None:
+        conf = __salt__["config.get"]("slurm:conf", None) or None
+    return _client.Slurm(conf=conf)
+
+
+@contextlib.contextmanager
+def _errors():
+    try:
+        yield
+    except SlurmError as exc:
+        raise CommandExecutionError(str(exc)) from exc
+
+
+def nodes(names=None, conf=None):
+    """
+    List Slurm nodes (FUTURE ones included) as dicts.
+
+    names
+        Optional hostlist (``vn[1-4],gpu1``) to restrict the listing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.nodes
+        salt ctl slurm.nodes names='vn[1-4]'
+    """
+    with _errors():
+        return [n.to_dict() for n in _slurm(conf).nodes(names)]
+
+
+def node(name, conf=None):
+    """
+    Show one node as a dict, or None when Slurm does not know it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.node vn1
+    """
+    with _errors():
+        found = _slurm(conf).node(name)
+    return found.to_dict() if found else None
+
+
+def jobs(nodes=None, states=None, conf=None):  # pylint: disable=redefined-outer-name
+    """
+    List jobs (from ``squeue --json``) as dicts.
+
+    nodes
+        Only jobs on these nodes (hostlist, comma list or list).
+    states
+        Only jobs in these states (``RUNNING,SUSPENDED`` or a list).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.jobs
+        salt ctl slurm.jobs nodes='vn[1-2]' states=RUNNING,SUSPENDED
+    """
+    with _errors():
+        return [j.to_dict() for j in _slurm(conf).jobs(nodes=nodes, states=states)]
+
+
+def job(jobid, conf=None):
+    """
+    Show one job as a dict, or None when Slurm does not know it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.job 42
+    """
+    with _errors():
+        found = _slurm(conf).job(jobid)
+    return found.to_dict() if found else None
+
+
+def job_count(nodes=None, states=None, conf=None):  # pylint: disable=redefined-outer-name
+    """
+    Count jobs, by default the live ones (pending, running, suspended...).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.job_count
+        salt ctl slurm.job_count nodes=vn1 states=RUNNING
+    """
+    with _errors():
+        return _slurm(conf).job_count(nodes=nodes, states=states or _client.LIVE_JOB_STATES)
+
+
+def partitions(conf=None):
+    """
+    List partitions as dicts.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.partitions
+    """
+    with _errors():
+        return [p.to_dict() for p in _slurm(conf).partitions()]
+
+
+def create_node(name, spec=None, node_conf=None, addr=None, state="FUTURE", conf=None):
+    """
+    Create a dynamic node with ``scontrol create`` (``State=FUTURE`` by default).
+
+    A later ``slurmd -Z -N NAME`` on the node brings it to IDLE; without
+    ``addr`` Slurm reaches the node by its name. Fails if the node exists.
+
+    spec
+        Resources: ``{"cpus": 2, "memory": 2048, "features": [...], "gres": "gpu:1"}``.
+    node_conf
+        Or a ``Key=Value`` string: ``"CPUs=2 RealMemory=2048 Feature=virtual"``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.create_node vn7 addr=10.77.0.107 node_conf='CPUs=1 RealMemory=1024 Feature=virtual'
+        salt ctl slurm.create_node vn7 spec='{cpus: 1, memory: 1024}'
+    """
+    with _errors():
+        return _slurm(conf).create_node(name, spec=spec, conf=node_conf, addr=addr, state=state).to_dict()
+
+
+def delete_node(name, conf=None):
+    """
+    Delete a dynamic node (``scontrol delete nodename=``); it must run no job.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.delete_node vn7
+    """
+    with _errors():
+        return _slurm(conf).delete_node(name)
+
+
+def update_node(name, state=None, reason=None, conf=None):
+    """
+    Change a node's state (RESUME, DRAIN, UNDRAIN, DOWN, IDLE, FUTURE, FAIL...).
+
+    DRAIN, DOWN and FAIL need a ``reason``. Returns the node afterwards.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.update_node vn1 state=drain reason='vcluster retire'
+        salt ctl slurm.update_node vn1 state=resume
+    """
+    with _errors():
+        found = _slurm(conf).update_node(name, state=state, reason=reason)
+    return found.to_dict() if found else None
+
+
+def wait_node_state(name, states, timeout=60, interval=0.5, conf=None):
+    """
+    Wait until a node is in one of ``states``; return its state words.
+
+    ``IDLE`` does not match ``IDLE+DRAIN`` unless DRAIN is wanted too;
+    ``DRAINED``, ``DRAINING`` and ``ABSENT`` (node gone) are understood.
+    Fails at ``timeout`` seconds, naming the last state seen.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.wait_node_state vn1 IDLE,MIXED timeout=120
+        salt ctl slurm.wait_node_state vn1 DRAINED
+    """
+    with _errors():
+        return _slurm(conf).wait_node_state(name, states, timeout=float(timeout), interval=float(interval))
+
+
+def reconfigure(conf=None):
+    """
+    Tell slurmctld and every slurmd to re-read slurm.conf.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.reconfigure
+    """
+    with _errors():
+        return _slurm(conf).reconfigure()
+
+
+def suspend_job(jobid, conf=None):
+    """
+    Suspend a running job (its node then shows IDLE: drain it too).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.suspend_job 42
+    """
+    with _errors():
+        return _slurm(conf).suspend_job(jobid)
+
+
+def resume_job(jobid, conf=None):
+    """
+    Resume a suspended job.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.resume_job 42
+    """
+    with _errors():
+        return _slurm(conf).resume_job(jobid)
+
+
+def requeue(jobid, hold=False, conf=None):
+    """
+    Requeue a job (it is killed and pending again); ``hold=True`` also holds it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.requeue 42
+    """
+    with _errors():
+        return _slurm(conf).requeue(jobid, hold=hold)
+
+
+def submit(script=None, wrap=None, conf=None, **options):
+    """
+    Submit a batch job with sbatch; return its id.
+
+    Options become sbatch long options (``nodelist=vn1`` -> ``--nodelist=vn1``,
+    ``hold=True`` -> ``--hold``). Give ``script`` (text) or ``wrap`` (command).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.submit wrap='sleep 60' nodelist=vn1 job_name=probe
+    """
+    options = {k: v for k, v in options.items() if not k.startswith("__")}
+    with _errors():
+        return _slurm(conf).submit(script=script, wrap=wrap, **options)

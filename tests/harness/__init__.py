@@ -1,0 +1,1 @@
+"""Test harnesses that run real daemons (a throwaway Slurm controller and nodes)."""

@@ -1,0 +1,203 @@
+"""vcluster.slurm.client.Slurm with a recorded command runner (real 22.05 outputs)."""
+
+import json
+import pathlib
+
+import pytest
+
+from vcluster.errors import SlurmError
+from vcluster.slurm.client import Slurm
+
+DATA = pathlib.Path(__file__).parent / "data" / "slurm"
+ERRORS = json.loads((DATA / "errors.json").read_text(encoding="utf-8"))
+
+
+def read(name):
+    return (DATA / name).read_text(encoding="utf-8")
+
+
+class Runner:
+    """Answers commands from a {tuple(argv): (rc, out, err)} table and records calls."""
+
+    def __init__(self, answers=None):
+        self.answers = dict(answers or {})
+        self.calls = []
+
+    def __call__(self, argv, env, timeout, stdin=None):
+        self.calls.append((argv, env.get("SLURM_CONF"), stdin))
+        key = tuple(argv)
+        if key not in self.answers:
+            raise AssertionError(f"unexpected command {argv}")
+        answer = self.answers[key]
+        return answer.pop(0) if isinstance(answer, list) else answer
+
+
+def recorded(key):
+    e = ERRORS[key]
+    return e["rc"], e["stdout"], e["stderr"]
+
+
+SHOW_NODES = ("scontrol", "-F", "show", "-o", "node")
+
+
+def test_nodes_and_conf_env():
+    runner = Runner({SHOW_NODES: (0, read("scontrol_show_node_future.txt"), "")})
+    slurm = Slurm(conf="/tmp/x/slurm.conf", runner=runner)
+    assert len(slurm.nodes()) == 9
+    assert runner.calls[0][1] == "/tmp/x/slurm.conf"
+
+
+def test_node_unknown_is_none():
+    runner = Runner({SHOW_NODES + ("nosuch",): recorded("show_node_unknown")})
+    assert Slurm(runner=runner).node("nosuch") is None
+
+
+def test_node_known():
+    runner = Runner({SHOW_NODES + ("vn3",): (0, read("scontrol_show_node_vn3.txt"), "")})
+    assert Slurm(runner=runner).node("vn3").reason == "vcluster retire"
+
+
+def test_node_rejects_bad_name_before_running_anything():
+    runner = Runner()
+    with pytest.raises(SlurmError, match="node name 'vn 1' is invalid"):
+        Slurm(runner=runner).node("vn 1")
+    assert runner.calls == []
+
+
+def test_jobs_filters():
+    runner = Runner({("squeue", "--all", "--json"): (0, read("squeue.json"), "")})
+    slurm = Slurm(runner=runner)
+    assert sorted(j.name for j in slurm.jobs(nodes="vn[8-9],vn1")) == ["run-htc", "run-multi"]
+    assert [j.name for j in slurm.jobs(nodes=["vn2"], states="suspended")] == ["suspended"]
+    assert slurm.job_count(nodes="vn3") == 0  # only finished jobs there
+    assert slurm.job_count() == 8
+
+
+def test_job_unknown_is_none():
+    runner = Runner({("scontrol", "show", "-o", "job", "999999"): recorded("show_job_unknown")})
+    assert Slurm(runner=runner).job(999999) is None
+
+
+def test_bad_job_id():
+    with pytest.raises(SlurmError, match="job id '1;rm' is invalid"):
+        Slurm(runner=Runner()).suspend_job("1;rm")
+
+
+def test_delete_unknown_keeps_slurms_words():
+    runner = Runner({("scontrol", "delete", "nodename=nosuch"): recorded("delete_node_unknown")})
+    with pytest.raises(SlurmError) as exc:
+        Slurm(runner=runner).delete_node("nosuch")
+    assert "Invalid node name specified" in str(exc.value)
+    assert str(exc.value).startswith("scontrol delete nodename=nosuch failed: ")
+
+
+def test_delete_busy():
+    runner = Runner({("scontrol", "delete", "nodename=vn1"): recorded("delete_node_busy")})
+    with pytest.raises(SlurmError, match="Requested nodes are busy"):
+        Slurm(runner=runner).delete_node("vn1")
+
+
+def test_update_needs_reason_for_drain():
+    with pytest.raises(SlurmError, match="setting node vn1 to DRAIN needs a reason"):
+        Slurm(runner=Runner()).update_node("vn1", "drain")
+
+
+def test_update_rejects_unknown_state():
+    with pytest.raises(SlurmError, match="node state 'BOGUS' is invalid"):
+        Slurm(runner=Runner()).update_node("vn1", "bogus")
+
+
+def test_update_drain_passes_reason_as_one_argument():
+    runner = Runner({
+        ("scontrol", "update", "nodename=vn3", "state=DRAIN", "reason=vcluster retire"): (0, "", ""),
+        SHOW_NODES + ("vn3",): (0, read("scontrol_show_node_vn3.txt"), ""),
+    })
+    node = Slurm(runner=runner).update_node("vn3", "drain", reason="vcluster retire")
+    assert node.state == ["IDLE", "DRAIN"]
+
+
+def test_update_slurm_refusal():
+    runner = Runner({("scontrol", "update", "nodename=vn2", "state=RESUME"): recorded("resume_idle_node")})
+    with pytest.raises(SlurmError, match="Invalid node state specified"):
+        Slurm(runner=runner).update_node("vn2", "resume")
+
+
+def test_create_refuses_existing():
+    runner = Runner({SHOW_NODES + ("vn3",): (0, read("scontrol_show_node_vn3.txt"), "")})
+    with pytest.raises(SlurmError, match=r"node vn3 already exists in Slurm \(IDLE\+DRAIN\)"):
+        Slurm(runner=runner).create_node("vn3", {"cpus": 1, "memory": 100})
+
+
+def test_create_runs_scontrol_create():
+    future = [line for line in read("scontrol_show_node_future.txt").splitlines() if "NodeName=vn7 " in line]
+    runner = Runner({
+        SHOW_NODES + ("vn7",): [recorded("show_node_unknown"), (0, future[0] + "\n", "")],
+        ("scontrol", "create", "NodeName=vn7", "NodeAddr=10.0.0.7", "CPUs=1", "RealMemory=400",
+         "Feature=virtual,pre", "State=FUTURE"): (0, "", ""),
+    })
+    node = Slurm(runner=runner).create_node("vn7", {"cpus": 1, "memory": 400, "features": ["virtual", "pre"]},
+                                            addr="10.0.0.7")
+    assert node.state == ["FUTURE"]
+
+
+def test_create_bad_state_message():
+    runner = Runner({
+        SHOW_NODES + ("vnx",): recorded("show_node_unknown"),
+        ("scontrol", "create", "NodeName=vnx", "cpus=1", "state=cloud"): recorded("create_node_bad_state"),
+    })
+    # our own validation accepts CLOUD; the recorded refusal shows how Slurm's words come through
+    with pytest.raises(SlurmError, match="Only State=FUTURE and State=CLOUD allowed"):
+        Slurm(runner=runner).create_node("vnx", conf="cpus=1 state=cloud")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_wait_node_state_polls_until_match():
+    down = "NodeName=vn1 State=DOWN+DYNAMIC_NORM CPUTot=1\n"
+    idle = "NodeName=vn1 State=IDLE+DYNAMIC_NORM CPUTot=1\n"
+    runner = Runner({SHOW_NODES + ("vn1",): [(0, down, ""), (0, down, ""), (0, idle, "")]})
+    clock = Clock()
+    slurm = Slurm(runner=runner, clock=clock, sleep=clock.sleep)
+    assert slurm.wait_node_state("vn1", "idle", timeout=10, interval=1) == ["IDLE"]
+    assert clock.now == 2
+
+
+def test_wait_node_state_deadline_names_last_state():
+    down = "NodeName=vn1 State=IDLE+DRAIN CPUTot=1\n"
+    runner = Runner({SHOW_NODES + ("vn1",): (0, down, "")})
+    clock = Clock()
+    slurm = Slurm(runner=runner, clock=clock, sleep=clock.sleep)
+    with pytest.raises(SlurmError, match=r"node vn1 is not IDLE\|MIXED after 3 s: it is IDLE\+DRAIN"):
+        slurm.wait_node_state("vn1", ["IDLE", "MIXED"], timeout=3, interval=1)
+
+
+def test_wait_absent():
+    runner = Runner({SHOW_NODES + ("vn1",): recorded("show_node_unknown")})
+    assert Slurm(runner=runner).wait_node_state("vn1", "ABSENT", timeout=1) == []
+
+
+def test_submit_maps_options():
+    runner = Runner({("sbatch", "--parsable", "--hold", "--job-name=x", "--nodelist=vn1", "--wrap", "true"):
+                     (0, "42\n", "")})
+    assert Slurm(runner=runner).submit(wrap="true", job_name="x", nodelist="vn1", hold=True, mem=None) == 42
+
+
+def test_submit_script_on_stdin():
+    runner = Runner({("sbatch", "--parsable"): (0, "43;cluster\n", "")})
+    assert Slurm(runner=runner).submit(script="#!/bin/sh\ntrue\n") == 43
+    assert runner.calls[0][2].startswith("#!/bin/sh")
+
+
+def test_missing_binary():
+    with pytest.raises(SlurmError, match="scontrol-does-not-exist is not installed"):
+        from vcluster.slurm.client import subprocess_runner
+        subprocess_runner(["scontrol-does-not-exist"], {}, 5)

@@ -1,0 +1,277 @@
+"""The Slurm controller as seen through its client commands (scontrol, squeue, sbatch).
+
+:class:`Slurm` runs the commands (optionally against a non-default
+``SLURM_CONF``), parses their output with :mod:`vcluster.slurm.parse` and
+raises :class:`vcluster.errors.SlurmError` with the command's own message when
+one fails. The command runner can be replaced for unit tests.
+
+Measured on Slurm 22.05.8:
+
+* ``scontrol show node`` hides FUTURE nodes; ``scontrol -F show node`` lists
+  them with the others, so every node lookup uses ``-F``.
+* ``scontrol create NodeName=X ... State=FUTURE`` makes a dynamic node that a
+  later ``slurmd -Z -N X`` (with or without ``--conf``) brings to IDLE; the
+  controller's definition wins over the slurmd's ``--conf``. Without
+  ``NodeAddr=`` the address is the node name, which must then resolve.
+  On an existing node ``scontrol create`` exits 0 and changes nothing, so
+  :meth:`Slurm.create_node` checks first.
+* ``scontrol delete nodename=X`` refuses busy nodes ("Requested nodes are
+  busy"), and says "Invalid node name specified" for unknown ones.
+* ``state=resume`` on a node that is neither drained nor down fails with
+  "Invalid node state specified"; ``state=idle`` clears DRAIN but marks the
+  node NOT_RESPONDING until its next ping, so resume is the way back.
+* ``squeue --json`` ignores squeue's filters; filtering happens here.
+"""
+
+import os
+import re
+import subprocess
+import time
+
+from vcluster.errors import SlurmError
+from vcluster.slurm import conf as _conf
+from vcluster.slurm import hostlist, parse, states
+
+#: ``scontrol update nodename=X state=...`` values vcluster uses or allows.
+NODE_UPDATE_STATES = ("RESUME", "DRAIN", "UNDRAIN", "DOWN", "IDLE", "FUTURE", "FAIL", "NORESP",
+                      "POWER_DOWN", "POWER_DOWN_ASAP", "POWER_DOWN_FORCE", "POWER_UP",
+                      "CANCEL_REBOOT")
+
+#: Node states Slurm only accepts together with a reason.
+NEEDS_REASON = ("DRAIN", "DOWN", "FAIL")
+
+#: Job states in which a job holds (or will hold) node resources.
+LIVE_JOB_STATES = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING",
+                   "REQUEUED", "RESIZING", "STOPPED", "SIGNALING", "STAGE_OUT")
+
+
+#: ``scontrol: error: `` and the like, dropped from messages.
+_PREFIX = re.compile(r"^[a-z]+: (?:error|fatal): ")
+
+
+def subprocess_runner(argv, env, timeout, stdin=None):
+    """Run ``argv`` (``stdin`` text as its input); return ``(returncode, stdout, stderr)``."""
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
+                              timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise SlurmError(f"{argv[0]} is not installed or not on PATH") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{' '.join(argv[:3])} did not finish within {timeout} s") from None
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _message(rc, out, err):
+    lines = [line.strip() for line in (err or out or "").splitlines() if line.strip()]
+    lines = [_PREFIX.sub("", line) for line in lines]
+    return "; ".join(lines) if lines else f"exit code {rc}"
+
+
+class Slurm:
+    """Client of one Slurm controller.
+
+    ``conf`` is the path of a slurm.conf to use instead of the default (sets
+    ``SLURM_CONF``). ``runner(argv, env, timeout, stdin)`` returns ``(rc, out, err)``.
+    """
+
+    def __init__(self, conf=None, runner=None, timeout=60, clock=time.monotonic, sleep=time.sleep):
+        self.conf = conf
+        self.runner = runner or subprocess_runner
+        self.timeout = timeout
+        self.clock = clock
+        self.sleep = sleep
+
+    @property
+    def env(self):
+        """Environment for the commands (``SLURM_CONF`` set when ``conf`` is)."""
+        env = dict(os.environ)
+        if self.conf:
+            env["SLURM_CONF"] = self.conf
+        return env
+
+    def run(self, *argv, ok=(0,), stdin=None):
+        """Run a Slurm command; return ``(rc, out, err)``; raise SlurmError unless rc in ``ok``."""
+        argv = [str(a) for a in argv]
+        rc, out, err = self.runner(argv, self.env, self.timeout, stdin)
+        if rc not in ok:
+            raise SlurmError(f"{' '.join(argv[:3])} failed: {_message(rc, out, err)}")
+        return rc, out, err
+
+    # -- reading ---------------------------------------------------------------
+
+    def nodes(self, names=None):
+        """All nodes (FUTURE ones too), or those in the hostlist ``names``; list of Node."""
+        argv = ["scontrol", "-F", "show", "-o", "node"]
+        if names:
+            argv.append(hostlist.collect(hostlist.expand(names)))
+        rc, out, err = self.run(*argv, ok=(0, 1))
+        if rc == 1:
+            if "not found" in (out + err):
+                return []
+            raise SlurmError(f"scontrol show node failed: {_message(rc, out, err)}")
+        return parse.nodes_from_scontrol(out)
+
+    def node(self, name):
+        """The Node called ``name``, or None when Slurm does not know it."""
+        _conf.validate_name(name)
+        found = [n for n in self.nodes(name) if n.name == name]
+        return found[0] if found else None
+
+    def jobs(self, nodes=None, states=None):
+        """Jobs from ``squeue --json``, only those on ``nodes`` / in ``states`` when given."""
+        _, out, _ = self.run("squeue", "--all", "--json")
+        jobs = parse.jobs_from_squeue_json(out)
+        if nodes:
+            wanted = set(hostlist.expand(nodes))
+            jobs = [j for j in jobs if wanted & set(j.nodes)]
+        if states:
+            wanted_states = set(_words(states))
+            jobs = [j for j in jobs if j.state in wanted_states]
+        return jobs
+
+    def job(self, job_id):
+        """The Job ``job_id`` (``scontrol show job``), or None when Slurm does not know it."""
+        job_id = _job_id(job_id)
+        rc, out, err = self.run("scontrol", "show", "-o", "job", job_id, ok=(0, 1))
+        if rc == 1:
+            if "Invalid job id" in (out + err):
+                return None
+            raise SlurmError(f"scontrol show job {job_id} failed: {_message(rc, out, err)}")
+        jobs = parse.jobs_from_scontrol(out)
+        return jobs[0] if jobs else None
+
+    def partitions(self):
+        """All partitions; list of Partition."""
+        _, out, _ = self.run("scontrol", "show", "-o", "partition")
+        return parse.partitions_from_scontrol(out)
+
+    def job_count(self, nodes=None, states=LIVE_JOB_STATES):
+        """How many jobs are on ``nodes`` (all nodes by default) in ``states`` (live ones)."""
+        return len(self.jobs(nodes=nodes, states=states))
+
+    # -- nodes -----------------------------------------------------------------
+
+    def create_node(self, name, spec=None, conf=None, addr=None, state="FUTURE"):
+        """``scontrol create`` a dynamic node; return it. Raises if ``name`` already exists.
+
+        ``spec`` is a :class:`vcluster.slurm.conf.NodeSpec` (or a dict of
+        cpus/memory/features/gres/weight); ``conf`` a ``Key=Value ...`` string.
+        """
+        if isinstance(spec, dict):
+            spec = _conf.NodeSpec.from_dict(spec)
+        args = _conf.create_args(name, spec=spec, conf=conf, addr=addr, state=state)
+        existing = self.node(name)
+        if existing is not None:
+            raise SlurmError(f"node {name} already exists in Slurm ({'+'.join(existing.state)})")
+        self.run("scontrol", "create", *args)
+        node = self.node(name)
+        if node is None:
+            raise SlurmError(f"scontrol create {name} succeeded but Slurm does not list the node")
+        return node
+
+    def delete_node(self, name):
+        """``scontrol delete nodename=NAME`` (dynamic nodes, no jobs on them)."""
+        _conf.validate_name(name)
+        self.run("scontrol", "delete", f"nodename={name}")
+        return True
+
+    def update_node(self, name, state=None, reason=None):
+        """``scontrol update nodename=NAME state=STATE reason=REASON``; return the node after."""
+        _conf.validate_name(name)
+        argv = ["scontrol", "update", f"nodename={name}"]
+        if state is not None:
+            state = str(state).upper()
+            if state not in NODE_UPDATE_STATES:
+                raise SlurmError(f"node state {state!r} is invalid: use one of {', '.join(NODE_UPDATE_STATES)}")
+            if state in NEEDS_REASON and not reason:
+                raise SlurmError(f"setting node {name} to {state} needs a reason")
+            argv.append(f"state={state}")
+        if reason:
+            argv.append(f"reason={reason}")
+        if len(argv) == 3:
+            raise SlurmError(f"update of node {name} needs a state or a reason")
+        self.run(*argv)
+        return self.node(name)
+
+    def wait_node_state(self, name, wanted, timeout=60, interval=0.5):
+        """Poll until node ``name`` is in one of ``wanted``; return its state words.
+
+        ``wanted`` is a list or comma-separated string of state words (see
+        :func:`vcluster.slurm.states.matches`; ``ABSENT`` waits for removal).
+        Raises SlurmError at the deadline, naming the last state seen.
+        """
+        wanted = states.wanted_words(wanted)
+        if not wanted:
+            raise SlurmError("wait_node_state needs at least one state")
+        deadline = self.clock() + float(timeout)
+        while True:
+            node = self.node(name)
+            words = node.state if node else []
+            if states.matches(words, wanted):
+                return words
+            left = deadline - self.clock()
+            if left <= 0:
+                raise SlurmError(f"node {name} is not {'|'.join(wanted)} after {timeout} s: "
+                                 f"it is {'+'.join(words) or 'absent'}")
+            self.sleep(min(interval, left))
+
+    def reconfigure(self):
+        """``scontrol reconfigure``: slurmctld and every slurmd re-read slurm.conf."""
+        self.run("scontrol", "reconfigure")
+        return True
+
+    # -- jobs ------------------------------------------------------------------
+
+    def suspend_job(self, job_id):
+        """``scontrol suspend JOB``: stop the job's processes (SIGSTOP); its node shows idle."""
+        self.run("scontrol", "suspend", _job_id(job_id))
+        return True
+
+    def resume_job(self, job_id):
+        """``scontrol resume JOB``: continue a suspended job."""
+        self.run("scontrol", "resume", _job_id(job_id))
+        return True
+
+    def requeue(self, job_id, hold=False):
+        """``scontrol requeue[hold] JOB``: kill the job and put it back in the queue."""
+        self.run("scontrol", "requeuehold" if hold else "requeue", _job_id(job_id))
+        return True
+
+    def submit(self, script=None, wrap=None, **options):
+        """``sbatch --parsable``; return the new job id.
+
+        ``options`` become long options: ``nodelist='vn1'`` -> ``--nodelist=vn1``,
+        ``hold=True`` -> ``--hold``. Give exactly one of ``script`` (its text)
+        and ``wrap`` (a command line).
+        """
+        if (script is None) == (wrap is None):
+            raise SlurmError("submit needs exactly one of script and wrap")
+        argv = ["sbatch", "--parsable"]
+        for key, value in sorted(options.items()):
+            if value is None or value is False:
+                continue
+            flag = "--" + key.replace("_", "-")
+            argv.append(flag if value is True else f"{flag}={value}")
+        if wrap is not None:
+            argv += ["--wrap", wrap]
+            _, out, _ = self.run(*argv)
+        else:
+            _, out, _ = self.run(*argv, stdin=script)
+        try:
+            return int(out.strip().split(";")[0])
+        except ValueError:
+            raise SlurmError(f"sbatch printed no job id: {out.strip()[:80]!r}") from None
+
+
+def _words(value):
+    if isinstance(value, str):
+        value = value.split(",")
+    return [str(v).strip().upper() for v in value if str(v).strip()]
+
+
+def _job_id(job_id):
+    text = str(job_id).strip()
+    main, _, task = text.partition("_")
+    if not main.isdigit() or (task and not task.isdigit()):
+        raise SlurmError(f"job id {job_id!r} is invalid: use a number such as 42 or 42_3")
+    return text
