@@ -1,0 +1,40 @@
+# Slurm settings of the cluster (example for the local stack). Read by the
+# slurm formula (salt/slurm); defaults in salt/slurm/defaults.yaml.
+# Site facts (slurm:controller, slurm:nodes) come from the site pillar
+# /etc/vcluster/pillar/site.sls, see top.sls.
+slurm:
+  # dynamic | static | cloud; keep equal to vcluster:membership (policy).
+  membership: dynamic
+
+  # Partitions: each one is a NodeSet by feature, so virtual nodes join by
+  # their profile's features (vcluster:profiles:<p>:features) and bare-metal
+  # nodes by theirs (slurm:nodes:<n>:features, default [baremetal]).
+  partitions:
+    batch:
+      feature: baremetal
+      default: true
+      options:
+        MaxTime: INFINITE
+        State: UP
+    htc:
+      feature: htc
+      options:
+        MaxTime: INFINITE
+        State: UP
+
+  config:
+    ClusterName: vcluster
+    # Room for the virtual pools (vcluster:limits:max_nodes) plus bare metal.
+    MaxNodeCount: 128
+    # vcluster suspends virtual nodes with their jobs (LXD freeze, Nova
+    # suspend). Slurm would mark a frozen node DOWN after SlurmdTimeout and
+    # requeue its job; vcluster owns the liveness of virtual nodes and drives
+    # their Slurm state itself, so the ping timeout stays generous.
+    SlurmdTimeout: 300
+    ReturnToService: 2
+
+  # Example bare-metal nodes (the site pillar sets the real ones):
+  # nodes:
+  #   node01: {address: 10.0.0.11, cpus: 32, memory: 190000}
+  #   gpu01: {address: 10.0.0.21, cpus: 64, memory: 500000,
+  #           features: [baremetal, gpu], options: {Gres: 'gpu:4'}}

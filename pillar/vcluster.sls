@@ -1,0 +1,141 @@
+# vcluster policy: the example for the local LXD stack.
+#
+# Everything vcluster may do to the cluster is decided here, in pillar, and
+# validated by vcluster.policy.load() before any side effect. An invalid value
+# (or a misspelt key) stops every vcluster runner with one sentence that names
+# the key path and the value, for example:
+#   vcluster:profiles:htc:cpus must be a positive integer, got 'two'
+# The full reference is docs/policy.md.
+#
+# Where this file goes and who may read it:
+# - Target it, in the pillar top.sls, to the Salt master's own minion and to
+#   the slurmctld host only; never to compute nodes. This example holds no
+#   credentials, but a cloud provider section may (see "providers" below).
+# - The policy is split over two files that Salt merges under "vcluster:":
+#     pillar/vcluster.sls              this file: everything site independent
+#     /etc/vcluster/pillar/site.sls    written by the local stack script
+#                                      (scripts/), holds only
+#                                        vcluster:
+#                                          controller: <minion id of slurmctld host>
+#   The controller id is not written here because pillar is rendered for the
+#   minion that asks for it, so a grains lookup would give the asking minion's
+#   id, not the controller's. On a real site put "controller:" wherever you
+#   keep site data; vcluster only needs it somewhere under "vcluster:".
+#   Pillar merging must be recursive (Salt's default "smart" strategy is).
+
+vcluster:
+  # Name of this virtual cluster. Every instance vcluster creates is tagged
+  # with it, and "vcluster.reconcile" only ever touches instances carrying
+  # this tag: give every Salt master that shares a cloud its own name.
+  # Required. Letters, digits, '-' and '_', at most 63 characters.
+  cluster: demo
+
+  # controller: the minion id of the slurmctld host. Required; comes from
+  # /etc/vcluster/pillar/site.sls on the local stack (see above).
+
+  # Address (or DNS name) that new virtual nodes' minions connect to: the
+  # Salt master as seen from the virtual node network. Required. It must not
+  # be one of the pool addresses below.
+  master: 10.77.0.1
+
+  # SQLite registry of names, addresses, node states, job map and audit log,
+  # on the master. Default: /var/lib/vcluster/registry.sqlite
+  registry: /var/lib/vcluster/registry.sqlite
+
+  # How virtual nodes join Slurm (each profile may override it):
+  #   dynamic  Slurm >= 22.05 dynamic nodes ("slurmd -Z", configless); no
+  #            slurm.conf edit, no restart. Default.
+  #   cloud    pool nodes pre-declared State=CLOUD in slurm.conf; Slurm's
+  #            power saving asks vcluster (through Salt events) for nodes.
+  #   static   NodeName lines rendered into slurm.conf, pushed to every node,
+  #            slurmctld restarted and reconfigured (the classic way).
+  membership: dynamic
+
+  # Safety limits, checked before any instance is created.
+  limits:
+    # All virtual nodes of the cluster together, failed ones included until
+    # they are released. Default: the number of names in all pools.
+    max_nodes: 64
+    # Largest "count" one "salt-run vcluster.expand" may ask for. Default: 16.
+    max_per_request: 16
+
+  # Pools of node names and IPv4 addresses. A new node gets the lowest free
+  # name and the lowest free address of its profile's pool; a retired node
+  # gives both back. Names and addresses may not be shared between pools.
+  pools:
+    local:
+      # A Slurm hostlist (expanded like Slurm does, zero padding kept). Each
+      # name becomes the node's hostname, Salt minion id and Slurm NodeName;
+      # lowercase letters, digits and '-'. Required.
+      names: vnode[001-064]
+      # "first-last" range or a CIDR network such as 10.77.0.0/24 (a list of
+      # them is accepted too). The network and broadcast addresses and the
+      # gateway are never handed out. There must be at least as many usable
+      # addresses as names. Optional: leave it out to let the provider
+      # assign addresses (clouds without a fixed-address network).
+      addresses: 10.77.0.100-10.77.0.163
+      # Netmask length used in each node's static network configuration.
+      # Default: the CIDR's own length, or 24 for a range.
+      prefix: 24
+      # Default route of the virtual nodes. Optional. Must lie in the pool's
+      # network. The local stack bridge vcbr0 has no NAT, so the gateway is
+      # the bridge address (the master).
+      gateway: 10.77.0.1
+
+  # Where virtual nodes are created. Each provider has a "driver" (lxd,
+  # openstack or opennebula; a provider named after a driver defaults to
+  # it) and the driver's settings. Credentials (password, token, key, auth,
+  # anything ending in _password/_token/_secret/_key) are accepted but never
+  # shown in runner output or logs; prefer clouds.yaml (OpenStack) or a
+  # credentials file (OpenNebula) readable by the master only.
+  providers:
+    lxd:
+      driver: lxd
+      # LXD managed bridge the containers attach to (10.77.0.1/24, no NAT).
+      network: vcbr0
+      # LXD storage pool for the containers' root disks.
+      storage_pool: vcluster
+      # Other lxd keys: endpoint (https URL or unix socket; default the local
+      # socket), project, profiles (list), target, verify, cert, key, password.
+    # An OpenStack provider would look like this:
+    # nova:
+    #   driver: openstack
+    #   cloud: mycloud          # entry in the master's clouds.yaml
+    #   network: hpc-net
+    #   region: RegionOne
+
+  # Kinds of virtual node an admin (or the autoscaler) can ask for.
+  profiles:
+    htc:
+      # Provider and pool, by name. Default: the only one, when just one is
+      # defined.
+      provider: lxd
+      pool: local
+      # Image (LXD alias, Glance or OpenNebula image name). Required.
+      image: vcluster-node
+      # Size of the instance and what Slurm is told (CPUs=, RealMemory= in
+      # MiB). Defaults: 1 CPU, 1024 MiB.
+      cpus: 1
+      memory: 1024
+      # OpenStack flavor name; required for openstack providers, ignored by
+      # LXD. Default: none.
+      flavor: null
+      # Slurm features of the node (Feature=). Default: [virtual].
+      features: [virtual, htc]
+      # Slurm partition the node joins. Default: none (the nodes join the
+      # partitions that select them by feature or Nodes=ALL).
+      partition: htc
+      # Seconds from instance creation until the node must be idle in
+      # Slurm; later, it is marked failed and cleaned up. Default: 300.
+      join_timeout: 300
+      # Most nodes of this profile at once. Default: only limits:max_nodes.
+      max_nodes: 32
+      # membership: dynamic    # overrides the cluster-wide mode above
+    mem:
+      provider: lxd
+      pool: local
+      image: vcluster-node
+      cpus: 2
+      memory: 2048
+      features: [virtual, mem]
+      partition: htc

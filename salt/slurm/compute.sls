@@ -1,0 +1,117 @@
+{#- slurm.compute: slurmd, for bare metal and virtual nodes alike.
+
+    bare metal, and virtual nodes in static/cloud membership:
+        full slurm.conf (slurm.config); slurmd finds its NodeName line.
+    virtual nodes in dynamic membership (configless):
+        no slurm.conf; /etc/default/slurmd makes slurmd register itself:
+        slurmd -Z --conf-server <controller> --conf "CPUs= RealMemory= Feature=" -N <name>
+        Sizes and features come from pillar vcluster_self (or grain vcluster).
+        Debian's unit refuses to start without slurm.conf, hence a systemd
+        drop-in clearing that condition. Virtual nodes run systemd; the
+        sysvinit script cannot start a configless slurmd.
+
+    A changed slurm.conf restarts slurmd only with static/cloud membership
+    (new NodeName lines need it); otherwise slurmctld's `scontrol reconfigure`
+    tells the running slurmd to re-read it. #}
+{%- from tpldir ~ "/map.jinja" import slurm with context %}
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- set node = slurm.node %}
+{%- set restart_on_conf_change = node.membership in ["static", "cloud"] %}
+{%- set systemd = grains.get("init") == "systemd" %}
+
+include:
+  - munge
+{%- if not node.configless %}
+  - {{ tplroot }}.config
+{%- endif %}
+
+slurm-compute-package-installed:
+  pkg.installed:
+    - pkgs: {{ slurm.lookup.compute_pkgs | json }}
+    - skip_suggestions: True
+
+{%- if node.configless %}
+{%-   set missing = [] %}
+{%-   for key in ["cpus", "memory"] if not node[key] %}
+{%-     do missing.append("vcluster_self:" ~ key) %}
+{%-   endfor %}
+{%-   if not slurm.controller.get("address") %}
+{%-     do missing.append("slurm:controller:address") %}
+{%-   endif %}
+{%-   set port = slurm.config.get("SlurmctldPort") %}
+{%-   set conf_server = slurm.controller.get("address", "") ~ ((":" ~ port) if port else "") %}
+{%-   set node_conf = ["CPUs=" ~ node.cpus, "RealMemory=" ~ node.memory] %}
+{%-   if node.features %}
+{%-     do node_conf.append("Feature=" ~ node.features | join(",")) %}
+{%-   endif %}
+{%-   set options = ["-Z", "--conf-server", conf_server,
+                     "--conf", "'" ~ node_conf | join(" ") ~ "'", "-N", node.name] %}
+{%- else %}
+{%-   set missing = [] %}
+{%-   set options = ["-N", node.name] if node.virtual else [] %}
+{%- endif %}
+{%- if slurm.slurmd_extra_options %}
+{%-   do options.append(slurm.slurmd_extra_options) %}
+{%- endif %}
+
+{%- if missing %}
+
+slurm-compute-options-file-managed:
+  test.fail_without_changes:
+    - comment: "dynamic virtual node {{ node.name }} lacks {{ missing | join(', ') }}"
+{%- else %}
+
+slurm-compute-options-file-managed:
+  file.managed:
+    - name: {{ slurm.lookup.slurmd_defaults_file }}
+    - user: root
+    - group: root
+    - mode: '0644'
+    - contents: |
+        # Managed by Salt (vcluster slurm formula); local edits are overwritten.
+        # {{ "virtual" if node.virtual else "bare-metal" }} node {{ node.name }}, membership {{ node.membership }}
+        SLURMD_OPTIONS="{{ options | join(" ") }}"
+{%- endif %}
+
+{%- if node.configless and systemd %}
+
+slurm-compute-systemd-dropin-managed:
+  file.managed:
+    - name: {{ slurm.lookup.slurmd_systemd_dropin }}
+    - makedirs: True
+    - user: root
+    - group: root
+    - mode: '0644'
+    - contents: |
+        # Managed by Salt (vcluster): configless slurmd has no local slurm.conf.
+        [Unit]
+        ConditionPathExists=
+
+slurm-compute-systemd-reloaded:
+  cmd.run:
+    - name: systemctl daemon-reload
+    - onchanges:
+      - file: slurm-compute-systemd-dropin-managed
+{%- endif %}
+
+slurm-compute-service-running:
+  service.running:
+    - name: {{ slurm.lookup.compute_service }}
+    - enable: True
+    - require:
+      - pkg: slurm-compute-package-installed
+      - service: munge-service-running
+{%- if not node.configless and not restart_on_conf_change %}
+      - slurm-config-file-managed
+{%- endif %}
+{%- if node.configless and systemd %}
+      - cmd: slurm-compute-systemd-reloaded
+{%- endif %}
+    - watch:
+      - slurm-compute-options-file-managed
+{%- if node.configless and systemd %}
+      - file: slurm-compute-systemd-dropin-managed
+{%- endif %}
+{%- if not node.configless and restart_on_conf_change %}
+      - slurm-config-file-managed
+{%- endif %}
