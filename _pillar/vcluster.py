@@ -1,9 +1,11 @@
 """
 External pillar: what the registry knows, for the state tree.
 
-Every minion gets ``vcluster_nodes`` (the virtual nodes that hold a place in
-Slurm: name -> address, cpus, memory, features, partition, membership), used to
-render static NodeName lines; a virtual node also gets ``vcluster_self``.
+Every minion gets ``vcluster_nodes``: the virtual nodes with ``static`` or
+``cloud`` membership that hold a place in Slurm (name -> address, cpus,
+memory, features, partition, membership), rendered as NodeName lines.
+Dynamic nodes register themselves and never appear there. A virtual node
+also gets ``vcluster_self``.
 
 Master configuration:
 
@@ -23,6 +25,8 @@ __virtualname__ = "vcluster"
 
 #: Registry states in which a node belongs in slurm.conf.
 IN_SLURM = ("joining", "ready", "draining", "suspending", "suspended", "resuming", "migrating")
+#: Membership modes whose nodes are declared in slurm.conf.
+DECLARED = ("static", "cloud")
 
 try:
     from vcluster.registry import Registry
@@ -50,7 +54,7 @@ def ext_pillar(minion_id, pillar, registry=None):  # pylint: disable=unused-argu
         entry = dict(node.attrs or {}, address=node.address, profile=node.profile, state=node.state)
         if node.name == minion_id:
             me = dict(entry, name=node.name)
-        if node.state in IN_SLURM:
+        if node.state in IN_SLURM and node.membership in DECLARED:
             nodes[node.name] = entry
     ret = {"vcluster_nodes": nodes}
     if me is not None:

@@ -246,6 +246,7 @@ def join(ctx, minion_id):
     prof = ctx.policy.profiles[node.profile]
     deadline = time.monotonic() + prof.join_timeout
     try:
+        membership.prepare(ctx, node, timeout=_left(deadline))
         ok, summary = ctx.salt.highstate(node.name, timeout=_left(deadline))
         if not ok:
             raise VclusterError(f"highstate failed: {summary}")
@@ -284,7 +285,9 @@ def _release(ctx, name, reason, delete_instance=True):
     if node.state in ("failed", "retiring") and ctx.policy.membership_of(node.profile) == "dynamic":
         _quietly(ctx.slurm.delete_node, name, expected="invalid node name")
     _quietly(ctx.keys.delete, name)
-    ctx.registry.release(name, reason)
+    if node.state not in ("failed", "retiring"):
+        ctx.registry.fail(name, reason, actor=ctx.actor)
+    ctx.registry.release(name, reason, actor=ctx.actor)
     ctx.node_event(name, "released", reason=reason)
 
 

@@ -24,26 +24,26 @@ UP_STATES = ("IDLE", "MIXED", "ALLOCATED", "COMPLETING")
 CLUSTER_TARGET = "G@roles:slurm-controller or G@roles:slurm-compute"
 
 
-def join(ctx, node, timeout):
-    """Make ``node`` (already highstated) a usable Slurm node."""
-    mode = node.membership or ctx.policy.membership_of(node.profile)
-    if mode == "static":
+def prepare(ctx, node, timeout):
+    """Before ``node``'s highstate: static mode declares it to slurmctld."""
+    if _mode(ctx, node) == "static":
         _push_static_conf(ctx, timeout)
-        ctx.slurm.wait_node_state(node.name, UP_STATES + ("DOWN", "UNKNOWN", "FUTURE"), timeout)
+
+
+def join(ctx, node, timeout):
+    """Make ``node`` (already highstated, slurmd started) a usable Slurm node."""
+    mode = _mode(ctx, node)
+    if mode not in ("static", "dynamic"):
+        raise SlurmError(f"membership mode {mode!r} cannot join nodes through expand")
+    state = ctx.slurm.wait_node_state(node.name, UP_STATES + ("DRAIN", "DOWN"), timeout)
+    if "DRAIN" in state or "DOWN" in state:
         ctx.slurm.update_node(node.name, "RESUME")
-    elif mode == "dynamic":
-        state = ctx.slurm.wait_node_state(node.name, UP_STATES + ("DRAIN", "DOWN"), timeout)
-        if "DRAIN" in state or "DOWN" in state:
-            ctx.slurm.update_node(node.name, "RESUME")
-    else:
-        raise SlurmError(f"membership mode {mode!r} cannot join nodes through expand yet")
     return ctx.slurm.wait_node_state(node.name, UP_STATES, timeout)
 
 
 def leave(ctx, node, timeout):
     """Remove ``node`` from Slurm; its instance is already deleted."""
-    mode = node.membership or ctx.policy.membership_of(node.profile)
-    if mode == "static":
+    if _mode(ctx, node) == "static":
         _push_static_conf(ctx, timeout)
     else:
         try:
@@ -54,11 +54,22 @@ def leave(ctx, node, timeout):
             log.info("slurm node %s was already gone", node.name)
 
 
+def _mode(ctx, node):
+    return node.membership or ctx.policy.membership_of(node.profile)
+
+
 def _push_static_conf(ctx, timeout):
-    ok, summary = ctx.salt.apply(CLUSTER_TARGET, "slurm.config", timeout, tgt_type="compound")
-    if not ok:
-        raise SlurmError(f"pushing slurm.conf failed: {summary}")
+    """Re-render slurm.conf from the registry everywhere; restart, reconfigure.
+
+    The controller goes first: its state writes the file and, because the
+    service watches it, restarts slurmctld. Then every other full-conf
+    holder gets the file (static slurmds restart on change the same way).
+    """
     ok, summary = ctx.salt.apply(ctx.policy.controller, "slurm.controller", timeout)
     if not ok:
-        raise SlurmError(f"restarting slurmctld failed: {summary}")
+        raise SlurmError(f"updating slurmctld failed: {summary}")
+    target = f"({CLUSTER_TARGET}) and not L@{ctx.policy.controller}"
+    ok, summary = ctx.salt.apply(target, "slurm.compute", timeout, tgt_type="compound")
+    if not ok and "no minion returned" not in summary:
+        raise SlurmError(f"pushing slurm.conf failed: {summary}")
     ctx.slurm.reconfigure()

@@ -78,7 +78,9 @@ class WheelKeys:
         return set(listing.get("minions", []))
 
     def master_pub(self):
-        return self.wheel.cmd("key.master_key_str", [], print_event=False)["local"]["master.pub"]
+        # {"local": {"<master key name>.pub": PEM}}: one entry, name varies.
+        local = self.wheel.cmd("key.master_key_str", [], print_event=False)["local"]
+        return next(iter(local.values()))
 
 
 class _Local:
@@ -137,11 +139,14 @@ class LocalActions(_Local):
     """State runs on minions through the local client."""
 
     def highstate(self, minion, timeout):
-        ret = self._call(minion, "state.highstate", timeout=timeout)
+        ret = self._call(minion, "state.highstate", kwarg={"queue": True}, timeout=timeout)
         return summarize(ret, [minion])
 
     def apply(self, target, sls, timeout, tgt_type="glob"):
-        ret = self._call(target, "state.apply", [sls], timeout=timeout, tgt_type=tgt_type)
+        # queue=True: concurrent joins wait for each other's run on the
+        # controller instead of failing with "state.apply is running".
+        ret = self._call(target, "state.apply", [sls], kwarg={"queue": True}, timeout=timeout,
+                         tgt_type=tgt_type)
         return summarize(ret, [target] if tgt_type == "glob" and "*" not in target else None)
 
 

@@ -1,0 +1,30 @@
+"""Fixtures for integration tests: LXD, the real Salt + Slurm stack."""
+
+import pytest
+
+from tests.integration.lxd_fixtures import (  # noqa: F401 - fixtures
+    lxd_addresses,
+    lxd_daemon,
+    lxd_image,
+    lxd_network,
+    lxd_root,
+)
+from tests.integration.stack import ClusterStack
+
+
+@pytest.fixture(scope="session")
+def salt_factories_config():
+    """Keep the factories' root short: Salt's Unix socket paths are limited."""
+    return {"root_dir": "/tmp/vct"}
+
+
+@pytest.fixture(scope="session")
+def stack(salt_factories, lxd_network, lxd_image, tmp_path_factory):
+    """Master, controller minion (highstated), on the session's test bridge."""
+    cluster = ClusterStack(salt_factories, lxd_network, tmp_path_factory.mktemp("stack"))
+    cluster.start()
+    try:
+        cluster.highstate_controller()
+        yield cluster
+    finally:
+        cluster.stop()

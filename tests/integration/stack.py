@@ -1,0 +1,222 @@
+"""A real vcluster stack for integration tests and benchmarks.
+
+What runs, all on this machine:
+
+* a ``salt-master`` (pytest-salt-factories) listening on the test bridge's
+  gateway address, configured exactly like production: this repo's state
+  tree, pillar, reactor and ext_pillar, no ``auto_accept``, no ``open_mode``;
+* a ``salt-minion`` for the host itself, which is the Slurm controller *and* a
+  bare-metal compute node. Its highstate, from the same states the virtual
+  nodes get, installs and starts munged, slurmctld and slurmd on the host;
+* LXD containers from the node image as virtual nodes, created by
+  ``salt-run vcluster.expand``.
+
+The host's /etc/slurm, /etc/munge and Slurm daemons are those of the test:
+the demo stack (``scripts/stack.sh``) must be down while tests run.
+"""
+
+import base64
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import time
+
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+POOL_NAMES = "tnode[01-16]"
+POOL_PREFIX = "tnode"
+
+
+def _host_memory_mb():
+    out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=False).stdout
+    for word in out.split():
+        if word.startswith("RealMemory="):
+            return int(word.split("=", 1)[1])
+    return 1024
+
+
+class ClusterStack:
+    """Master + controller minion, configured from this checkout."""
+
+    def __init__(self, factories, network, root, membership="dynamic"):
+        self.factories = factories
+        self.network = network
+        self.root = pathlib.Path(root)
+        self.membership = membership
+        self.hostname = socket.gethostname()
+        self.controller_id = self.hostname
+        self.master_id = "vct_master"
+        self.site = self.root / "site-pillar"
+        self.registry = self.root / "registry.sqlite"
+        self.master = None
+        self.minion = None
+
+    # -- configuration --------------------------------------------------------
+
+    def _addresses(self):
+        gw = self.network["gateway"]
+        base = gw.rsplit(".", 1)[0]
+        return f"{base}.100-{base}.115"
+
+    def write_site_pillar(self):
+        """The site files the stack script writes in production."""
+        self.site.mkdir(parents=True, exist_ok=True)
+        gw = self.network["gateway"]
+        site = {
+            "slurm": {
+                "membership": self.membership,
+                "controller": {"host": self.hostname, "address": gw},
+                "nodes": {
+                    self.hostname: {
+                        "address": gw,
+                        "cpus": os.cpu_count() or 1,
+                        "memory": max(256, _host_memory_mb() - 512),
+                        "features": ["baremetal"],
+                    }
+                },
+            },
+            "chrony": {"allow": [self.network["cidr"]]},
+            "vcluster": {
+                "controller": self.controller_id,
+                "master": gw,
+                "registry": str(self.registry),
+                "membership": self.membership,
+                "pools": {"local": {"names": POOL_NAMES, "addresses": self._addresses(), "gateway": gw}},
+                "providers": {"lxd": {"network": self.network["name"]}},
+            },
+        }
+        (self.site / "site.sls").write_text(yaml.safe_dump(site))
+        key = base64.b64encode(os.urandom(1024)).decode()
+        secrets = self.site / "secrets.sls"
+        secrets.write_text(yaml.safe_dump({"munge": {"key": key}}))
+        secrets.chmod(0o600)
+
+    def master_config(self):
+        return {
+            "id": self.master_id,
+            "interface": self.network["gateway"],
+            "auto_accept": False,
+            "open_mode": False,
+            "file_roots": {"base": [str(REPO / "salt")]},
+            "pillar_roots": {"base": [str(REPO / "pillar"), str(self.site)]},
+            "reactor": [{"salt/minion/*/start": [str(REPO / "reactor" / "minion_start.sls")]}],
+            "ext_pillar": [{"vcluster": {"registry": str(self.registry)}}],
+            "nodegroups": {
+                "vcluster_cluster": f"L@{self.controller_id} or {POOL_PREFIX}*",
+                "vcluster_policy": f"L@{self.master_id},{self.controller_id}",
+            },
+            "presence_events": True,
+            "log_level_logfile": "info",
+        }
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _accept_only_controller(self, master, payload):
+        """Accept the host's own minion key (as an admin would), nothing else."""
+        if payload.get("act") == "pend" and payload.get("id") == self.controller_id:
+            master.salt_key_cli().run("--yes", "--accept", self.controller_id)
+
+    def start(self):
+        self.write_site_pillar()
+        self.master = self.factories.salt_master_daemon(
+            self.master_id,
+            overrides=self.master_config(),
+            on_auth_event_callback=self._accept_only_controller,
+        )
+        self.master.start(start_timeout=120)
+        self.minion = self.master.salt_minion_daemon(
+            self.controller_id,
+            overrides={
+                "master": self.network["gateway"],
+                "grains": {"roles": ["slurm-controller", "slurm-compute"]},
+                # This host has systemctl but is not booted with systemd: the
+                # offline systemd_service module would shadow debian_service
+                # and make every service state a no-op.
+                "disable_modules": ["systemd_service"],
+            },
+        )
+        self.minion.start(start_timeout=120)
+        return self
+
+    def highstate_controller(self):
+        """Configure the host with the same states as every other node."""
+        ret = self.master.salt_cli(timeout=900).run(
+            "state.highstate", minion_tgt=self.controller_id, _timeout=900
+        )
+        failed = {
+            k: v.get("comment")
+            for k, v in (ret.data or {}).items()
+            if isinstance(v, dict) and v.get("result") is False
+        }
+        if ret.returncode != 0 or failed or not isinstance(ret.data, dict):
+            raise AssertionError(f"controller highstate failed: {failed or ret.stdout[-3000:]}")
+        return ret.data
+
+    def stop(self):
+        for daemon in (self.minion, self.master):
+            if daemon is not None and daemon.is_running():
+                daemon.terminate()
+
+    # -- helpers for tests ----------------------------------------------------
+
+    def run(self, fun, *args, timeout=900):
+        """``salt-run fun args`` through the real CLI; returns the CLI result."""
+        return self.master.salt_run_cli(timeout=timeout).run(fun, *args, _timeout=timeout)
+
+    def call(self, fun, *args, timeout=300):
+        """``salt-call`` on the controller's minion."""
+        return self.minion.salt_call_cli(timeout=timeout).run(fun, *args, _timeout=timeout)
+
+
+def slurm(*cmd, check=True, timeout=60):
+    """Run a Slurm client command on the host."""
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def sbatch(*args, script="hostname"):
+    """Submit a job; return its id."""
+    out = slurm("sbatch", "--parsable", "-o", "/tmp/vcluster-job-%j.out", *args, "--wrap", script)
+    return out.strip().split(";")[0]
+
+
+def job_states(job_ids):
+    """``{job_id: state}`` from ``squeue --json`` (finished jobs stay for MinJobAge)."""
+    data = json.loads(slurm("squeue", "--json", "--states=all"))
+    wanted = {str(j) for j in job_ids}
+    out = {}
+    for job in data.get("jobs", []):
+        jid = str(job.get("job_id"))
+        if jid in wanted:
+            out[jid] = job.get("job_state")
+    return out
+
+
+def wait_jobs(job_ids, states=("COMPLETED",), timeout=300):
+    """Poll until every job is in ``states``; return the final states."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = job_states(job_ids)
+        if len(seen) == len(job_ids) and all(s in states for s in seen.values()):
+            return seen
+        if time.monotonic() > deadline:
+            raise AssertionError(f"jobs did not reach {states} in {timeout}s: {seen}")
+        time.sleep(1)
+
+
+def node_info(name):
+    """``scontrol show -o node NAME`` as a dict, or None when Slurm has no such node."""
+    proc = subprocess.run(["scontrol", "show", "-o", "node", name], capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    info = {}
+    for word in proc.stdout.split():
+        if "=" in word:
+            key, value = word.split("=", 1)
+            info[key] = value
+    return info
