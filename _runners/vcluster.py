@@ -7,7 +7,7 @@ and slurmctld may be different hosts. Policy comes from the master's pillar
 ``vcluster`` (see ``pillar/vcluster.sls``).
 
 Every function returns a dict with ``result`` and ``comment``; a failed call
-also sets a non-zero exit code for ``salt-run``.
+also carries ``retcode: 1``, which makes ``salt-run`` exit non-zero.
 """
 
 import logging
@@ -47,7 +47,10 @@ def _run(func, *args, actor="vcluster", **kwargs):
         if ctx is not None:
             ctx.close()
     if ret.get("result") is False:
+        # salt-run exits with the "retcode" of the returned dict (the same
+        # convention as state.orchestrate); __context__ marks the job failed.
         __context__["retcode"] = 1
+        ret["retcode"] = 1
     return ret
 
 

@@ -130,6 +130,7 @@ def expand(ctx, profile, count, test=False, wait=True):
     """
     prof, count = _request(ctx, profile, count)
     test = _bool(test, "test")
+    wait = _bool(wait, "wait")
     if test:
         ret = plan(ctx, profile, count)
         ret["result"] = None if ret["result"] else False
@@ -173,11 +174,16 @@ def expand(ctx, profile, count, test=False, wait=True):
     if not wait:
         return _summary(ctx, names, request_id)
     deadline = time.monotonic() + prof.join_timeout
-    ctx.events.wait_for_nodes(ctx.registry, names, ("ready", "failed", "released"), deadline)
+    # "failed" is transitional: the join handler releases right after it.
+    ctx.events.wait_for_nodes(ctx.registry, names, ("ready", "released"), deadline)
     for name in names:
         node = ctx.registry.get(name)
-        if node is not None and node.state in ("allocated", "booting", "joining"):
+        if node is None:
+            continue
+        if node.state in ("allocated", "booting", "joining"):
             fail_node(ctx, name, f"did not join Slurm within {prof.join_timeout} s")
+        elif node.state == "failed":
+            _release(ctx, name, node.reason or "failed")
     return _summary(ctx, names, request_id)
 
 

@@ -53,13 +53,13 @@ class ClusterStack:
         self.registry = self.root / "registry.sqlite"
         self.master = None
         self.minion = None
+        self.admin_accepts = {self.controller_id}
 
     # -- configuration --------------------------------------------------------
 
-    def _addresses(self):
-        gw = self.network["gateway"]
-        base = gw.rsplit(".", 1)[0]
-        return f"{base}.100-{base}.115"
+    def _addresses(self, first=100, last=115):
+        base = self.network["gateway"].rsplit(".", 1)[0]
+        return f"{base}.{first}-{base}.{last}"
 
     def write_site_pillar(self):
         """The site files the stack script writes in production."""
@@ -84,8 +84,17 @@ class ClusterStack:
                 "master": gw,
                 "registry": str(self.registry),
                 "membership": self.membership,
-                "pools": {"local": {"names": POOL_NAMES, "addresses": self._addresses(), "gateway": gw}},
+                "pools": {
+                    "local": {"names": POOL_NAMES, "addresses": self._addresses(), "gateway": gw},
+                    # Names outside the munge-key nodegroup: their highstate
+                    # fails (no munge:key), which the failure tests rely on.
+                    "rogue": {"names": "tbad[1-2]", "addresses": self._addresses(120, 121), "gateway": gw},
+                },
                 "providers": {"lxd": {"network": self.network["name"]}},
+                "profiles": {
+                    "broken": {"provider": "lxd", "pool": "rogue", "image": "vcluster-node",
+                               "features": ["virtual"], "join_timeout": 180},
+                },
             },
         }
         (self.site / "site.sls").write_text(yaml.safe_dump(site))
@@ -115,9 +124,12 @@ class ClusterStack:
     # -- lifecycle ------------------------------------------------------------
 
     def _accept_only_controller(self, master, payload):
-        """Accept the host's own minion key (as an admin would), nothing else."""
-        if payload.get("act") == "pend" and payload.get("id") == self.controller_id:
-            master.salt_key_cli().run("--yes", "--accept", self.controller_id)
+        """Accept keys an admin would accept by hand (the host's own), nothing else.
+
+        vcluster nodes never need this: their keys are pre-accepted by expand.
+        """
+        if payload.get("act") == "pend" and payload.get("id") in self.admin_accepts:
+            master.salt_key_cli().run("--yes", "--accept", payload["id"])
 
     def start(self):
         self.write_site_pillar()
