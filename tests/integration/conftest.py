@@ -1,5 +1,7 @@
 """Fixtures for integration tests: LXD, the real Salt + Slurm stack."""
 
+import fcntl
+
 import pytest
 
 from tests.integration.lxd_fixtures import (  # noqa: F401 - fixtures
@@ -19,7 +21,15 @@ def salt_factories_config():
 
 
 @pytest.fixture(scope="session")
-def stack(salt_factories, lxd_network, lxd_image, tmp_path_factory):
+def host_slurm_lock(lxd_root):
+    """One stack at a time: it owns the host's slurmctld, slurmd and /etc/slurm."""
+    with open("/run/vcluster-test-stack.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="session")
+def stack(host_slurm_lock, salt_factories, lxd_network, lxd_image, tmp_path_factory):
     """Master, controller minion (highstated), on the session's test bridge."""
     cluster = ClusterStack(salt_factories, lxd_network, tmp_path_factory.mktemp("stack"))
     cluster.start()
