@@ -25,6 +25,8 @@ import time
 
 import yaml
 
+from vcluster.masterconf import master_config
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POOL_NAMES = "tnode[01-16]"
 POOL_PREFIX = "tnode"
@@ -104,22 +106,12 @@ class ClusterStack:
         secrets.chmod(0o600)
 
     def master_config(self):
-        return {
-            "id": self.master_id,
-            "interface": self.network["gateway"],
-            "auto_accept": False,
-            "open_mode": False,
-            "file_roots": {"base": [str(REPO / "salt")]},
-            "pillar_roots": {"base": [str(REPO / "pillar"), str(self.site)]},
-            "reactor": [{"salt/minion/*/start": [str(REPO / "reactor" / "minion_start.sls")]}],
-            "ext_pillar": [{"vcluster": {"registry": str(self.registry)}}],
-            "nodegroups": {
-                "vcluster_cluster": f"L@{self.controller_id} or {POOL_PREFIX}*",
-                "vcluster_policy": f"L@{self.master_id},{self.controller_id}",
-            },
-            "presence_events": True,
-            "log_level_logfile": "info",
-        }
+        conf = master_config(
+            REPO, self.site, self.registry, self.network["gateway"], self.master_id,
+            self.controller_id, [f"{POOL_PREFIX}*"],
+        )
+        conf["log_level_logfile"] = "info"
+        return conf
 
     # -- lifecycle ------------------------------------------------------------
 
