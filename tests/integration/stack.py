@@ -40,14 +40,25 @@ def _host_memory_mb():
     return 1024
 
 
+def _merge(base, extra):
+    """Deep-merge ``extra`` into ``base`` (dicts merge, anything else replaces)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
 class ClusterStack:
     """Master + controller minion, configured from this checkout."""
 
-    def __init__(self, factories, network, root, membership="dynamic"):
+    def __init__(self, factories, network, root, membership="dynamic", site_extra=None):
         self.factories = factories
         self.network = network
         self.root = pathlib.Path(root)
         self.membership = membership
+        self.site_extra = site_extra or {}
         self.hostname = socket.gethostname()
         self.controller_id = self.hostname
         self.master_id = "vct_master"
@@ -99,6 +110,7 @@ class ClusterStack:
                 },
             },
         }
+        _merge(site, self.site_extra)
         (self.site / "site.sls").write_text(yaml.safe_dump(site))
         key = base64.b64encode(os.urandom(1024)).decode()
         secrets = self.site / "secrets.sls"
