@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite (README command 2; .ci/run calls exactly this).
+# As root on Debian 12: installs what it needs (apt, virtualenv, LXD, node
+# image; the OpenStack testbed is installed and started by its fixture),
+# then runs unit, functional and integration tests against real daemons.
+# Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -x
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+need_root
+cd "$REPO"
+
+say "installing dependencies"
+bash scripts/install-deps.sh
+if [ -f /var/run/salt-master.pid ] && kill -0 "$(cat /var/run/salt-master.pid)" 2>/dev/null; then
+    # The integration stack owns the host's slurmctld, slurmd and /etc/slurm.
+    say "the demo stack is up: taking it down first (scripts/stack.sh up brings it back)"
+    bash scripts/stack.sh down
+fi
+say "LXD daemon and node image"
+bash scripts/lxd-up.sh --no-network --pool vcluster
+bash image/build.sh --alias vcluster-node
+
+say "pytest"
+set +e
+"$VCLUSTER_VENV/bin/python" -m pytest -p no:cacheprovider "${@:-tests}"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+    echo "error: pytest collected no tests; that is a failure here" >&2
+    exit 1
+fi
+exit "$rc"
