@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Benchmark: seconds from ``salt-run vcluster.expand`` to all nodes usable in Slurm.
+
+Runs against the local stack (``scripts/stack.sh up`` first, as root) and
+prints JSON. For N=1 and N=4, in ``dynamic`` membership and in ``static``
+membership (the seeds' method: re-render slurm.conf everywhere, restart
+slurmctld, reconfigure, resume; the baseline) in the same run, it reports:
+
+* ``total``: runner call to every node idle in Slurm (the runner returns then);
+* ``boot``: runner call to the last node's ``salt/minion/<id>/start`` event,
+  i.e. allocation, keys, instance creation and the guest's own boot;
+* ``overhead``: the rest: highstate of the node and joining Slurm, the part
+  vcluster adds on top of the provider.
+
+The nodes are retired after each measurement. The site pillar's membership
+keys are switched for the static runs and restored at the end.
+
+Usage: /opt/vcluster/venv/bin/python bench/expand.py [--counts 1,4] [--profile htc]
+"""
+
+import argparse
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import salt.config
+import salt.utils.event
+import yaml
+
+SITE = pathlib.Path("/etc/vcluster/pillar/site.sls")
+
+
+def salt_run(*args, timeout=1800):
+    out = subprocess.run(["salt-run", "--out=json", *args], capture_output=True, text=True, timeout=timeout)
+    try:
+        return json.loads(out.stdout[out.stdout.find("{"):] if "{" in out.stdout else "{}")
+    except json.JSONDecodeError:
+        return {"result": False, "comment": out.stdout[-500:] + out.stderr[-500:]}
+
+
+class Watcher(threading.Thread):
+    """Record the first time each interesting master event is seen."""
+
+    def __init__(self, opts):
+        super().__init__(daemon=True)
+        self.opts = opts
+        self.seen = {}
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self):
+        with salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=True) as bus:
+            self.ready.set()
+            while not self.stop.is_set():
+                event = bus.get_event(wait=0.5, full=True)
+                if not event:
+                    continue
+                tag = event["tag"]
+                m = re.match(r"salt/minion/([^/]+)/start$", tag) or re.match(r"vcluster/node/([^/]+)/ready$", tag)
+                if m:
+                    kind = "start" if tag.startswith("salt/") else "ready"
+                    self.seen.setdefault((kind, m.group(1)), time.monotonic())
+
+
+def set_membership(mode):
+    """Set ``slurm:membership`` (states) and ``vcluster:membership`` (engine) together."""
+    site = yaml.safe_load(SITE.read_text()) or {}
+    site.setdefault("slurm", {})["membership"] = mode
+    site.setdefault("vcluster", {})["membership"] = mode
+    SITE.write_text("# Written by scripts/stack.sh; membership set by bench/expand.py\n"
+                    + yaml.safe_dump(site, default_flow_style=False))
+
+
+def highstate_controller(host):
+    out = subprocess.run(["salt", "--timeout", "600", "--out=json", "--static", host, "state.apply", "slurm"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"state.apply slurm on {host} failed:\n{out.stdout[-2000:]}")
+
+
+def measure(watcher, profile, count):
+    t0 = time.monotonic()
+    ret = salt_run("vcluster.expand", f"count={count}", f"profile={profile}")
+    t1 = time.monotonic()
+    if not ret.get("result"):
+        raise SystemExit(f"expand failed: {ret.get('comment')}")
+    names = sorted(ret["nodes"])
+    starts = [watcher.seen.get(("start", n)) for n in names]
+    boot = max(starts) - t0 if all(starts) else None
+    retire = salt_run("vcluster.retire", f"nodes={','.join(names)}", "force=True")
+    if not retire.get("result"):
+        raise SystemExit(f"retire failed: {retire.get('comment')}")
+    total = t1 - t0
+    return {
+        "total": round(total, 2),
+        "boot": round(boot, 2) if boot is not None else None,
+        "overhead": round(total - boot, 2) if boot is not None else None,
+        "per_node_overhead": round((total - boot) / count, 2) if boot is not None else None,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description="expand benchmark (dynamic vs static membership)")
+    parser.add_argument("--counts", default="1,4")
+    parser.add_argument("--profile", default="htc")
+    parser.add_argument("--host", default=subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip())
+    args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+
+    opts = salt.config.client_config("/etc/salt/master")
+    watcher = Watcher(opts)
+    watcher.start()
+    watcher.ready.wait(10)
+
+    results = {"profile": args.profile, "unit": "seconds", "modes": {}}
+    try:
+        for mode in ("dynamic", "static"):
+            set_membership(mode)
+            highstate_controller(args.host)
+            results["modes"][mode] = {f"N={n}": measure(watcher, args.profile, n) for n in counts}
+    finally:
+        set_membership("dynamic")
+        highstate_controller(args.host)
+        watcher.stop.set()
+    speedup = {}
+    for n in counts:
+        dyn = results["modes"]["dynamic"][f"N={n}"]["total"]
+        sta = results["modes"]["static"][f"N={n}"]["total"]
+        speedup[f"N={n}"] = round(sta / dyn, 2)
+    results["static_over_dynamic"] = speedup
+    results["goals"] = {
+        "overhead_one_node_at_most_5s": results["modes"]["dynamic"].get("N=1", {}).get("overhead"),
+        "dynamic_at_least_5x_faster_than_static": speedup,
+    }
+    json.dump(results, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
