@@ -112,10 +112,11 @@ class ClusterStack:
         }
         _merge(site, self.site_extra)
         (self.site / "site.sls").write_text(yaml.safe_dump(site))
-        key = base64.b64encode(os.urandom(1024)).decode()
         secrets = self.site / "secrets.sls"
-        secrets.write_text(yaml.safe_dump({"munge": {"key": key}}))
-        secrets.chmod(0o600)
+        if not secrets.exists():  # nodes hold the key: made once per stack
+            key = base64.b64encode(os.urandom(1024)).decode()
+            secrets.write_text(yaml.safe_dump({"munge": {"key": key}}))
+            secrets.chmod(0o600)
 
     def master_config(self):
         conf = master_config(
@@ -170,6 +171,15 @@ class ClusterStack:
         if ret.returncode != 0 or failed or not isinstance(ret.data, dict):
             raise AssertionError(f"controller highstate failed: {failed or ret.stdout[-3000:]}")
         return ret.data
+
+    def set_membership(self, mode):
+        """Switch the cluster's membership mode and re-apply the controller's Slurm states."""
+        self.membership = mode
+        self.write_site_pillar()
+        ret = self.master.salt_cli(timeout=600).run("state.apply", "slurm", minion_tgt=self.controller_id,
+                                                    _timeout=600)
+        if ret.returncode != 0:
+            raise AssertionError(f"state.apply slurm failed: {ret.stdout[-3000:]}")
 
     def stop(self):
         for daemon in (self.minion, self.master):
