@@ -5,10 +5,15 @@
 is ``scontrol delete nodename=`` after the instance (and so slurmd) is gone,
 or a still-running slurmd would register the node again.
 
+``cloud``: every pool name is declared ``State=CLOUD`` in slurm.conf and
+Slurm's power saving asks for nodes (:mod:`vcluster.powersave`); the node's
+configless ``slurmd --conf-server -N <name>`` registers it. Leaving powers
+the declared node down instead of deleting it.
+
 ``static`` (the seeds' method, and the benchmark baseline): the registry
 feeds the ``vcluster_nodes`` pillar; slurm.conf is re-rendered on every
-cluster node, slurmctld is restarted (the queue survives in
-StateSaveLocation) and told to reconfigure, and the node is resumed.
+cluster node, slurmctld and the full-conf slurmds restart (the queue
+survives in StateSaveLocation), and the node is resumed.
 """
 
 import logging
@@ -33,7 +38,7 @@ def prepare(ctx, node, timeout):
 def join(ctx, node, timeout):
     """Make ``node`` (already highstated, slurmd started) a usable Slurm node."""
     mode = _mode(ctx, node)
-    if mode not in ("static", "dynamic"):
+    if mode not in ("static", "dynamic", "cloud"):
         raise SlurmError(f"membership mode {mode!r} cannot join nodes through expand")
     state = ctx.slurm.wait_node_state(node.name, UP_STATES + ("DRAIN", "DOWN"), timeout)
     if "DRAIN" in state or "DOWN" in state:
@@ -43,8 +48,16 @@ def join(ctx, node, timeout):
 
 def leave(ctx, node, timeout):
     """Remove ``node`` from Slurm; its instance is already deleted."""
-    if _mode(ctx, node) == "static":
+    mode = _mode(ctx, node)
+    if mode == "static":
         _push_static_conf(ctx, timeout)
+    elif mode == "cloud":
+        # a declared State=CLOUD name stays in slurm.conf: power it down
+        # (Slurm calls SuspendProgram, which finds the node released)
+        try:
+            ctx.slurm.update_node(node.name, "POWER_DOWN_FORCE")
+        except SlurmError as exc:
+            log.info("slurm node %s not powered down: %s", node.name, exc)
     else:
         try:
             ctx.slurm.delete_node(node.name)
@@ -59,11 +72,13 @@ def _mode(ctx, node):
 
 
 def _push_static_conf(ctx, timeout):
-    """Re-render slurm.conf from the registry everywhere; restart, reconfigure.
+    """Re-render slurm.conf from the registry everywhere and restart.
 
     The controller goes first: its state writes the file and, because the
-    service watches it, restarts slurmctld. Then every other full-conf
-    holder gets the file (static slurmds restart on change the same way).
+    service watches it, restarts slurmctld (jobs survive in
+    StateSaveLocation). Then every other full-conf holder gets the file and
+    its slurmd restarts the same way. A restarted daemon has read the new
+    file, so no ``scontrol reconfigure`` follows (it would race the restart).
     """
     ok, summary = ctx.salt.apply(ctx.policy.controller, "slurm.controller", timeout)
     if not ok:
@@ -72,4 +87,3 @@ def _push_static_conf(ctx, timeout):
     ok, summary = ctx.salt.apply(target, "slurm.compute", timeout, tgt_type="compound")
     if not ok and "no minion returned" not in summary:
         raise SlurmError(f"pushing slurm.conf failed: {summary}")
-    ctx.slurm.reconfigure()

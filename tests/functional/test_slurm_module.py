@@ -44,10 +44,10 @@ def test_drain_wait_resume(slurm, slurm_node):
     name = slurm_node()
     after = slurm.update_node(name, state="drain", reason="functional test")
     assert after["state"] == ["IDLE", "DRAIN"] and after["reason"] == "functional test"
-    assert slurm.wait_node_state(name, "DRAINED", timeout=10) == ["IDLE", "DRAIN"]
+    assert slurm.wait_node_state(name, "DRAINED", timeout=60) == ["IDLE", "DRAIN"]
     # measured: resume leaves the node NOT_RESPONDING until slurmctld pings it (< 1 s here)
     assert slurm.update_node(name, state="resume")["state"][0] == "IDLE"
-    assert slurm.wait_node_state(name, "IDLE,MIXED", timeout=10) == ["IDLE"]
+    assert slurm.wait_node_state(name, "IDLE,MIXED", timeout=60) == ["IDLE"]
 
 
 def test_update_errors_are_one_sentence(slurm, slurm_node):
@@ -103,7 +103,7 @@ def test_create_future_node_then_slurmd_registers(slurm, slurm_cluster):
             slurm.create_node(name, node_conf="CPUs=1 RealMemory=300")
         # slurmd -Z without --conf: the controller's definition is used
         slurm_cluster.add_node(name, conf=False, wait_idle=False)
-        assert slurm.wait_node_state(name, "IDLE", timeout=30) == ["IDLE"]
+        assert slurm.wait_node_state(name, "IDLE", timeout=120) == ["IDLE"]
         assert slurm.node(name)["features"] == ["virtual", "pre"]
 
         jobid = slurm.submit(wrap="sleep 300", nodelist=name, output="/dev/null", mem=10)
@@ -113,7 +113,7 @@ def test_create_future_node_then_slurmd_registers(slurm, slurm_cluster):
         slurm_cluster.cancel_all(nodes=[name])
         slurm_cluster.stop_slurmd(name)
         assert slurm.delete_node(name) is True
-        assert slurm.wait_node_state(name, "ABSENT", timeout=10) == []
+        assert slurm.wait_node_state(name, "ABSENT", timeout=60) == []
     finally:
         slurm_cluster.remove_node(name)
 

@@ -68,7 +68,7 @@ def test_resumed_both_modes(states, slurm, slurm_node):
     ret = states.resumed(name=name)
     assert ret.result is True
     assert ret.changes["old"] == "DOWN" and ret.changes["new"].startswith("IDLE")
-    slurm.wait_node_state(name, "IDLE", timeout=30)
+    slurm.wait_node_state(name, "IDLE", timeout=120)
 
     again = states.resumed(name=name)
     assert again.result is True and again.changes == {}

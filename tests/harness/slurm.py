@@ -419,7 +419,7 @@ class SlurmHarness:
         return " ".join(parts)
 
     def add_node(self, name, cpus=1, memory=500, features=(), gres=None, conf=None,
-                 wait_idle=True, timeout=30):
+                 wait_idle=True, timeout=120):
         """Start ``slurmd -Z`` for ``name`` in a new namespace; wait until Slurm shows it idle.
 
         ``conf=False`` starts slurmd without ``--conf`` (for a node made
@@ -516,7 +516,7 @@ class SlurmHarness:
                 words.append(word)
         return words
 
-    def wait_node(self, name, states, timeout=30):
+    def wait_node(self, name, states, timeout=120):
         """Wait until ``name``'s State holds every word in ``states``; return its words."""
         wanted = set(states)
         return wait_for(lambda: (s := self.node_state(name)) and wanted <= set(s) and s,
@@ -568,7 +568,7 @@ class SlurmHarness:
         match = re.search(r"\bJobState=(\S+)", proc.stdout)
         return match.group(1) if match else ""
 
-    def wait_job(self, job_id, states, timeout=30):
+    def wait_job(self, job_id, states, timeout=120):
         """Wait until ``job_id``'s JobState is one of ``states``; return it."""
         return wait_for(lambda: (s := self.job_state(job_id)) in states and s, timeout,
                         f"job {job_id} to be {'|'.join(states)}")

@@ -205,14 +205,21 @@ class Slurm:
             raise SlurmError("wait_node_state needs at least one state")
         deadline = self.clock() + float(timeout)
         while True:
-            node = self.node(name)
-            words = node.state if node else []
-            if states.matches(words, wanted):
-                return words
+            try:
+                node = self.node(name)
+            except SlurmError as exc:
+                # slurmctld restarting (static membership): keep polling, and
+                # never take "unreachable" for "absent".
+                words, unreachable = [], exc
+            else:
+                words, unreachable = (node.state if node else []), None
+                if states.matches(words, wanted):
+                    return words
             left = deadline - self.clock()
             if left <= 0:
-                raise SlurmError(f"node {name} is not {'|'.join(wanted)} after {timeout} s: "
-                                 f"it is {'+'.join(words) or 'absent'}")
+                seen = f"slurmctld did not answer: {unreachable}" if unreachable else (
+                    f"it is {'+'.join(words) or 'absent'}")
+                raise SlurmError(f"node {name} is not {'|'.join(wanted)} after {timeout} s: {seen}")
             self.sleep(min(interval, left))
 
     def reconfigure(self):
