@@ -1,18 +1,26 @@
 {#- slurm.controller: slurmctld on the controller.
 
-    A changed slurm.conf is applied with `scontrol reconfigure` (dynamic
-    membership: nodes register themselves, nothing else changes). With static
-    or cloud membership the NodeName lines change, which Slurm 22.05 only
-    picks up on restart: then slurmctld restarts (the service `watch`es the
-    file). The queue survives: state is in StateSaveLocation and slurmctld is
-    never started with -c. #}
+    A changed slurm.conf is applied with `scontrol reconfigure`. A change of
+    the set of declared nodes (bare metal; static virtual nodes from the
+    registry) is one Slurm 22.05 only takes on restart, and a reconfigure
+    over it makes slurmctld drop the connection: the node set is kept in a
+    file of its own, which the service `watch`es. The queue survives a
+    restart: state is in StateSaveLocation and slurmctld is never started
+    with -c. #}
 {%- from tpldir ~ "/map.jinja" import slurm with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
-{%- set restart_on_change = slurm.membership in ["static", "cloud"] %}
+{%- set declared = slurm.nodes.keys() | list %}
+{%- if slurm.membership in ["static", "cloud"] %}
+{%-   do declared.extend((salt["pillar.get"]("vcluster_nodes", {}) or {}).keys() | list) %}
+{%- endif %}
 
 include:
   - munge
   - {{ tplroot }}.config
+  - {{ tplroot }}.events
+{%- if (salt["pillar.get"]("vcluster_cloud", {}) or {}).get("profiles") %}
+  - {{ tplroot }}.power
+{%- endif %}
 
 slurm-controller-package-installed:
   pkg.installed:
@@ -29,6 +37,14 @@ slurm-controller-statesave-directory:
     - require:
       - pkg: slurm-controller-package-installed
 
+slurm-controller-node-set-managed:
+  file.managed:
+    - name: {{ slurm.config.StateSaveLocation }}/vcluster-declared-nodes
+    - contents: {{ (declared | sort | join("\n")) | json }}
+    - mode: '0644'
+    - require:
+      - file: slurm-controller-statesave-directory
+
 slurm-controller-service-running:
   service.running:
     - name: {{ slurm.lookup.controller_service }}
@@ -37,16 +53,26 @@ slurm-controller-service-running:
       - pkg: slurm-controller-package-installed
       - file: slurm-controller-statesave-directory
       - service: munge-service-running
-{%- if restart_on_change %}
+      # PrologSlurmctld/EpilogSlurmctld must exist before slurmctld runs a job
+      - file: slurm-events-prolog-managed
+      - file: slurm-events-epilog-managed
+      - slurm-config-file-managed
     - watch:
-      - slurm-config-file-managed
-{%- else %}
-      - slurm-config-file-managed
-{%- endif %}
+      - file: slurm-controller-node-set-managed
 
-# Runs only when slurm.conf changed and slurmctld answers: a slurmctld that
-# this run just (re)started has read the new file already. (Without a
-# slurm.conf, scontrol would first try DNS SRV records: skip that.)
+# After a restart the init script returns before slurmctld answers: wait
+# for it (bounded) so that what follows talks to the new daemon.
+slurm-controller-answering:
+  cmd.run:
+    - name: timeout 120 sh -c 'until {{ slurm.lookup.scontrol }} ping >/dev/null 2>&1; do sleep 0.5; done'
+    - onchanges:
+      - file: slurm-controller-node-set-managed
+    - require:
+      - service: slurm-controller-service-running
+
+# Runs only when slurm.conf changed and slurmctld answers (after a restart
+# it is redundant but harmless). Without a slurm.conf, scontrol would first
+# try DNS SRV records: skip that.
 slurm-controller-reconfigured:
   cmd.run:
     - name: {{ slurm.lookup.scontrol }} reconfigure
@@ -55,3 +81,4 @@ slurm-controller-reconfigured:
       - slurm-config-file-managed
     - require:
       - service: slurm-controller-service-running
+      - cmd: slurm-controller-answering

@@ -240,6 +240,21 @@ class SlurmHarness:
         """``host:port`` a slurmd passes as ``--conf-server``."""
         return f"{self.address}:{self.port}"
 
+    def _daemon(self, name):
+        """A private copy of daemon ``name`` in the harness directory.
+
+        Debian's init scripts decide "already running" with
+        ``start-stop-daemon --exec /usr/sbin/<daemon>``, which matches any
+        process of that binary: the host's munged, slurmctld or slurmd would
+        then silently not start while a harness runs. A copy has another
+        executable path (and the same ``comm``, which stop() checks).
+        """
+        copy = self._path("bin", name)
+        if not os.path.exists(copy):
+            os.makedirs(os.path.dirname(copy), exist_ok=True)
+            shutil.copy2(shutil.which(name), copy)
+        return copy
+
     def _path(self, *parts):
         return os.path.join(self.root, *parts)
 
@@ -323,7 +338,7 @@ class SlurmHarness:
         key = self._path("munge", "munge.key")
         with open(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
             fh.write(os.urandom(1024))
-        _run(["munged", "--force", f"--socket={self.munge_socket}", f"--key-file={key}",
+        _run([self._daemon("munged"), "--force", f"--socket={self.munge_socket}", f"--key-file={key}",
               f"--pid-file={self._path('munge', 'munged.pid')}",
               f"--log-file={self._path('log', 'munged.log')}",
               f"--seed-file={self._path('munge', 'munged.seed')}"])
@@ -373,7 +388,7 @@ class SlurmHarness:
             fh.write("\n".join(lines) + "\n")
 
     def _start_slurmctld(self, timeout):
-        _run(["slurmctld", "-f", self.conf], env=self.env)
+        _run([self._daemon("slurmctld"), "-f", self.conf], env=self.env)
 
         def up():
             pid = self._read_pid(self._path("run", "slurmctld.pid"))
@@ -429,7 +444,7 @@ class SlurmHarness:
         if conf is None:
             conf = self.node_conf(cpus, memory, features, gres)
         node = self._make_netns(name)
-        args = ["slurmd", "-Z", "-N", name, "--conf-server", self.conf_server]
+        args = [self._daemon("slurmd"), "-Z", "-N", name, "--conf-server", self.conf_server]
         if conf:
             args += ["--conf", conf]
         node.args = args
