@@ -110,6 +110,10 @@ def _kill_pids(pids, timeout=10.0):
             pass
 
 
+#: Harness daemons run as renamed copies (see SlurmHarness._daemon).
+DAEMON_PREFIX = "vcsh-"
+
+
 def _comm(pid):
     """Command name of ``pid`` ('' when gone): pid files may outlive their process."""
     try:
@@ -241,15 +245,15 @@ class SlurmHarness:
         return f"{self.address}:{self.port}"
 
     def _daemon(self, name):
-        """A private copy of daemon ``name`` in the harness directory.
+        """A private, renamed copy of daemon ``name`` in the harness directory.
 
-        Debian's init scripts decide "already running" with
-        ``start-stop-daemon --exec /usr/sbin/<daemon>``, which matches any
-        process of that binary: the host's munged, slurmctld or slurmd would
-        then silently not start while a harness runs. A copy has another
-        executable path (and the same ``comm``, which stop() checks).
+        Debian's init scripts decide "already running" by executable
+        (``start-stop-daemon --exec``) and by process name (``pgrep -x``):
+        with a harness daemon of the same binary or name around, the host's
+        munged, slurmctld or slurmd would silently not start, or fail to
+        restart. The copy differs in both.
         """
-        copy = self._path("bin", name)
+        copy = self._path("bin", DAEMON_PREFIX + name)
         if not os.path.exists(copy):
             os.makedirs(os.path.dirname(copy), exist_ok=True)
             shutil.copy2(shutil.which(name), copy)
@@ -292,8 +296,8 @@ class SlurmHarness:
         for name in list(self.nodes):
             self._teardown_node(name)
         if self.root:
-            for pidfile, comm in ((self._path("run", "slurmctld.pid"), "slurmctld"),
-                                  (self._path("munge", "munged.pid"), "munged")):
+            for pidfile, comm in ((self._path("run", "slurmctld.pid"), DAEMON_PREFIX + "slurmctld"),
+                                  (self._path("munge", "munged.pid"), DAEMON_PREFIX + "munged")):
                 pid = self._read_pid(pidfile)
                 if pid and _comm(pid) == comm:
                     _kill_pids([pid])
