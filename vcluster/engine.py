@@ -12,7 +12,7 @@ import uuid
 
 import hostlist
 
-from vcluster import bootstrap, membership
+from vcluster import bootstrap, membership, retry
 from vcluster import policy as _policy
 from vcluster.errors import (
     InvalidTransition,
@@ -152,7 +152,7 @@ def expand(ctx, profile, count, test=False, wait=True):
     created = []
     try:
         specs = [_spec(ctx, prof, n, request_id) for n in nodes]
-        instances = provider.create(specs)
+        instances = retry.create(ctx, prof, provider, specs)  # bounded retries, paused profiles
         created = [i.id for i in instances]
         for n, inst in zip(nodes, instances):
             ctx.registry.transition(
@@ -324,7 +324,7 @@ def retire(ctx, nodes, force=False, wait=600):
             _release(ctx, name, "retired by admin")
             result[name] = "released"
             continue
-        if node.state in ("ready", "suspended"):
+        if node.state == "ready":
             ctx.registry.transition(name, "draining", reason="retire", actor=ctx.actor)
             ctx.node_event(name, "draining")
         ctx.slurm.update_node(name, "DRAIN", reason="vcluster retire")
@@ -423,35 +423,8 @@ def status(ctx):
     return {"result": True, "nodes": out, "count": len(out)}
 
 
-def reconcile(ctx):
-    """Compare registry, provider instances, minion keys and Slurm; report."""
-    held = {n.name: n for n in ctx.registry.nodes()}
-    pool_names = set()
-    for pool in ctx.policy.pools.values():
-        pool_names.update(pool.names)
-    report = {"instances_without_node": [], "nodes_without_instance": [],
-              "keys_without_node": [], "slurm_without_node": [], "stuck": []}
-    seen_instances = {}
-    for prov_name in {p.provider for p in ctx.policy.profiles.values()}:
-        for inst in ctx.provider(prov_name).list(ctx.policy.cluster):
-            seen_instances[inst.id] = inst
-            node = held.get(inst.tags.get("node") or inst.name)
-            if node is None or node.instance_id not in (None, inst.id):
-                report["instances_without_node"].append({"provider": prov_name, "instance": inst.id, "name": inst.name})
-    for n in held.values():
-        if n.instance_id and n.instance_id not in seen_instances:
-            report["nodes_without_instance"].append({"node": n.name, "state": n.state, "instance": n.instance_id})
-    for key in sorted(ctx.keys.accepted() & pool_names):
-        if key not in held:
-            report["keys_without_node"].append(key)
-    for s in _try(ctx.slurm.nodes, default=[]):
-        if s["name"] in pool_names and s["name"] not in held:
-            report["slurm_without_node"].append(s["name"])
-    for n in held.values():
-        if n.state in ("allocated", "booting", "joining", "retiring", "suspending", "resuming", "migrating"):
-            report["stuck"].append({"node": n.name, "state": n.state, "since": n.updated})
-    problems = sum(len(v) for v in report.values())
-    return {"result": problems == 0, "comment": f"{problems} inconsistency(ies) found", "report": report}
+# reconcile lives in vcluster/reconcile.py (it imports this module lazily)
+from vcluster.reconcile import reconcile  # noqa: E402,F401
 
 
 # -- helpers -------------------------------------------------------------------
