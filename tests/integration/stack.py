@@ -136,7 +136,20 @@ class ClusterStack:
         if payload.get("act") == "pend" and payload.get("id") in self.admin_accepts:
             master.salt_key_cli().run("--yes", "--accept", payload["id"])
 
+    def remove_leftovers(self):
+        """Delete containers of this stack's pools left by a killed session.
+
+        Their daemons would otherwise answer for the host's in name-based
+        init-script checks, and their names are about to be handed out again.
+        """
+        out = subprocess.run(["lxc", "list", "--format", "csv", "-c", "n"], capture_output=True, text=True,
+                             check=False)
+        for name in out.stdout.split():
+            if name.startswith((POOL_PREFIX, "tbad")):
+                subprocess.run(["lxc", "delete", "--force", name], capture_output=True, check=False)
+
     def start(self):
+        self.remove_leftovers()
         self.write_site_pillar()
         self.master = self.factories.salt_master_daemon(
             self.master_id,
@@ -176,10 +189,10 @@ class ClusterStack:
         """Switch the cluster's membership mode and re-apply the controller's Slurm states."""
         self.membership = mode
         self.write_site_pillar()
-        ret = self.master.salt_cli(timeout=600).run("state.apply", "slurm", minion_tgt=self.controller_id,
+        ret = self.master.salt_cli(timeout=600).run("state.apply", "slurm.controller,slurm.compute", minion_tgt=self.controller_id,
                                                     _timeout=600)
         if ret.returncode != 0:
-            raise AssertionError(f"state.apply slurm failed: {ret.stdout[-3000:]}")
+            raise AssertionError(f"state.apply slurm.controller,slurm.compute failed: {ret.stdout[-3000:]}")
 
     def stop(self):
         for daemon in (self.minion, self.master):
