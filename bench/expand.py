@@ -76,10 +76,10 @@ def set_membership(mode):
 
 
 def highstate_controller(host):
-    out = subprocess.run(["salt", "--timeout", "600", "--out=json", "--static", host, "state.apply", "slurm"],
+    out = subprocess.run(["salt", "--timeout", "600", "--out=json", "--static", host, "state.apply", "slurm.controller,slurm.compute"],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"state.apply slurm on {host} failed:\n{out.stdout[-2000:]}")
+        raise SystemExit(f"state.apply slurm.controller,slurm.compute on {host} failed:\n{out.stdout[-2000:]}")
 
 
 def measure(watcher, profile, count):
