@@ -35,11 +35,18 @@ SITE = pathlib.Path("/etc/vcluster/pillar/site.sls")
 
 
 def salt_run(*args, timeout=1800):
+    """The runner's return: the last JSON document (progress events come first)."""
     out = subprocess.run(["salt-run", "--out=json", *args], capture_output=True, text=True, timeout=timeout)
-    try:
-        return json.loads(out.stdout[out.stdout.find("{"):] if "{" in out.stdout else "{}")
-    except json.JSONDecodeError:
-        return {"result": False, "comment": out.stdout[-500:] + out.stderr[-500:]}
+    decoder, text, pos, last = json.JSONDecoder(), out.stdout, 0, None
+    while True:
+        start = text.find("{", pos)
+        if start < 0:
+            break
+        try:
+            last, pos = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            pos = start + 1
+    return last if isinstance(last, dict) else {"result": False, "comment": (out.stdout + out.stderr)[-800:]}
 
 
 class Watcher(threading.Thread):

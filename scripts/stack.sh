@@ -127,7 +127,7 @@ up() {
         say "$have $PROFILE node(s) already ready: nothing to expand"
     fi
     say "a job on the virtual nodes: srun -p $PROFILE -N $COUNT hostname"
-    timeout 120 srun -p "$PROFILE" -N "$COUNT" hostname
+    timeout 120 srun --chdir=/tmp -p "$PROFILE" -N "$COUNT" hostname
     status
 }
 

@@ -90,8 +90,13 @@ class Context:
         self.events.fire(f"vcluster/node/{node}/{state}", dict(data, node=node, state=state))
 
     def close(self):
-        for prov in self._providers.values():
+        """Release provider connections and Salt clients."""
+        closables = list(self._providers.values()) + [self.keys, self.slurm, self.salt]
+        for thing in closables:
+            close = getattr(thing, "close", None)
+            if close is None:
+                continue
             try:
-                prov.close()
+                close()
             except Exception:  # noqa: BLE001 - closing must not mask results
-                log.debug("closing provider %s failed", prov.name, exc_info=True)
+                log.debug("closing %r failed", thing, exc_info=True)

@@ -77,6 +77,9 @@ class WheelKeys:
         listing = self.wheel.cmd("key.list", ["accepted"], print_event=False) or {}
         return set(listing.get("minions", []))
 
+    def close(self):
+        self.wheel.destroy()
+
     def master_pub(self):
         # {"local": {"<master key name>.pub": PEM}}: one entry, name varies.
         local = self.wheel.cmd("key.master_key_str", [], print_event=False)["local"]
@@ -87,6 +90,9 @@ class _Local:
     def __init__(self, opts):
         self.opts = opts
         self.client = salt.client.get_local_client(opts["conf_file"])
+
+    def close(self):
+        self.client.destroy()
 
     def _call(self, target, fun, arg=(), kwarg=None, timeout=60, tgt_type="glob"):
         ret = self.client.cmd(target, fun, arg=list(arg), kwarg=kwarg or {}, timeout=timeout,
