@@ -291,9 +291,16 @@ def _release(ctx, name, reason, delete_instance=True):
     if node.state in ("failed", "retiring") and ctx.policy.membership_of(node.profile) == "dynamic":
         _quietly(ctx.slurm.delete_node, name, expected="invalid node name")
     _quietly(ctx.keys.delete, name)
-    if node.state not in ("failed", "retiring"):
-        ctx.registry.fail(name, reason, actor=ctx.actor)
-    ctx.registry.release(name, reason, actor=ctx.actor)
+    try:
+        if node.state not in ("failed", "retiring"):
+            ctx.registry.fail(name, reason, actor=ctx.actor)
+        ctx.registry.release(name, reason, actor=ctx.actor)
+    except RegistryError:
+        # Failed twice at once (expand's deadline and the join handler):
+        # the other one released it; that is the end state we want.
+        if ctx.registry.get(name) is not None:
+            raise
+        return
     ctx.node_event(name, "released", reason=reason)
 
 

@@ -1,0 +1,166 @@
+"""Bounded retries of provider calls and the pause of a failing profile.
+
+Provider APIs fail now and then for reasons that go away (a busy LXD
+daemon, a Nova API restart, a timeout). :func:`create` retries a provider
+``create`` with exponential backoff until ``vcluster:faults:create_attempts``
+tries or ``create_deadline`` seconds are used up, whichever comes first.
+Between two tries it deletes whatever the failed try left behind (only
+instances tagged with this request's nodes and request id), so a retry never
+meets its own leftovers.
+
+Errors that another try cannot fix (quota, bad policy, a missing image) are
+raised at once.
+
+A profile whose expands keep failing is paused: ``failures`` failed expand
+requests within ``window`` seconds refuse further expands of that profile for
+``pause`` seconds (pillar ``vcluster:faults``). Failures are read from the
+registry's audit log, so every runner process sees the same pause and a
+master restart does not forget it.
+"""
+
+import logging
+import time
+
+from vcluster.errors import PolicyError, ProviderError, QuotaExceeded
+
+log = logging.getLogger(__name__)
+
+#: Words in a provider error that no retry can fix.
+PERMANENT_WORDS = ("no image", "quota", "not found in policy", "is required", "already has instances")
+#: Marks the refusal of a paused profile (refusals are not failures themselves).
+PAUSED_MARK = "is paused after"
+
+
+class ProfilePaused(PolicyError):
+    """Expands of a profile are refused for a while after repeated failures."""
+
+
+def _faults(policy):
+    from vcluster.policy import Faults
+
+    return getattr(policy, "faults", None) or Faults()
+
+
+def transient(exc):
+    """True when another try may succeed."""
+    if isinstance(exc, (QuotaExceeded, PolicyError)):
+        return False
+    if isinstance(exc, ProviderError):
+        text = str(exc).lower()
+        return not any(word in text for word in PERMANENT_WORDS)
+    return isinstance(exc, (OSError, ConnectionError, TimeoutError))
+
+
+def call(func, attempts, backoff, deadline, is_transient=transient, before_retry=None, on_retry=None,
+         clock=time.monotonic, wait=None):
+    """``func()``, tried up to ``attempts`` times until ``deadline`` (a ``clock`` value).
+
+    Waits ``backoff``, then twice as long, ... between tries (never past the
+    deadline). ``before_retry(exc)`` runs before each new try (clean-up),
+    ``on_retry(attempt, exc, delay)`` reports it. The last error is raised
+    when tries or time run out, or at once when it is not transient.
+    ``wait(seconds)`` defaults to an interruptible event wait.
+    """
+    if wait is None:
+        import threading
+
+        _never = threading.Event()
+        wait = _never.wait
+    attempt = 0
+    delay = backoff
+    while True:
+        attempt += 1
+        try:
+            return func()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            left = deadline - clock()
+            if attempt >= attempts or not is_transient(exc) or left <= delay:
+                raise
+            log.warning("attempt %d of %d failed (%s); retrying in %.1f s", attempt, attempts, exc, delay)
+            if on_retry is not None:
+                on_retry(attempt, exc, delay)
+            if delay > 0:
+                wait(delay)
+            if before_retry is not None:
+                before_retry(exc)
+            delay = delay * 2 if delay > 0 else 0
+
+
+def create(ctx, profile, provider, specs):
+    """``provider.create(specs)`` with bounded retries (see module doc).
+
+    ``profile`` is the :class:`~vcluster.policy.Profile` being expanded.
+    Raises :class:`ProfilePaused` before any call when the profile is paused.
+    """
+    check_pause(ctx.registry, ctx.policy, profile.name)
+    faults = _faults(ctx.policy)
+    names = {s.name for s in specs}
+    requests = {s.tags.get("registry_id") for s in specs}
+    cluster = ctx.policy.cluster
+
+    def leftovers(_exc):
+        try:
+            stale = [i.id for i in provider.list(cluster)
+                     if i.tags.get("node") in names and i.tags.get("registry_id") in requests]
+            if stale:
+                log.warning("deleting %d instance(s) left by the failed try: %s", len(stale), ", ".join(stale))
+                provider.delete(stale)
+        except Exception as exc:  # noqa: BLE001 - the next try reports what is wrong
+            log.warning("clean-up before retry failed: %s", exc)
+
+    def report(attempt, exc, delay):
+        ctx.events.progress(
+            f"creating instances failed (try {attempt} of {faults.create_attempts}): {_sentence(exc)}; "
+            f"retrying in {delay:.0f} s", attempt=attempt)
+        ctx.events.fire(f"vcluster/provider/{provider.name}/retry",
+                        {"profile": profile.name, "attempt": attempt, "error": _sentence(exc),
+                         "nodes": sorted(names)})
+
+    try:
+        return call(lambda: provider.create(specs), faults.create_attempts, faults.create_backoff,
+                    time.monotonic() + faults.create_deadline, before_retry=leftovers, on_retry=report)
+    except Exception as exc:
+        # a provider that broke its all-or-nothing promise (timeout) leaves nothing behind either
+        leftovers(exc)
+        raise
+
+
+def pause_state(registry, policy, profile, now=None):
+    """``(paused_until or None, failures)`` of ``profile`` from the audit log.
+
+    Paused when ``failures`` failed requests fall within one ``window``; the
+    pause lasts ``pause`` seconds from the last of them.
+    """
+    faults = _faults(policy)
+    now = time.time() if now is None else now
+    if faults.failures <= 0 or faults.pause <= 0:
+        return None, []
+    found = registry.failed_requests(profile, now - faults.window - faults.pause, exclude=PAUSED_MARK)
+    times = [ts for ts, _, _ in found]
+    until = None
+    for i in range(faults.failures - 1, len(times)):
+        if times[i] - times[i - faults.failures + 1] <= faults.window:
+            until = times[i] + faults.pause
+    if until is not None and until > now:
+        return until, found
+    return None, found
+
+
+def check_pause(registry, policy, profile, now=None):
+    """Raise :class:`ProfilePaused` (one sentence) while ``profile`` is paused."""
+    now = time.time() if now is None else now
+    until, found = pause_state(registry, policy, profile, now)
+    if until is None:
+        return
+    faults = _faults(policy)
+    last = found[-1][2] or "no reason recorded"
+    raise ProfilePaused(
+        f"profile {profile} {PAUSED_MARK} {faults.failures} failed expands within {faults.window:g} s "
+        f"(last: {_sentence(last)}); expands of it are refused for {int(until - now) + 1} more s "
+        f"(vcluster:faults:pause)"
+    )
+
+
+def _sentence(exc):
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
