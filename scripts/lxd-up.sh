@@ -97,6 +97,13 @@ ensure_network() {
         log "creating network $NETWORK ($CIDR)"
         lxc network create "$NETWORK" "${want[@]}" >/dev/null
     fi
+    # Fail-safe: if this bridge is ever gone while something (slurmctld
+    # pinging a stale node, say) still sends to its subnet, drop that
+    # traffic here instead of handing it to the default route. While the
+    # bridge exists its own route (metric 0) wins.
+    local net
+    net=$(python3 -c 'import ipaddress,sys; print(ipaddress.ip_interface(sys.argv[1]).network)' "$CIDR")
+    ip route replace unreachable "$net" metric 4000
     # The bridge and its dnsmasq come up asynchronously: wait for the address.
     local addr=${CIDR%/*} deadline=$((SECONDS + TIMEOUT))
     until ip -4 addr show dev "$NETWORK" 2>/dev/null | grep -q "inet $addr/"; do

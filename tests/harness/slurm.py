@@ -334,6 +334,9 @@ class SlurmHarness:
     def _start_bridge(self):
         self.subnet = _free_subnet()
         self.address = str(self.subnet.network_address + 1)
+        # Fail-safe: traffic to this subnet never leaves by the default
+        # route, even after the bridge is gone (the bridge's route wins).
+        _run(["ip", "route", "replace", "unreachable", str(self.subnet), "metric", "4000"])
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
         _run(["ip", "addr", "add", f"{self.address}/{self.subnet.prefixlen}", "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])

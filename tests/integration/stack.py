@@ -183,6 +183,7 @@ class ClusterStack:
         }
         if ret.returncode != 0 or failed or not isinstance(ret.data, dict):
             raise AssertionError(f"controller highstate failed: {failed or ret.stdout[-3000:]}")
+        self.forget_slurm_nodes()
         return ret.data
 
     def set_membership(self, mode):
@@ -194,7 +195,24 @@ class ClusterStack:
         if ret.returncode != 0:
             raise AssertionError(f"state.apply slurm.controller,slurm.compute failed: {ret.stdout[-3000:]}")
 
+    def forget_slurm_nodes(self):
+        """Remove this stack's pool nodes from the host's slurmctld.
+
+        slurmctld keeps dynamic nodes in its state across restarts; stale
+        ones of a finished session would take jobs and be pinged forever.
+        """
+        names = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True,
+                               check=False).stdout.split()
+        stale = sorted({n for n in names if n.startswith((POOL_PREFIX, "tbad"))})
+        for name in stale:
+            subprocess.run(["scancel", "-f", "-w", name], capture_output=True, check=False)
+            subprocess.run(["scontrol", "update", f"nodename={name}", "state=down", "reason=stale test node"],
+                           capture_output=True, check=False)
+            subprocess.run(["scontrol", "delete", f"nodename={name}"], capture_output=True, check=False)
+
     def stop(self):
+        self.forget_slurm_nodes()
+        self.remove_leftovers()
         for daemon in (self.minion, self.master):
             if daemon is not None and daemon.is_running():
                 daemon.terminate()
