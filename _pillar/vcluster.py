@@ -7,6 +7,13 @@ memory, features, partition, membership), rendered as NodeName lines.
 Dynamic nodes register themselves and never appear there. A virtual node
 also gets ``vcluster_self``.
 
+A minion that has the ``vcluster`` policy in its pillar (the slurmctld host)
+also gets ``vcluster_cloud``: every name of every cloud-membership pool,
+declared up front as ``State=CLOUD`` (one hostlist per profile with its
+sizes, features and partition) and the power-saving settings, taken from
+the validated policy. An invalid policy gives ``vcluster_cloud: {error:
+<one sentence>}`` and the slurm states fail with that sentence.
+
 Master configuration:
 
 .. code-block:: yaml
@@ -42,12 +49,56 @@ def __virtual__():
     return __virtualname__
 
 
+def cloud_pillar(data):
+    """``vcluster_cloud`` from the policy pillar; None without cloud profiles."""
+    # Cluster nodes get the site pillar's few vcluster keys (controller,
+    # master...); only a full policy (master, controller) has profiles.
+    if not data or "profiles" not in data:
+        return None
+    from vcluster import policy as _policy
+    from vcluster.errors import PolicyError
+
+    try:
+        pol = _policy.load(data)
+    except PolicyError as exc:
+        return {"error": str(exc)}
+    import hostlist
+
+    profiles = {}
+    for prof in sorted(pol.profiles.values(), key=lambda p: p.name):
+        if prof.membership != "cloud":
+            continue
+        profiles[prof.name] = {
+            "nodes": hostlist.collect_hostlist(list(pol.pools[prof.pool].names)),
+            "cpus": prof.cpus,
+            "memory": prof.memory,
+            "features": list(prof.features),
+            "partition": prof.partition,
+        }
+    if not profiles:
+        return None
+    ps = pol.power_save
+    return {
+        "profiles": profiles,
+        "power_save": {
+            "suspend_time": ps.suspend_time,
+            "suspend_timeout": ps.suspend_timeout,
+            "resume_timeout": ps.resume_timeout,
+            "resume_rate": ps.resume_rate,
+            "suspend_rate": ps.suspend_rate,
+            "exclude_nodes": hostlist.collect_hostlist(list(ps.exclude_nodes)) if ps.exclude_nodes else "",
+            "exclude_partitions": list(ps.exclude_partitions),
+        },
+    }
+
+
 def ext_pillar(minion_id, pillar, registry=None):  # pylint: disable=unused-argument
     """Return ``vcluster_nodes`` and, for a virtual node, ``vcluster_self``."""
     if not registry or not os.path.exists(registry):
-        return {}
-    with Registry(registry) as reg:
-        held = reg.nodes()
+        held = []
+    else:
+        with Registry(registry) as reg:
+            held = reg.nodes()
     nodes = {}
     me = None
     for node in held:
@@ -57,6 +108,9 @@ def ext_pillar(minion_id, pillar, registry=None):  # pylint: disable=unused-argu
         if node.state in IN_SLURM and node.membership in DECLARED:
             nodes[node.name] = entry
     ret = {"vcluster_nodes": nodes}
+    cloud = cloud_pillar((pillar or {}).get("vcluster"))
+    if cloud is not None:
+        ret["vcluster_cloud"] = cloud
     if me is not None:
         ret["vcluster_self"] = me
     return ret

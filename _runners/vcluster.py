@@ -68,7 +68,16 @@ def expand(count=None, profile=None, test=False, wait=True):
         salt-run vcluster.expand count=2 profile=htc
         salt-run vcluster.expand count=8 profile=htc test=True
     """
-    return _run(engine.expand, profile, count, test=test, wait=wait)
+    return _run(_expand_unless_paused, profile, count, test=test, wait=wait)
+
+
+def _expand_unless_paused(ctx, profile, count, **kwargs):
+    """Refuse, before any side effect, a profile paused after repeated failures."""
+    from vcluster import retry
+
+    if isinstance(profile, str) and profile in ctx.policy.profiles:
+        retry.check_pause(ctx.registry, ctx.policy, profile)
+    return engine.expand(ctx, profile, count, **kwargs)
 
 
 def plan(count=None, profile=None):
@@ -127,17 +136,29 @@ def status():
     return _run(engine.status)
 
 
-def reconcile():
+def reconcile(apply=False, grace=None, scheduled=False):
     """
     Compare registry, provider instances, minion keys and Slurm; report orphans.
+
+    With ``apply=True`` each one is repaired (orphan instances and keys
+    deleted, nodes whose instance vanished released or retired, stray Slurm
+    nodes removed, transitions interrupted by a crash finished or undone),
+    one ``vcluster/reconcile/<kind>`` event per repair. ``grace`` (seconds)
+    overrides ``vcluster:reconcile:grace`` and the profiles' ``join_timeout``
+    for this run (``grace=0`` right after a crash). ``scheduled=True`` is what
+    the master's schedule calls: it runs only when
+    ``vcluster:reconcile:interval`` has passed. See docs/reconcile.md.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run vcluster.reconcile
+        salt-run vcluster.reconcile apply=True
     """
-    return _run(engine.reconcile)
+    from vcluster import reconcile as _reconcile
+
+    return _run(_reconcile.run, apply=apply, grace=grace, scheduled=scheduled, actor="reconcile")
 
 
 def on_minion_start(minion_id=None):
@@ -153,3 +174,146 @@ def on_minion_start(minion_id=None):
         salt-run vcluster.on_minion_start minion_id=vnode001
     """
     return _run(engine.join, minion_id, actor="reactor")
+
+
+def suspend(nodes=None, mode=None):
+    """
+    Suspend ``nodes`` (a hostlist) with their running jobs.
+
+    Drains each node (reason ``vcluster suspend``), ``scontrol suspend``\\ s its
+    jobs, then suspends the instance (``mode``: ``suspend`` or ``pause``;
+    default ``vcluster:suspend:mode``; LXD freezes either way). The jobs are
+    neither requeued nor killed; ``vcluster.resume`` continues them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vcluster.suspend nodes='vnode[001-002]'
+        salt-run vcluster.suspend nodes=vnode003 mode=pause
+    """
+    from vcluster import suspend as _suspend
+
+    return _run(_suspend.suspend, nodes, mode=mode)
+
+
+def resume(nodes=None, host=None, timeout=None):
+    """
+    Resume suspended ``nodes`` and their jobs, optionally on another ``host``.
+
+    Resumes the instance, waits until its minion answers and slurmd runs
+    (``timeout`` seconds, default ``vcluster:suspend:resume_timeout``),
+    resumes the jobs vcluster suspended and lifts vcluster's drain.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vcluster.resume nodes='vnode[001-002]'
+        salt-run vcluster.resume nodes=vnode003 host=compute2
+    """
+    from vcluster import suspend as _suspend
+
+    return _run(_suspend.resume, nodes, host=host, timeout=timeout)
+
+
+def migrate(node=None, host=None, live=True):
+    """
+    Move ``node`` to hypervisor ``host`` (default: the provider's choice), jobs included.
+
+    Ready nodes stay ready (live migration), suspended nodes stay suspended.
+    The registry and Slurm (NodeAddr) follow the node.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vcluster.migrate node=vnode001 host=compute2
+    """
+    from vcluster import suspend as _suspend
+
+    return _run(_suspend.migrate, node, host=host, live=live)
+
+
+def liveness(timeout=None):
+    """
+    Check node liveness once; set dead nodes DOWN in Slurm (the master runs this on a schedule).
+
+    Slurm runs with ``SlurmdTimeout=0``: vcluster decides which nodes are dead,
+    skipping nodes it suspended on purpose. See docs/operations.md.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vcluster.liveness
+        salt-run vcluster.liveness timeout=5
+    """
+    from vcluster import liveness as _liveness
+
+    return _run(_liveness.check, timeout=timeout, actor="liveness")
+
+
+def on_slurm_event(minion_id=None, line=None):
+    """
+    Reactor handler for Slurm job start/end lines (PrologSlurmctld/EpilogSlurmctld).
+
+    Only the controller's beacon is trusted; the job is re-read from Slurm.
+    A job of a preempting partition suspends the preemptible virtual nodes on
+    its hosts; its end resumes them (see ``vcluster:preemption``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vcluster.on_slurm_event minion_id=ctl line='vcluster-slurm-event v1 start job=42 partition=batch nodes=node01'
+    """
+    from vcluster import preempt as _preempt
+
+    return _run(_preempt.on_event, minion_id, line, actor="preempt")
+
+
+def on_slurm_power(action=None, nodes=None, sender=None, resume_file=None):
+    """
+    Reactor handler for ``vcluster/slurm/power/<action>`` (cloud membership).
+
+    Slurm's ResumeProgram, SuspendProgram and ResumeFailProgram fire these
+    through the controller's minion. ``resume`` creates exactly the named
+    nodes (or thaws warm-pool nodes), ``suspend`` retires them (or keeps them
+    suspended for the warm pool), ``resume_fail`` releases them and sets
+    them DOWN with a reason. Events from any minion but the controller are
+    ignored. See docs/autoscaling.md.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vcluster.on_slurm_power action=resume nodes='tnode[01-02]' sender=ctl
+    """
+    from vcluster import powersave
+
+    return _run(powersave.handle, action, nodes, sender, resume_file, actor="slurm-power")
+
+
+def autoscale(scheduled=False, test=False):
+    """
+    One autoscaling pass from pillar ``vcluster:autoscale`` (see docs/autoscaling.md).
+
+    Thaws warm-pool nodes and creates nodes for pending jobs up to
+    ``max_nodes``, keeps ``min_nodes``, retires nodes idle for
+    ``idle_time`` (or suspends them into the warm pool), and gives jobs
+    submitted with ``--hold --comment=<job_flag>`` nodes of their own,
+    retired when the job ends. ``test=True`` only reports what it would do.
+    The master's schedule calls it with ``scheduled=True``: it then runs
+    only when ``enabled`` and ``interval`` seconds have passed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vcluster.autoscale
+        salt-run vcluster.autoscale test=True
+    """
+    from vcluster import autoscale as _autoscale
+
+    return _run(_autoscale.run, scheduled=scheduled, test=test, actor="autoscale")

@@ -28,9 +28,11 @@ slurm:
     MaxNodeCount: 128
     # vcluster suspends virtual nodes with their jobs (LXD freeze, Nova
     # suspend). Slurm would mark a frozen node DOWN after SlurmdTimeout and
-    # requeue its job; vcluster owns the liveness of virtual nodes and drives
-    # their Slurm state itself, so the ping timeout stays generous.
-    SlurmdTimeout: 300
+    # requeue its job; so slurmctld's own check is off (0) and vcluster owns
+    # node liveness: vcluster.liveness, on the master's schedule, sets nodes
+    # DOWN whose minion or slurmd is gone, skipping the ones it suspended
+    # (pillar vcluster:liveness, docs/operations.md).
+    SlurmdTimeout: 0
     ReturnToService: 2
 
   # Example bare-metal nodes (the site pillar sets the real ones):

@@ -60,6 +60,14 @@ base:
     - munge
     - chrony
     - nfs
+  # site.sls must come after vcluster.sls wherever both apply: Salt renders
+  # each SLS once, at its first place in the merged top, and later files
+  # win. The policy holders (the slurmctld host among them) get it from the
+  # vcluster_policy block, after the example policy; the other cluster
+  # nodes from here. (Compound parentheses need the spaces.)
+  '( G@roles:slurm-controller or G@roles:slurm-compute ) and not N@vcluster_policy':
+    - match: compound
+    - ignore_missing: True
     - site
   vcluster_cluster:
     - match: nodegroup

@@ -149,28 +149,12 @@ def expand(ctx, profile, count, test=False, wait=True):
     for n in nodes:
         ctx.node_event(n.name, "allocated", address=n.address, profile=prof.name, request=request_id)
 
-    created = []
-    try:
-        specs = [_spec(ctx, prof, n, request_id) for n in nodes]
-        instances = retry.create(ctx, prof, provider, specs)  # bounded retries, paused profiles
-        created = [i.id for i in instances]
-        for n, inst in zip(nodes, instances):
-            ctx.registry.transition(
-                n.name, "booting", expect="allocated", actor=ctx.actor,
-                instance_id=inst.id, host=inst.host,
-            )
-            ctx.node_event(n.name, "booting", instance=inst.id, host=inst.host)
-    except Exception as exc:  # noqa: BLE001 - every failure must roll back
-        reason = f"creating instances failed: {_sentence(exc)}"
-        log.warning("expand %s: %s", request_id, reason)
-        if created:
-            _quietly(provider.delete, created)
-        for n in nodes:
-            _release(ctx, n.name, reason, delete_instance=False)
-        return {"result": False, "comment": reason, "request": request_id,
-                "nodes": {n.name: {"state": "released", "reason": reason} for n in nodes}}
+    failure = launch(ctx, prof, provider, nodes, request_id)
+    if failure:
+        return {"result": False, "comment": failure, "request": request_id,
+                "nodes": {n.name: {"state": "released", "reason": failure} for n in nodes}}
 
-    ctx.events.progress(f"created {len(created)} instance(s); waiting for them to join", nodes=names)
+    ctx.events.progress(f"created {len(nodes)} instance(s); waiting for them to join", nodes=names)
     if not wait:
         return _summary(ctx, names, request_id)
     deadline = time.monotonic() + prof.join_timeout
@@ -185,6 +169,40 @@ def expand(ctx, profile, count, test=False, wait=True):
         elif node.state == "failed":
             _release(ctx, name, node.reason or "failed")
     return _summary(ctx, names, request_id)
+
+
+def launch(ctx, prof, provider, nodes, request_id):
+    """Create the instances of allocated ``nodes``; ``None``, or why it failed.
+
+    Nodes are ``booting`` before the provider is called: a guest may boot
+    and its minion start before the provider's create call returns, and the
+    join handler acts on booting nodes only. On failure everything is
+    rolled back (instances, keys, names, addresses).
+    """
+    for n in nodes:
+        ctx.registry.transition(n.name, "booting", expect="allocated", actor=ctx.actor)
+        ctx.node_event(n.name, "booting")
+    created = []
+    try:
+        specs = [_spec(ctx, prof, n, request_id) for n in nodes]
+        instances = retry.create(ctx, prof, provider, specs)  # bounded retries, paused profiles
+        created = [i.id for i in instances]
+    except Exception as exc:  # noqa: BLE001 - every failure must roll back
+        reason = f"creating instances failed: {_sentence(exc)}"
+        log.warning("expand %s: %s", request_id, reason)
+        if created:
+            _quietly(provider.delete, created)
+        for n in nodes:
+            _release(ctx, n.name, reason, delete_instance=False)
+        return reason
+    for n, inst in zip(nodes, instances):
+        if ctx.registry.get(n.name) is None:
+            # failed and released while the create call ran: do not orphan it
+            _quietly(provider.delete, [inst.id])
+            continue
+        ctx.registry.update(n.name, instance_id=inst.id, host=inst.host)
+        ctx.node_event(n.name, "created", instance=inst.id, host=inst.host)
+    return None
 
 
 def _spec(ctx, prof, node, request_id):

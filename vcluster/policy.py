@@ -89,6 +89,102 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True)
+class Reconcile:
+    """How often and how patiently ``vcluster.reconcile`` repairs (see docs/reconcile.md)."""
+
+    interval: float = 300  # seconds between scheduled runs; 0 turns the schedule off
+    grace: float = 600  # seconds before an interrupted transition counts as stuck
+    apply: bool = True  # scheduled runs repair (False: report only)
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """Retries of provider calls and the pause of a profile that keeps failing."""
+
+    create_attempts: int = 3  # provider create tries per expand
+    create_backoff: float = 2.0  # seconds before the 2nd try, doubled after each
+    create_deadline: float = 600  # seconds for all tries together
+    failures: int = 3  # failed expand requests of one profile ...
+    window: float = 600  # ... within this many seconds ...
+    pause: float = 900  # ... refuse its expands for this many seconds (failures 0: never)
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerSave:
+    """Slurm power saving of cloud-membership nodes (slurm.conf Suspend*/Resume*)."""
+
+    suspend_time: int = 600  # SuspendTime: seconds idle before SuspendProgram
+    suspend_timeout: int = 120  # SuspendTimeout
+    resume_timeout: int = 600  # ResumeTimeout: then ResumeFailProgram
+    resume_rate: int = 0  # ResumeRate, nodes per minute (0: no limit)
+    suspend_rate: int = 0  # SuspendRate, nodes per minute (0: no limit)
+    exclude_nodes: tuple = ()  # SuspendExcNodes besides the bare-metal nodes
+    exclude_partitions: tuple = ()  # SuspendExcParts
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoscaleProfile:
+    """Autoscaling bounds of one profile."""
+
+    name: str
+    min_nodes: int = 0  # kept ready (dynamic/static) even when idle
+    max_nodes: int | None = None  # None: the profile's max_nodes, else limits:max_nodes
+    idle_time: int = 600  # seconds a node may idle before it is retired
+    warm_pool: int = 0  # nodes kept suspended (provider suspend) for a fast resume
+    per_job: bool = False  # jobs flagged with autoscale:job_flag get their own nodes here
+
+
+@dataclasses.dataclass(frozen=True)
+class Autoscale:
+    """The ``vcluster.autoscale`` runner and its master schedule."""
+
+    enabled: bool = False  # False: no schedule; the runner only reports
+    interval: int = 60  # seconds between scheduled runs
+    job_flag: str = "vcluster-own"  # sbatch --comment=<flag>[:<profile>] asks for own nodes
+    profiles: FrozenMap = dataclasses.field(default_factory=FrozenMap)
+
+    def as_dict(self):
+        return {"enabled": self.enabled, "interval": self.interval, "job_flag": self.job_flag,
+                "profiles": {n: dataclasses.asdict(p) for n, p in self.profiles.items()}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Liveness:
+    """How vcluster, not slurmctld, decides that a node is dead (see docs/operations.md)."""
+
+    enabled: bool = True  # False: the scheduled check only reports
+    timeout: float = 30  # seconds a watched minion may take to answer the check
+    baremetal: bool = True  # also watch Slurm nodes that are minions but not vcluster nodes
+    resume: bool = True  # undo vcluster's own DOWN once the node answers again
+
+
+@dataclasses.dataclass(frozen=True)
+class Suspend:
+    """Defaults of ``vcluster.suspend`` / ``vcluster.resume``."""
+
+    mode: str = "suspend"  # suspend (Nova: memory to disk) | pause (memory kept); LXD: freeze
+    resume_timeout: float = 120  # seconds for minion and slurmd to answer after the provider resume
+
+
+@dataclasses.dataclass(frozen=True)
+class Preemption:
+    """Jobs of some partitions suspend the virtual nodes on their hypervisor host."""
+
+    enabled: bool = False
+    partitions: tuple = ()  # jobs in these Slurm partitions preempt
+    preemptible: tuple = ()  # virtual nodes whose profile partition is listed here may be suspended
+    mode: str = "suspend"  # suspend | pause
+    migrate: bool = False  # on job end, move to a free host first when the provider can
+    hypervisors: FrozenMap = dataclasses.field(default_factory=FrozenMap)  # Slurm node -> provider host
+
+    def as_dict(self):
+        data = dataclasses.asdict(self)
+        data["partitions"], data["preemptible"] = list(self.partitions), list(self.preemptible)
+        data["hypervisors"] = dict(self.hypervisors)
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
 class Pool:
     """Node names and IPv4 addresses, both in allocation order (lowest first)."""
 
@@ -174,6 +270,13 @@ class Policy:
     pools: FrozenMap
     providers: FrozenMap
     profiles: FrozenMap
+    reconcile: Reconcile = dataclasses.field(default_factory=Reconcile)
+    faults: Faults = dataclasses.field(default_factory=Faults)
+    power_save: PowerSave = dataclasses.field(default_factory=PowerSave)
+    autoscale: Autoscale = dataclasses.field(default_factory=Autoscale)
+    liveness: Liveness = dataclasses.field(default_factory=Liveness)
+    suspend: Suspend = dataclasses.field(default_factory=Suspend)
+    preemption: Preemption = dataclasses.field(default_factory=Preemption)
 
     def profile(self, name):
         """The profile called ``name``; :class:`PolicyError` when undefined."""
@@ -212,6 +315,13 @@ class Policy:
             "pools": {n: p.as_dict() for n, p in self.pools.items()},
             "providers": {n: p.as_dict() for n, p in self.providers.items()},
             "profiles": {n: p.as_dict() for n, p in self.profiles.items()},
+            "reconcile": dataclasses.asdict(self.reconcile),
+            "faults": dataclasses.asdict(self.faults),
+            "power_save": dataclasses.asdict(self.power_save),
+            "autoscale": self.autoscale.as_dict(),
+            "liveness": dataclasses.asdict(self.liveness),
+            "suspend": dataclasses.asdict(self.suspend),
+            "preemption": self.preemption.as_dict(),
         }
 
 
@@ -257,6 +367,20 @@ def _positive_number(value, path):
         raise _fail(path, "must be a positive number", value)
     if value == float("inf"):
         raise _fail(path, "must be a finite number", value)
+    return value
+
+
+def _non_negative_number(value, path):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise _fail(path, "must be a number of seconds, zero or more", value)
+    if value == float("inf"):
+        raise _fail(path, "must be a finite number", value)
+    return value
+
+
+def _non_negative_int(value, path):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _fail(path, "must be a whole number, zero or more", value)
     return value
 
 
@@ -377,6 +501,13 @@ TOP_KEYS = {
     "registry": (DEFAULT_REGISTRY, _abs_path),
     "membership": ("dynamic", _choice(MEMBERSHIPS)),
     "limits": ({}, None),
+    "reconcile": ({}, None),
+    "faults": ({}, None),
+    "power_save": ({}, None),
+    "autoscale": ({}, None),
+    "liveness": ({}, None),
+    "suspend": ({}, None),
+    "preemption": ({}, None),
     "pools": (_REQUIRED, None),
     "providers": (_REQUIRED, None),
     "profiles": (_REQUIRED, None),
@@ -385,6 +516,69 @@ TOP_KEYS = {
 LIMITS_KEYS = {
     "max_nodes": (None, _positive_int),  # None: every name of every pool
     "max_per_request": (16, _positive_int),
+}
+
+RECONCILE_KEYS = {
+    "interval": (Reconcile.interval, _non_negative_number),
+    "grace": (Reconcile.grace, _positive_number),
+    "apply": (Reconcile.apply, _bool),
+}
+
+FAULTS_KEYS = {
+    "create_attempts": (Faults.create_attempts, _positive_int),
+    "create_backoff": (Faults.create_backoff, _non_negative_number),
+    "create_deadline": (Faults.create_deadline, _positive_number),
+    "failures": (Faults.failures, _non_negative_int),
+    "window": (Faults.window, _positive_number),
+    "pause": (Faults.pause, _non_negative_number),
+}
+
+POWER_SAVE_KEYS = {
+    "suspend_time": (PowerSave.suspend_time, _positive_int),
+    "suspend_timeout": (PowerSave.suspend_timeout, _positive_int),
+    "resume_timeout": (PowerSave.resume_timeout, _positive_int),
+    "resume_rate": (PowerSave.resume_rate, _non_negative_int),
+    "suspend_rate": (PowerSave.suspend_rate, _non_negative_int),
+    "exclude_nodes": (None, None),  # Slurm hostlist (or a list of them)
+    "exclude_partitions": (None, None),  # list of partition names
+}
+
+AUTOSCALE_KEYS = {
+    "enabled": (Autoscale.enabled, _bool),
+    "interval": (Autoscale.interval, _positive_int),
+    "job_flag": (Autoscale.job_flag, None),
+    "profiles": ({}, None),
+}
+
+AUTOSCALE_PROFILE_KEYS = {
+    "min_nodes": (0, _non_negative_int),
+    "max_nodes": (None, _positive_int),
+    "idle_time": (600, _positive_int),
+    "warm_pool": (0, _non_negative_int),
+    "per_job": (False, _bool),
+}
+
+SUSPEND_MODES = ("suspend", "pause")
+
+LIVENESS_KEYS = {
+    "enabled": (Liveness.enabled, _bool),
+    "timeout": (Liveness.timeout, _positive_number),
+    "baremetal": (Liveness.baremetal, _bool),
+    "resume": (Liveness.resume, _bool),
+}
+
+SUSPEND_KEYS = {
+    "mode": (Suspend.mode, _choice(SUSPEND_MODES)),
+    "resume_timeout": (Suspend.resume_timeout, _positive_number),
+}
+
+PREEMPTION_KEYS = {
+    "enabled": (Preemption.enabled, _bool),
+    "partitions": ((), None),  # list of Slurm partition names
+    "preemptible": ((), None),  # list of Slurm partition names
+    "mode": (Preemption.mode, _choice(SUSPEND_MODES)),
+    "migrate": (Preemption.migrate, _bool),
+    "hypervisors": ({}, None),  # Slurm node name -> provider host name
 }
 
 POOL_KEYS = {
@@ -456,6 +650,23 @@ PROVIDER_KEYS = {
         "key_name": (None, _string),
         "verify": (None, _bool_or_string),
         "timeout": (None, _positive_number),
+        # keys vcluster/providers/openstack.py reads (see docs/openstack.md)
+        "clouds_yaml": (None, _abs_path),  # clouds.yaml holding 'cloud'
+        "region_name": (None, _string),
+        "interface": (None, _string),
+        "cacert": (None, _abs_path),
+        "auth_type": (None, _string),
+        "networks": (None, _choice(("auto", "none"))),  # servers without a network
+        "boot_timeout": (None, _positive_number),
+        "action_timeout": (None, _positive_number),
+        "poll_interval": (None, _positive_number),
+        "multi_create": (None, _bool),
+        "max_batch": (None, _positive_int),
+        "api_retries": (None, _int),
+        "api_retry_deadline": (None, _positive_number),
+        "api_retry_backoff": (None, _positive_number),
+        "api_concurrency": (None, _positive_int),
+        "minion_start": (None, _string),
     },
 }
 
@@ -465,7 +676,10 @@ EXTRA_KEYS = {
     "opennebula": (
         "template", "context", "boot", "start_command", "cpu_factor", "network_owner", "sched_requirements",
     ),
-    "openstack": ("scheduler_hints", "availability_zone", "security_groups", "key_name", "metadata"),
+    "openstack": (
+        "scheduler_hints", "availability_zone", "security_groups", "key_name", "metadata",
+        "server_group_policy", "server_group", "config_drive", "networks", "boot_timeout", "runcmd",
+    ),
 }
 
 
@@ -709,6 +923,130 @@ def _check_pools_disjoint(pools):
     return owner_addr
 
 
+def _check_cloud_pools(profiles):
+    """A pool of a cloud profile belongs to that profile alone (Slurm declares its names once)."""
+    owner = {}
+    for prof in profiles.values():
+        if prof.membership != "cloud":
+            continue
+        for other in profiles.values():
+            if other.name != prof.name and other.pool == prof.pool:
+                first, second = sorted((prof.name, other.name))
+                raise _fail(
+                    f"{ROOT}:profiles:{second}:pool",
+                    f"must not share the pool of cloud profile {first!r} (cloud pool names are declared "
+                    "in slurm.conf with one profile's sizes)",
+                    prof.pool,
+                )
+        owner[prof.pool] = prof.name
+    return owner
+
+
+def _parse_power_save(data, profiles):
+    path = f"{ROOT}:power_save"
+    fields = _section(data, path, POWER_SAVE_KEYS)
+    if fields["exclude_nodes"] is None:
+        fields["exclude_nodes"] = ()
+    else:
+        fields["exclude_nodes"] = _parse_names(fields["exclude_nodes"], _join(path, "exclude_nodes"))
+    parts = fields["exclude_partitions"]
+    if parts is None:
+        fields["exclude_partitions"] = ()
+    else:
+        if isinstance(parts, str) or not isinstance(parts, (list, tuple)):
+            raise _fail(_join(path, "exclude_partitions"), "must be a list of Slurm partition names", parts)
+        fields["exclude_partitions"] = tuple(
+            _slurm_word(p, f"{path}:exclude_partitions[{i}]") for i, p in enumerate(parts)
+        )
+    for prof in sorted(profiles.values(), key=lambda p: p.name):
+        if prof.membership == "cloud" and fields["resume_timeout"] <= prof.join_timeout:
+            raise _fail(
+                _join(path, "resume_timeout"),
+                f"must exceed the join_timeout of cloud profile {prof.name!r} ({prof.join_timeout} s)",
+                fields["resume_timeout"],
+            )
+    return PowerSave(**fields)
+
+
+def _parse_autoscale(data, profiles, max_total):
+    path = f"{ROOT}:autoscale"
+    fields = _section(data, path, AUTOSCALE_KEYS)
+    flag = fields["job_flag"]
+    if not isinstance(flag, str) or not _SLUG.match(flag):
+        raise _fail(_join(path, "job_flag"), "must be a word of letters, digits, '-' or '_'", flag)
+    items = fields["profiles"] or {}
+    if not isinstance(items, collections.abc.Mapping):
+        raise _fail(_join(path, "profiles"), "must be a mapping of profile names", items)
+    out = {}
+    for name, item in items.items():
+        ppath = f"{path}:profiles:{name}"
+        if name not in profiles:
+            raise _fail(
+                f"{path}:profiles",
+                "keys must name profiles defined in {}:profiles ({})".format(ROOT, ", ".join(sorted(profiles))),
+                name,
+            )
+        sub = _section(item, ppath, AUTOSCALE_PROFILE_KEYS)
+        prof = profiles[name]
+        ceiling = prof.max_nodes or max_total
+        if sub["max_nodes"] is not None and sub["max_nodes"] > ceiling:
+            raise _fail(_join(ppath, "max_nodes"), f"must not exceed the profile's limit ({ceiling})", sub["max_nodes"])
+        top = sub["max_nodes"] or ceiling
+        if sub["min_nodes"] > top:
+            raise _fail(_join(ppath, "min_nodes"), f"must not exceed max_nodes ({top})", sub["min_nodes"])
+        if sub["min_nodes"] + sub["warm_pool"] > top:
+            raise _fail(
+                _join(ppath, "warm_pool"),
+                f"plus min_nodes ({sub['min_nodes']}) must not exceed max_nodes ({top})",
+                sub["warm_pool"],
+            )
+        if prof.membership == "cloud" and sub["min_nodes"]:
+            raise _fail(
+                _join(ppath, "min_nodes"),
+                "must be 0 for a cloud profile (Slurm's power saving decides which names run)",
+                sub["min_nodes"],
+            )
+        out[name] = AutoscaleProfile(name=name, **sub)
+    return Autoscale(enabled=fields["enabled"], interval=fields["interval"], job_flag=flag, profiles=FrozenMap(out))
+
+
+def _partition_list(value, path):
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise _fail(path, "must be a list of Slurm partition names", value)
+    return tuple(_slurm_word(v, f"{path}[{i}]") for i, v in enumerate(value))
+
+
+def _parse_preemption(data, profiles):
+    path = f"{ROOT}:preemption"
+    fields = _section(data, path, PREEMPTION_KEYS)
+    fields["partitions"] = _partition_list(fields["partitions"], _join(path, "partitions"))
+    fields["preemptible"] = _partition_list(fields["preemptible"], _join(path, "preemptible"))
+    both = sorted(set(fields["partitions"]) & set(fields["preemptible"]))
+    if both:
+        raise _fail(_join(path, "preemptible"), "must not list a partition that also preempts", both[0])
+    hyps = fields["hypervisors"]
+    if not isinstance(hyps, collections.abc.Mapping):
+        raise _fail(_join(path, "hypervisors"), "must be a mapping of Slurm node name to provider host name", hyps)
+    for node, host in hyps.items():
+        _name(node, f"{path}:hypervisors")
+        _string(host, f"{path}:hypervisors:{node}")
+    fields["hypervisors"] = FrozenMap(hyps)
+    if fields["enabled"]:
+        if not fields["partitions"]:
+            raise PolicyError(f"{path}:partitions must name at least one partition when preemption is enabled, got nothing")
+        if not fields["preemptible"]:
+            raise PolicyError(f"{path}:preemptible must name at least one partition when preemption is enabled, got nothing")
+        known = {p.partition for p in profiles.values() if p.partition}
+        for i, part in enumerate(fields["preemptible"]):
+            if part not in known:
+                raise _fail(
+                    f"{path}:preemptible[{i}]",
+                    "must be the partition of some profile ({})".format(", ".join(sorted(known)) or "none has one"),
+                    part,
+                )
+    return Preemption(**fields)
+
+
 def load(data):
     """Validate the ``vcluster:`` pillar and return a :class:`Policy`.
 
@@ -734,6 +1072,7 @@ def load(data):
         f"{ROOT}:profiles",
         lambda n, d, p: _parse_profile(n, d, p, pools, providers, top["membership"]),
     )
+    _check_cloud_pools(profiles)
     limit_fields = _section(top["limits"], f"{ROOT}:limits", LIMITS_KEYS)
     if limit_fields["max_nodes"] is None:
         limit_fields["max_nodes"] = sum(p.size for p in pools.values())
@@ -747,6 +1086,13 @@ def load(data):
         pools=FrozenMap(pools),
         providers=FrozenMap(providers),
         profiles=FrozenMap(profiles),
+        reconcile=Reconcile(**_section(top["reconcile"], f"{ROOT}:reconcile", RECONCILE_KEYS)),
+        power_save=_parse_power_save(top["power_save"], profiles),
+        autoscale=_parse_autoscale(top["autoscale"], profiles, limit_fields["max_nodes"]),
+        faults=Faults(**_section(top["faults"], f"{ROOT}:faults", FAULTS_KEYS)),
+        liveness=Liveness(**_section(top["liveness"], f"{ROOT}:liveness", LIVENESS_KEYS)),
+        suspend=Suspend(**_section(top["suspend"], f"{ROOT}:suspend", SUSPEND_KEYS)),
+        preemption=_parse_preemption(top["preemption"], profiles),
     )
 
 

@@ -351,6 +351,79 @@ class Registry:
             nodes.append(node)
         return nodes
 
+    def allocate_named(self, pool, profile, provider, names, request_id, membership=None, actor=None,
+                       attrs=None):
+        """Allocate the nodes called ``names`` (all of them) from ``pool``.
+
+        For callers that do not choose the name, e.g. Slurm's power saving
+        resuming specific CLOUD nodes. Every name must belong to the pool
+        and be free; addresses are the lowest free ones. One ``BEGIN
+        IMMEDIATE`` transaction: either every name is taken or none is
+        (:class:`RegistryError` for a foreign or repeated name,
+        :class:`PoolExhausted` when a name is held or addresses run out).
+        """
+        try:
+            attrs_json = json.dumps(attrs or {}, sort_keys=True)
+        except (TypeError, ValueError):
+            raise RegistryError(f"attrs must be JSON data, got {attrs!r}") from None
+        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+            raise RegistryError(f"names must be a non-empty list of node names, got {names!r}")
+        names = [str(n) for n in names]
+        if len(set(names)) != len(names):
+            raise RegistryError(f"names must not repeat a name, got {names!r}")
+        members = set(pool.names)
+        foreign = [n for n in names if n not in members]
+        if foreign:
+            raise RegistryError(f"node name {foreign[0]!r} is not in pool {pool.name!r}")
+        args = (pool, profile, provider, names, request_id, membership, actor, attrs_json)
+        with self._write() as db:
+            self._sync_pool(db, pool)
+            try:
+                db.execute("SAVEPOINT allocate_named")
+                nodes = self._allocate_named(db, *args)
+            except (sqlite3.IntegrityError, PoolExhausted):
+                db.execute("ROLLBACK TO allocate_named")
+                self._sync_pool(db, pool, force=True)
+                nodes = self._allocate_named(db, *args)
+            db.execute("RELEASE allocate_named")
+        return nodes
+
+    def _allocate_named(self, db, pool, profile, provider, names, request_id, membership, actor, attrs_json):
+        held_sql = "SELECT node_id FROM slots WHERE pool = ? AND kind = 'name' AND value = ?"
+        for name in names:
+            row = db.execute(held_sql, (pool.name, name)).fetchone()
+            if row is None or row[0] is not None:
+                raise PoolExhausted(f"node name {name!r} of pool {pool.name!r} is held by an active node")
+        count = len(names)
+        if pool.addresses:
+            free_sql = ("SELECT value FROM slots WHERE pool = ? AND kind = 'address' AND node_id IS NULL "
+                        "ORDER BY idx LIMIT ?")
+            addresses = [r[0] for r in db.execute(free_sql, (pool.name, count))]
+            if len(addresses) < count:
+                raise PoolExhausted(f"pool {pool.name!r} has {len(addresses)} free addresses, wanted {count}")
+        else:
+            addresses = [None] * count
+        now = time.time()
+        nodes = []
+        for name, address in zip(names, addresses):
+            cur = db.execute(
+                "INSERT INTO nodes (name, address, pool, profile, provider, state, request_id, "
+                "membership, attrs, created, updated) VALUES (?, ?, ?, ?, ?, 'allocated', ?, ?, ?, ?, ?)",
+                (name, address, pool.name, profile, provider, request_id, membership, attrs_json, now, now),
+            )
+            node = Node(
+                id=cur.lastrowid, name=name, address=address, pool=pool.name, profile=profile,
+                provider=provider, instance_id=None, host=None, state="allocated", reason=None,
+                request_id=request_id, membership=membership, attrs=json.loads(attrs_json),
+                created=now, updated=now,
+            )
+            self._hold(db, node.id, "name", name)
+            if address is not None:
+                self._hold(db, node.id, "address", address)
+            self._audit(db, now, node, None, "allocated", f"request {request_id} (named)", actor)
+            nodes.append(node)
+        return nodes
+
     @staticmethod
     def _hold(db, node_id, kind, value):
         """Mark ``value`` held by ``node_id`` in every pool that lists it."""
@@ -507,6 +580,26 @@ class Registry:
             item["ts"] = _iso(item["ts"])
             out.append(item)
         return out
+
+    def failed_requests(self, profile, since, exclude=None):
+        """Requests of ``profile`` with a node that went ``failed`` at or after ``since``.
+
+        Returns ``[(first failure ts, request_id, reason)]``, oldest first, one
+        per request (from the audit log; nodes without a request id count
+        one each). Failures whose reason contains ``exclude`` are skipped.
+        Used to pause a profile that keeps failing (:mod:`vcluster.retry`).
+        """
+        sql = (
+            "SELECT MIN(a.ts), COALESCE(n.request_id, 'node:' || n.id), MIN(a.reason) "
+            "FROM audit a JOIN nodes n ON n.id = a.node_id "
+            "WHERE a.to_state = 'failed' AND a.ts >= ? AND n.profile = ?"
+        )
+        args = [float(since), profile]
+        if exclude:
+            sql += " AND COALESCE(a.reason, '') NOT LIKE ?"
+            args.append("%" + exclude.replace("%", "") + "%")
+        sql += " GROUP BY 2 ORDER BY 1"
+        return [(r[0], r[1], r[2]) for r in self._db.execute(sql, args)]
 
     # -- job <-> node map ---------------------------------------------------
 

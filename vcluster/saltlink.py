@@ -136,6 +136,25 @@ class ControllerSlurm(_Local):
     def reconfigure(self):
         return self._slurm("reconfigure")
 
+    def job(self, job_id):
+        return self._slurm("job", job_id)
+
+    def suspend_job(self, job_id):
+        return self._slurm("suspend_job", job_id)
+
+    def resume_job(self, job_id):
+        return self._slurm("resume_job", job_id)
+
+    def update_node_addr(self, name, address):
+        """``scontrol update nodename=NAME nodeaddr=ADDR`` (after a migration)."""
+        argv = ["scontrol", "update", f"nodename={name}", f"nodeaddr={address}"]
+        ret = self._call(self.controller, "cmd.run_all", [argv], {"python_shell": False}, timeout=60)
+        data = (ret.get(self.controller) or {}).get("ret")
+        if not isinstance(data, dict) or data.get("retcode") != 0:
+            text = data.get("stderr") if isinstance(data, dict) else data
+            raise SlurmError(f"Slurm did not take the new address {address} of {name}: {text or 'no answer'}")
+        return True
+
     def wait_node_state(self, name, states, timeout):
         return self._slurm("wait_node_state", name, states=",".join(states), timeout=int(timeout),
                            call_timeout=int(timeout))
@@ -154,6 +173,18 @@ class LocalActions(_Local):
         ret = self._call(target, "state.apply", [sls], kwarg={"queue": True}, timeout=timeout,
                          tgt_type=tgt_type)
         return summarize(ret, [target] if tgt_type == "glob" and "*" not in target else None)
+
+
+    def probe(self, names, timeout):
+        """``{name: slurmd runs?}`` for the minions that answer within ``timeout``."""
+        ret = self._call(list(names), "cmd.run_all", ["pgrep -x slurmd"], {"python_shell": False},
+                         timeout=max(1, int(timeout)), tgt_type="list")
+        out = {}
+        for name, answer in ret.items():
+            data = answer.get("ret") if isinstance(answer, dict) else answer
+            if isinstance(data, dict) and "retcode" in data:
+                out[name] = data["retcode"] == 0
+        return out
 
 
 def summarize(ret, expected=None):

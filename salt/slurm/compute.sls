@@ -1,7 +1,9 @@
 {#- slurm.compute: slurmd, for bare metal and virtual nodes alike.
 
-    bare metal, and virtual nodes in static/cloud membership:
+    bare metal, and virtual nodes in static membership:
         full slurm.conf (slurm.config); slurmd finds its NodeName line.
+    virtual nodes in cloud membership (configless): their name is declared
+        State=CLOUD on the controller; slurmd -b --conf-server <ctl> -N <name>.
     virtual nodes in dynamic membership (configless):
         no slurm.conf; /etc/default/slurmd makes slurmd register itself:
         slurmd -Z --conf-server <controller> --conf "CPUs= RealMemory= Feature=" -N <name>
@@ -44,8 +46,17 @@ slurm-compute-package-installed:
 {%-   if node.features %}
 {%-     do node_conf.append("Feature=" ~ node.features | join(",")) %}
 {%-   endif %}
-{%-   set options = ["-Z", "--conf-server", conf_server,
-                     "--conf", "'" ~ node_conf | join(" ") ~ "'", "-N", node.name] %}
+{%-   if node.membership == "cloud" %}
+{#-     a State=CLOUD node of slurm.conf: sizes come from the controller.
+        -b: report "booted now". slurmctld waits for a boot newer than its
+        power-up request ("Still waiting for boot of node"); a container
+        shares the host's kernel uptime and a thawed warm-pool node did not
+        reboot, so without -b neither would ever register. #}
+{%-     set options = ["-b", "--conf-server", conf_server, "-N", node.name] %}
+{%-   else %}
+{%-     set options = ["-Z", "--conf-server", conf_server,
+                       "--conf", "'" ~ node_conf | join(" ") ~ "'", "-N", node.name] %}
+{%-   endif %}
 {%- else %}
 {%-   set missing = [] %}
 {%-   set options = ["-N", node.name] if node.virtual else [] %}

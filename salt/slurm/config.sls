@@ -12,7 +12,13 @@ slurm-config-directory:
     - mode: '0755'
     - makedirs: True
 
-{%- if slurm.controller.get("host") and slurm.controller.get("address") %}
+{%- set cloud_error = (salt["pillar.get"]("vcluster_cloud", {}) or {}).get("error") %}
+{%- if cloud_error %}
+
+slurm-config-file-managed:
+  test.fail_without_changes:
+    - comment: {{ ("the vcluster policy is invalid, slurm.conf not written: " ~ cloud_error) | yaml_dquote }}
+{%- elif slurm.controller.get("host") and slurm.controller.get("address") %}
 
 slurm-config-file-managed:
   file.managed:

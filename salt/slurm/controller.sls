@@ -11,8 +11,15 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set declared = slurm.nodes.keys() | list %}
 {%- if slurm.membership in ["static", "cloud"] %}
-{%-   do declared.extend((salt["pillar.get"]("vcluster_nodes", {}) or {}).keys() | list) %}
+{%-   for name, n in (salt["pillar.get"]("vcluster_nodes", {}) or {}) | dictsort if n.get("membership") != "cloud" %}
+{%-     do declared.append(name) %}
+{%-   endfor %}
 {%- endif %}
+{#- cloud membership: whole pools are declared State=CLOUD (pillar vcluster_cloud);
+    powering names up and down changes nothing here #}
+{%- for pname, c in ((salt["pillar.get"]("vcluster_cloud", {}) or {}).get("profiles") or {}) | dictsort %}
+{%-   do declared.append(c.nodes ~ " CPUs=" ~ c.cpus ~ " RealMemory=" ~ c.memory ~ " Feature=" ~ c.features | join(",")) %}
+{%- endfor %}
 
 include:
   - munge

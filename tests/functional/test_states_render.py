@@ -399,17 +399,29 @@ def test_slurm_conf_static_and_cloud_membership(sandbox, tmp_root, membership, s
     assert "NodeSet=ns_htc Feature=htc" in lines
 
 
-def test_controller_restarts_only_for_static_membership(sandbox):
+def test_controller_restarts_when_the_declared_node_set_changes(sandbox):
+    """slurm.conf changes are reconfigured; node-set changes restart slurmctld.
+
+    Slurm 22.05 cannot add or remove NodeName lines on reconfigure, so the
+    declared node set (bare metal, plus static virtual nodes from the
+    registry) is a file the service watches; a static node shows up in it.
+    """
     dynamic = sandbox("controller").call("state.show_sls", "slurm.controller")
     svc = dynamic["slurm-controller-service-running"]["service"]
-    assert not any("watch" in arg for arg in svc if isinstance(arg, dict))
+    assert {"watch": [{"file": "slurm-controller-node-set-managed"}]} in svc
     assert dynamic["slurm-controller-reconfigured"]["cmd"][0]["name"].endswith("scontrol reconfigure")
+    node_set = dynamic["slurm-controller-node-set-managed"]["file"]
+    bare = next(a["contents"] for a in node_set if isinstance(a, dict) and "contents" in a)
+    assert "vnode900" not in bare
 
-    static = sandbox("controller", site={"slurm": {"membership": "static"}}).call(
-        "state.show_sls", "slurm.controller"
-    )
-    svc = static["slurm-controller-service-running"]["service"]
-    assert {"watch": ["slurm-config-file-managed"]} in svc
+    static = sandbox("controller", site={
+        "slurm": {"membership": "static"},
+        "vcluster_nodes": {"vnode900": {"address": "10.77.0.250", "cpus": 1, "memory": 512,
+                                        "features": ["virtual"]}},
+    }).call("state.show_sls", "slurm.controller")
+    node_set = static["slurm-controller-node-set-managed"]["file"]
+    contents = next(a["contents"] for a in node_set if isinstance(a, dict) and "contents" in a)
+    assert "vnode900" in contents.split()
 
 
 def test_missing_site_pillar_fails_clearly(sandbox):

@@ -160,6 +160,8 @@ def _used_networks():
     routes = json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout or "[]")
     for route in routes:
         dst = route.get("dst", "")
+        if route.get("type") == "unreachable":
+            continue  # our own fail-safe routes (see start()): not in use
         if dst and dst != "default" and not dst.startswith(("local", "broadcast")):
             try:
                 nets.append(ipaddress.ip_network(dst if "/" in dst else dst + "/32", strict=False))

@@ -353,3 +353,18 @@ def test_server_group_policy_is_validated():
     prov = provider(FakeCompute())
     with pytest.raises(PolicyError, match="server_group_policy"):
         prov.create([spec(0, extra={"server_group_policy": "spread"})])
+
+
+def test_allocated_address_is_server_metadata_single_and_multi_create():
+    """``vcluster_address`` tells the guest (or the test harness) the node's pool address."""
+    nova = FakeCompute(build_rounds=1)
+    prov = provider(nova)
+    specs = [spec(0, address="10.9.0.100"), spec(1, address="10.9.0.101"), spec(2, flavor="m1.small", address="10.9.0.102")]
+    created = prov.create(specs)
+    for s, inst in zip(specs, created):
+        assert nova.db[inst.id].metadata["vcluster_address"] == s.address
+        assert "address" not in inst.tags  # metadata, not one of the instance tags
+    single = [a for a in nova.create_args if a["name"] == "vn002"][0]
+    assert single["metadata"]["vcluster_address"] == "10.9.0.102"  # set at create
+    [unaddressed] = prov.create([spec(3)])
+    assert "vcluster_address" not in nova.db[unaddressed.id].metadata

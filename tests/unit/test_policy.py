@@ -107,7 +107,9 @@ def test_whole_pillar_or_section():
 def test_membership_profile_override():
     data = base()
     data["membership"] = "static"
-    data["profiles"]["burst"] = {"image": "img", "membership": "cloud"}
+    # a cloud profile owns its pool: slurm.conf declares every name of it
+    data["pools"]["burst"] = {"names": "b[1-4]"}
+    data["profiles"]["burst"] = {"image": "img", "membership": "cloud", "pool": "burst"}
     pol = policy.load(data)
     assert pol.profiles["htc"].membership == "static"
     assert pol.profiles["burst"].membership == "cloud"
@@ -352,3 +354,32 @@ def test_request_ok(pol):
 def test_request_refused(pol, profile, count, counts, pattern):
     with pytest.raises(PolicyError, match=pattern):
         policy.validate_request(pol, profile, count, counts)
+
+
+def test_openstack_provider_keys_the_driver_reads_are_accepted():
+    """Every setting vcluster/providers/openstack.py reads passes policy and reaches the provider."""
+    from vcluster.providers.openstack import OpenStackProvider
+
+    data = base()
+    data["providers"]["nova"] = {
+        "driver": "openstack", "cloud": "vcluster-testbed", "clouds_yaml": "/var/lib/t/clouds.yaml",
+        "region_name": "RegionOne", "interface": "public", "cacert": "/etc/ssl/ca.pem", "auth_type": "password",
+        "networks": "none", "boot_timeout": 120, "action_timeout": 90, "poll_interval": 0.5,
+        "multi_create": False, "max_batch": 10, "api_retries": 2, "api_retry_deadline": 30,
+        "api_retry_backoff": 0.2, "api_concurrency": 4, "minion_start": "systemctl start salt-minion",
+    }
+    data["profiles"]["os-htc"] = {
+        "provider": "nova", "pool": "local", "image": "vcluster-node", "flavor": "m1.tiny",
+        "extra": {"server_group_policy": "anti-affinity", "server_group": "g", "config_drive": True,
+                  "networks": "none", "boot_timeout": 60, "runcmd": [["true"]]},
+    }
+    pol = policy.load(data)
+    options = pol.providers["nova"].options
+    assert options["networks"] == "none" and options["clouds_yaml"] == "/var/lib/t/clouds.yaml"
+    prov = OpenStackProvider("nova", options)
+    assert (prov.poll_interval, prov.boot_timeout, prov.multi_create, prov.max_batch) == (0.5, 120, False, 10)
+    assert prov.default_networks == "none" and prov.concurrency == 4
+    assert pol.profiles["os-htc"].extra["server_group_policy"] == "anti-affinity"
+    data["providers"]["nova"]["networks"] = "some-net"
+    with pytest.raises(PolicyError, match=r"vcluster:providers:nova:networks must be one of auto \| none"):
+        policy.load(data)

@@ -59,7 +59,8 @@ Tags and metadata: every server has the tags ``vcluster``,
 ``vcluster-cluster=<cluster>`` and ``vcluster-req=<id>`` (server-side filters
 for ``list_all``, ``list`` and the polling of one create) and the metadata
 ``vcluster_cluster``, ``vcluster_node``, ``vcluster_profile``,
-``vcluster_registry_id``.
+``vcluster_registry_id`` and, when the node has an allocated address,
+``vcluster_address``.
 """
 
 import base64
@@ -181,8 +182,17 @@ def to_instance(server):
 
 
 def spec_metadata(spec):
-    """Server metadata of one spec: ``vcluster_<key>`` for every tag key."""
-    return {META_PREFIX + key: str(spec.tags[key]) for key in TAG_KEYS if spec.tags.get(key) is not None}
+    """Server metadata of one spec: ``vcluster_<key>`` for every tag key, and ``vcluster_address``.
+
+    ``vcluster_address`` is the address the registry allocated to the node.
+    With a ``network`` it is also the server's fixed IP; without one (``networks:
+    none`` or ``auto``) Nova does not use it, and it tells the guest's (or the
+    site's) network tooling which address the node was given.
+    """
+    meta = {META_PREFIX + key: str(spec.tags[key]) for key in TAG_KEYS if spec.tags.get(key) is not None}
+    if spec.address:
+        meta[META_PREFIX + "address"] = str(spec.address)
+    return meta
 
 
 # -- user data ----------------------------------------------------------------

@@ -15,6 +15,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from vcluster.providers.base import BootFile, InstanceSpec
 from vcluster.providers.openstack import OpenStackProvider
@@ -151,3 +152,18 @@ def specs_for(cluster_name):
         return [make_spec(cluster_name, start + i, **kwargs) for i in range(n)]
 
     return build
+
+
+def connect_testbed(testbed, cloud=CLOUD):
+    """An openstacksdk connection to ``cloud`` of the testbed's clouds.yaml."""
+    import openstack.config
+    import openstack.connection
+
+    region = openstack.config.OpenStackConfig(config_files=[str(testbed["clouds_yaml"])]).get_one(cloud=cloud)
+    return openstack.connection.Connection(config=region)
+
+
+def cloud_password(testbed, cloud=CLOUD):
+    """The throwaway password of ``cloud`` (tests check it never leaks into output)."""
+    data = yaml.safe_load(pathlib.Path(testbed["clouds_yaml"]).read_text())
+    return data["clouds"][cloud]["auth"]["password"]

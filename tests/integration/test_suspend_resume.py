@@ -1,0 +1,232 @@
+"""Suspend, resume, liveness and preemption end to end: real master, reactor, Slurm, LXD.
+
+One stack for the module, with scenario policy (``site_extra``): a short
+liveness timeout and preemption of ``htc`` virtual nodes by ``batch`` jobs
+on the host (the bare-metal Slurm node, which is also the LXD server).
+
+Proof that a job was neither requeued nor restarted: it ends ``COMPLETED``
+with ``Restarts=0`` in ``scontrol show job`` (sacct would need slurmdbd,
+which is not installed here), and its counter file, one line per second of
+running time, holds 1..N with no gap and no repeat.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.integration.stack import ClusterStack, job_states, node_info, sbatch, slurm, wait_jobs
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LIVENESS_TIMEOUT = 5  # seconds (pillar vcluster:liveness:timeout)
+SCHEDULE = 10  # vcluster.masterconf.LIVENESS_INTERVAL
+HOST = socket.gethostname()  # Slurm's bare-metal node, the LXD server and the controller
+
+
+@pytest.fixture(scope="module")
+def vstack(host_slurm_lock, salt_factories, lxd_network, lxd_image, tmp_path_factory):
+    extra = {
+        "vcluster": {
+            "liveness": {"timeout": LIVENESS_TIMEOUT},
+            "preemption": {"enabled": True, "partitions": ["batch"], "preemptible": ["htc"], "mode": "suspend"},
+        }
+    }
+    cluster = ClusterStack(salt_factories, lxd_network, tmp_path_factory.mktemp("sstack"), site_extra=extra)
+    cluster.start()
+    try:
+        cluster.highstate_controller()
+        yield cluster
+    finally:
+        for name in lxd_names():
+            subprocess.run(["lxc", "delete", "--force", name], capture_output=True, check=False)
+        cluster.stop()
+
+
+def lxd_names(prefix="tnode"):
+    out = subprocess.run(["lxc", "list", "--format", "csv", "-c", "n"], capture_output=True, text=True, check=True)
+    return sorted(n for n in out.stdout.split() if n.startswith(prefix))
+
+
+def lxd_status(name):
+    out = subprocess.run(["lxc", "list", name, "--format", "json"], capture_output=True, text=True, check=True)
+    data = [d for d in json.loads(out.stdout) if d["name"] == name]
+    return data[0]["status"] if data else None
+
+
+def show_job(job_id):
+    out = slurm("scontrol", "show", "-o", "job", str(job_id))
+    return dict(w.split("=", 1) for w in out.split() if "=" in w)
+
+
+def counter_script(seconds, path="/tmp/counter.$SLURM_JOB_ID"):
+    return f"for i in $(seq 1 {seconds}); do echo $i >> {path}; sleep 1; done"
+
+
+def counter_lines(node, job_id):
+    out = subprocess.run(["lxc", "exec", node, "--", "cat", f"/tmp/counter.{job_id}"],
+                         capture_output=True, text=True, check=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def nodes(vstack):
+    ret = vstack.run("vcluster.expand", "count=2", "profile=htc")
+    assert ret.returncode == 0 and ret.data["result"] is True, ret.stdout
+    return sorted(ret.data["nodes"])
+
+
+def test_slurm_runs_without_its_own_liveness(vstack):
+    out = slurm("scontrol", "show", "config")
+    assert any(line.split() == ["SlurmdTimeout", "=", "0", "sec"] for line in out.splitlines()), \
+        [line for line in out.splitlines() if "SlurmdTimeout" in line]
+
+
+def test_bad_input_is_refused_with_one_sentence(vstack, nodes):
+    for args, words in [
+        (("nodes=tnode[01-",), "nodes must be a Slurm hostlist"),
+        (("nodes=nosuch9",), "'nosuch9' is not in the registry"),
+        ((f"nodes={nodes[0]}", "mode=hibernate"), "mode must be suspend or pause"),
+    ]:
+        ret = vstack.run("vcluster.suspend", *args)
+        assert ret.returncode != 0 and ret.data["result"] is False
+        assert words in ret.data["comment"], ret.data
+    ret = vstack.run("vcluster.migrate", f"node={nodes[0]}", "host=elsewhere")
+    assert ret.returncode != 0 and "CRIU" in ret.data["comment"], ret.data
+    assert vstack.run("vcluster.status").data["nodes"][nodes[0]]["state"] == "ready"
+
+
+def test_job_survives_long_suspension_and_nothing_lands_on_the_node(vstack, nodes):
+    node = nodes[0]
+    seconds = 20
+    job = sbatch("-p", "htc", "-w", node, script=counter_script(seconds))
+    wait_jobs([job], states=("RUNNING",), timeout=60)
+    time.sleep(3)  # let the counter run a little before the freeze
+
+    ret = vstack.run("vcluster.suspend", f"nodes={node}")
+    assert ret.returncode == 0 and ret.data["result"] is True, ret.stdout
+    suspended_at = time.monotonic()
+    assert lxd_status(node) == "Frozen"
+    assert job_states([job]) == {job: "SUSPENDED"}
+    info = node_info(node)
+    assert "DRAIN" in info["State"] and "DOWN" not in info["State"], info["State"]
+    assert vstack.run("vcluster.status").data["nodes"][node]["state"] == "suspended"
+
+    # (b) nothing new lands on the frozen node; other work still runs elsewhere
+    pinned = sbatch("-p", "htc", "-w", node, script="hostname")
+    elsewhere = sbatch("-p", "htc", script="hostname")
+    wait_jobs([elsewhere], timeout=90)
+    assert show_job(elsewhere)["NodeList"] == nodes[1]
+    # liveness runs (scheduled, and once by hand) and leaves the frozen node alone
+    ret = vstack.run("vcluster.liveness")
+    assert ret.data["result"] is True and node not in ret.data["down"], ret.data
+
+    # longer than 3x the liveness timeout plus schedule: Slurm and vcluster both keep the node
+    while time.monotonic() - suspended_at < 3 * (LIVENESS_TIMEOUT + SCHEDULE):
+        assert job_states([pinned]) == {pinned: "PENDING"}
+        info = node_info(node)
+        assert "DOWN" not in info["State"] and "NOT_RESPONDING" not in info["State"], info
+        time.sleep(2)
+
+    ret = vstack.run("vcluster.resume", f"nodes={node}")
+    assert ret.returncode == 0 and ret.data["result"] is True, ret.stdout
+    assert lxd_status(node) == "Running"
+    final = wait_jobs([job, pinned], timeout=120)
+    assert final == {job: "COMPLETED", pinned: "COMPLETED"}
+    assert show_job(job)["Restarts"] == "0"
+    assert counter_lines(node, job) == list(range(1, seconds + 1))
+    info = node_info(node)
+    assert "DRAIN" not in info["State"], info
+    assert vstack.run("vcluster.status").data["nodes"][node]["state"] == "ready"
+
+
+def test_node_killed_behind_vclusters_back_is_set_down(vstack, nodes):
+    node = nodes[1]
+    subprocess.run(["lxc", "stop", "--force", node], check=True)
+    killed = time.monotonic()
+    info = wait_until(lambda: (i := node_info(node)) and "DOWN" in i["State"] and i, SCHEDULE + LIVENESS_TIMEOUT + 30,
+                      f"{node} DOWN")
+    assert info["Reason"].startswith("vcluster"), info
+    print(f"{node} DOWN {time.monotonic() - killed:.1f} s after lxc stop --force")
+    ret = vstack.run("vcluster.retire", f"nodes={node}", "wait=30")
+    assert ret.data["result"] is True, ret.data
+    assert node_info(node) is None
+
+
+def test_preemption_freezes_and_resumes_colocated_node(vstack, nodes):
+    node = nodes[0]
+    seconds = 20
+    low = sbatch("-p", "htc", "-w", node, script=counter_script(seconds))
+    wait_jobs([low], states=("RUNNING",), timeout=60)
+    time.sleep(2)
+    high = sbatch("-p", "batch", "-w", HOST, script="sleep 12")
+    wait_jobs([high], states=("RUNNING",), timeout=60)
+    started = time.monotonic()
+    wait_until(lambda: lxd_status(node) == "Frozen", 30, f"{node} frozen by preemption")
+    print(f"frozen {time.monotonic() - started:.1f} s after the high-priority job was seen running")
+    assert job_states([low])[low] == "SUSPENDED"
+    status = vstack.run("vcluster.status").data["nodes"][node]
+    assert status["state"] == "suspended" and status["reason"] == f"preempted by job {high}", status
+
+    wait_jobs([high], timeout=60)
+    ended = time.monotonic()
+    wait_until(lambda: vstack.run("vcluster.status").data["nodes"][node]["state"] == "ready", 60,
+               f"{node} resumed after job {high}")
+    print(f"resumed {time.monotonic() - ended:.1f} s after the high-priority job was seen completed")
+    assert lxd_status(node) == "Running"
+    assert wait_jobs([low], timeout=120) == {low: "COMPLETED"}
+    assert show_job(low)["Restarts"] == "0"
+    assert counter_lines(node, low) == list(range(1, seconds + 1))
+
+    ret = vstack.run("vcluster.retire", f"nodes={node}")
+    assert ret.data["result"] is True, ret.data
+    assert lxd_names() == []
+
+
+@pytest.mark.skipif(not os.environ.get("VCLUSTER_BENCH_OUT"), reason="run by bench/preempt.py")
+def test_preemption_latency_sample(vstack, nodes):
+    """bench/preempt.py: high RUNNING -> VM Frozen, high ended -> VM Running, polled every 0.1 s."""
+    node = nodes[0]
+    freezes, resumes = [], []
+    for _ in range(int(os.environ.get("VCLUSTER_BENCH_REPEAT", "3"))):
+        low = sbatch("-p", "htc", "-w", node, script=counter_script(60))
+        wait_jobs([low], states=("RUNNING",), timeout=60)
+        high = sbatch("-p", "batch", "-w", HOST, script="sleep 5")
+        t_run = t_frozen = t_end = t_thawed = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            state = slurm("squeue", "-h", "-j", high, "-o", "%T", check=False).strip()
+            frozen = lxd_status(node) == "Frozen"
+            if t_run is None and state in ("RUNNING", "COMPLETING", ""):
+                t_run = now
+            if t_run is not None and t_frozen is None and frozen:
+                t_frozen = now
+            if t_run is not None and t_end is None and state in ("COMPLETING", "COMPLETED", ""):
+                t_end = now
+            if t_end is not None and t_frozen is not None and not frozen:
+                t_thawed = now
+                break
+            time.sleep(0.1)
+        freezes.append(round(t_frozen - t_run, 3) if t_frozen and t_run else None)
+        resumes.append(round(t_thawed - t_end, 3) if t_thawed and t_end else None)
+        wait_until(lambda: vstack.run("vcluster.status").data["nodes"][node]["state"] == "ready", 60, "ready")
+        slurm("scancel", low)
+        wait_until(lambda: job_states([low]).get(low) not in ("RUNNING", "COMPLETING", "SUSPENDED"), 60, "low gone")
+    pathlib.Path(os.environ["VCLUSTER_BENCH_OUT"]).write_text(json.dumps({"freeze": freezes, "resume": resumes}))
+    assert all(v is not None for v in freezes + resumes), (freezes, resumes)

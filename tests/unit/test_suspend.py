@@ -1,0 +1,358 @@
+"""vcluster.suspend, vcluster.liveness, vcluster.preempt against fakes of Slurm, Salt and a provider.
+
+The registry and the policy are the real ones; Slurm, the minions and the
+provider are small in-memory stand-ins that record what was asked of them.
+"""
+
+import copy
+
+import pytest
+
+from vcluster import liveness, preempt
+from vcluster import policy as _policy
+from vcluster import suspend as sus
+from vcluster.context import Context
+from vcluster.errors import PolicyError, ProviderError
+from vcluster.providers.base import Host, Instance, Status
+from vcluster.registry import Registry
+
+PILLAR = {
+    "cluster": "t",
+    "controller": "ctl",
+    "master": "10.9.0.1",
+    "pools": {"p": {"names": "vn[1-4]", "addresses": "10.9.0.10-10.9.0.20"}},
+    "providers": {"lxd": {"driver": "lxd", "network": "br", "storage_pool": "sp"}},
+    "profiles": {"htc": {"image": "img", "partition": "htc", "features": ["virtual", "htc"]}},
+}
+
+
+class FakeSlurm:
+    def __init__(self):
+        self.nodes_ = {}  # name -> {"state": [...], "reason": ""}
+        self.jobs_ = {}  # id -> {"id", "state", "nodes", "partition"}
+        self.calls = []
+
+    def nodes(self):
+        return [dict(name=n, **copy.deepcopy(v)) for n, v in self.nodes_.items()]
+
+    def jobs(self, nodes=None):
+        out = list(copy.deepcopy(list(self.jobs_.values())))
+        if nodes:
+            out = [j for j in out if set(j["nodes"]) & set(nodes)]
+        return out
+
+    def job(self, job_id):
+        job = self.jobs_.get(int(job_id))
+        return copy.deepcopy(job) if job else None
+
+    def update_node(self, name, state, reason=None):
+        self.calls.append(("update_node", name, state, reason))
+        node = self.nodes_[name]
+        if state == "DRAIN":
+            node["state"] = [node["state"][0], "DRAIN"]
+            node["reason"] = reason
+        elif state == "RESUME":
+            node["state"] = ["IDLE"]
+            node["reason"] = ""
+        elif state == "DOWN":
+            node["state"] = ["DOWN"]
+            node["reason"] = reason
+
+    def suspend_job(self, job_id):
+        self.calls.append(("suspend_job", job_id))
+        self.jobs_[int(job_id)]["state"] = "SUSPENDED"
+
+    def resume_job(self, job_id):
+        self.calls.append(("resume_job", job_id))
+        self.jobs_[int(job_id)]["state"] = "RUNNING"
+
+
+class FakeProvider:
+    def __init__(self):
+        self.status = {}
+        self.host = {}
+        self.calls = []
+        self.fail = set()
+
+    def suspend(self, iid, mode="suspend"):
+        self.calls.append(("suspend", iid, mode))
+        if ("suspend", iid) in self.fail:
+            raise ProviderError(f"cannot freeze {iid}")
+        self.status[iid] = Status.SUSPENDED
+
+    def resume(self, iid):
+        self.calls.append(("resume", iid))
+        self.status[iid] = Status.RUNNING
+
+    def migrate(self, iid, host=None, live=True):
+        self.calls.append(("migrate", iid, host))
+        self.host[iid] = host or "h2"
+        return Instance(id=iid, name=iid, status=self.status[iid], host=self.host[iid], address="10.9.0.19")
+
+    def list(self, cluster):
+        return [Instance(id=i, name=i, status=s, host=self.host.get(i, "h1")) for i, s in self.status.items()]
+
+    def hosts(self):
+        return [Host(name="h1", cpus_free=0, memory_free_mb=0), Host(name="h2", cpus_free=8, memory_free_mb=8000)]
+
+    def close(self):
+        pass
+
+
+class FakeSalt:
+    def __init__(self, alive):
+        self.alive = alive  # name -> True (slurmd runs) | False (no slurmd); absent: silent
+
+    def probe(self, names, timeout):
+        return {n: self.alive[n] for n in names if n in self.alive}
+
+
+class FakeEvents:
+    def __init__(self):
+        self.fired = []
+
+    def fire(self, tag, data):
+        self.fired.append(tag)
+
+    def progress(self, message, **data):
+        pass
+
+
+class FakeKeys:
+    def accepted(self):
+        return {"ctl", "vn1", "vn2", "vn3"}
+
+
+@pytest.fixture
+def env(tmp_path):
+    def make(extra=None):
+        data = copy.deepcopy(PILLAR)
+        data.update(extra or {})
+        pol = _policy.load(data)
+        reg = Registry(str(tmp_path / "r.sqlite"))
+        slurm, prov, events = FakeSlurm(), FakeProvider(), FakeEvents()
+        salt = FakeSalt({})
+        ctx = Context(policy=pol, registry=reg, keys=FakeKeys(), slurm=slurm, salt=salt, events=events)
+        ctx._providers["lxd"] = prov
+        nodes = reg.allocate(pol.pools["p"], "htc", "lxd", 3, "r1")
+        for n in nodes:
+            reg.transition(n.name, "booting", instance_id=n.name, host="h1")
+            reg.transition(n.name, "joining")
+            reg.transition(n.name, "ready")
+            slurm.nodes_[n.name] = {"state": ["IDLE"], "reason": ""}
+            prov.status[n.name] = Status.RUNNING
+            salt.alive[n.name] = True
+        slurm.nodes_["h1"] = {"state": ["IDLE"], "reason": ""}
+        return ctx
+    return make
+
+
+def test_suspend_then_resume_keeps_job(env):
+    ctx = env()
+    ctx.slurm.jobs_[7] = {"id": 7, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
+    ret = sus.suspend(ctx, "vn1")
+    assert ret["result"] is True, ret
+    assert ctx.registry.get("vn1").state == "suspended"
+    assert ctx.slurm.jobs_[7]["state"] == "SUSPENDED"
+    assert ctx.slurm.nodes_["vn1"]["reason"] == sus.DRAIN_REASON
+    assert ctx.provider("lxd").status["vn1"] is Status.SUSPENDED
+    # drain before the job is suspended, freeze last
+    kinds = [c[0] for c in ctx.slurm.calls]
+    assert kinds == ["update_node", "suspend_job"]
+    assert ctx.events.fired == ["vcluster/node/vn1/suspending", "vcluster/node/vn1/suspended"]
+    assert ctx.registry.jobs_on("vn1") == ["7"]
+
+    ret = sus.resume(ctx, "vn1")
+    assert ret["result"] is True, ret
+    assert ctx.registry.get("vn1").state == "ready"
+    assert ctx.slurm.jobs_[7]["state"] == "RUNNING"
+    assert ctx.slurm.nodes_["vn1"]["state"] == ["IDLE"]
+    assert ctx.registry.jobs_on("vn1") == []
+    assert ctx.events.fired[-2:] == ["vcluster/node/vn1/resuming", "vcluster/node/vn1/ready"]
+
+
+def test_resume_leaves_jobs_it_did_not_suspend_and_foreign_drain(env):
+    ctx = env()
+    ctx.slurm.jobs_[8] = {"id": 8, "state": "SUSPENDED", "nodes": ["vn2"], "partition": "htc"}
+    ctx.slurm.nodes_["vn2"] = {"state": ["IDLE", "DRAIN"], "reason": "admin: bad disk"}
+    assert sus.suspend(ctx, "vn2")["result"] is True
+    assert ("update_node", "vn2", "DRAIN", sus.DRAIN_REASON) not in ctx.slurm.calls
+    assert sus.resume(ctx, "vn2")["result"] is True
+    assert ctx.slurm.jobs_[8]["state"] == "SUSPENDED"  # the admin's suspended job stays
+    assert ctx.slurm.nodes_["vn2"]["reason"] == "admin: bad disk"
+
+
+@pytest.mark.parametrize(
+    "nodes, kwargs, message",
+    [
+        ("vn[1-", {}, "nodes must be a Slurm hostlist"),
+        ("zz9", {}, "'zz9' is not in the registry"),
+        ("vn1", {"mode": "hibernate"}, "mode must be suspend or pause, got 'hibernate'"),
+        ("", {}, "nodes must be a Slurm hostlist"),
+    ],
+)
+def test_suspend_refuses_bad_input_without_side_effect(env, nodes, kwargs, message):
+    ctx = env()
+    with pytest.raises(PolicyError, match=message.replace("[", r"\[")):
+        sus.suspend(ctx, nodes, **kwargs)
+    assert ctx.slurm.calls == [] and ctx.provider("lxd").calls == [] and ctx.events.fired == []
+    assert {n.state for n in ctx.registry.nodes()} == {"ready"}
+
+
+def test_suspend_refuses_job_spanning_other_nodes(env):
+    ctx = env()
+    ctx.slurm.jobs_[9] = {"id": 9, "state": "RUNNING", "nodes": ["vn1", "vn2"], "partition": "htc"}
+    with pytest.raises(PolicyError, match=r"job 9 on vn1 also runs on vn2"):
+        sus.suspend(ctx, "vn1")
+    assert ctx.slurm.calls == []
+    assert sus.suspend(ctx, "vn[1-2]")["result"] is True
+    assert ctx.slurm.calls.count(("suspend_job", 9)) == 1
+
+
+def test_failed_freeze_rolls_back(env):
+    ctx = env()
+    ctx.slurm.jobs_[7] = {"id": 7, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
+    ctx.provider("lxd").fail.add(("suspend", "vn1"))
+    ret = sus.suspend(ctx, "vn1")
+    assert ret["result"] is False and "cannot freeze vn1" in ret["comment"]
+    assert ctx.registry.get("vn1").state == "ready"
+    assert ctx.slurm.jobs_[7]["state"] == "RUNNING"
+    assert ctx.slurm.nodes_["vn1"]["state"] == ["IDLE"]
+
+
+def test_resume_waits_for_minion_and_gives_up_at_deadline(env):
+    ctx = env()
+    sus.suspend(ctx, "vn1")
+    del ctx.salt.alive["vn1"]
+    ret = sus.resume(ctx, "vn1", timeout=1)
+    assert ret["result"] is False and "minion did not answer" in ret["comment"]
+    assert ctx.registry.get("vn1").state == "suspended"
+    ctx.salt.alive["vn1"] = True
+    assert sus.resume(ctx, "vn1")["result"] is True
+
+
+def test_migrate_updates_registry_and_slurm_address(env):
+    ctx = env()
+    calls = []
+    ctx.slurm.update_node_addr = lambda name, addr: calls.append((name, addr))
+    ret = sus.migrate(ctx, "vn1", host="h2")
+    assert ret["result"] is True and ret["state"] == "ready"
+    node = ctx.registry.get("vn1")
+    assert (node.state, node.host, node.address) == ("ready", "h2", "10.9.0.19")
+    assert calls == [("vn1", "10.9.0.19")]
+    assert "vcluster/node/vn1/migrating" in ctx.events.fired
+    with pytest.raises(PolicyError, match="host must differ"):
+        sus.migrate(ctx, "vn1", host="h2")
+
+
+def test_migrate_failure_restores_state(env):
+    ctx = env()
+    sus.suspend(ctx, "vn2")
+
+    def refuse(*a, **k):
+        raise ProviderError("LXD needs CRIU")
+
+    ctx.provider("lxd").migrate = refuse
+    with pytest.raises(Exception, match="cannot migrate vn2: LXD needs CRIU"):
+        sus.migrate(ctx, "vn2", host="h2")
+    assert ctx.registry.get("vn2").state == "suspended"
+
+
+def test_liveness_downs_dead_skips_suspended_and_brings_back(env):
+    ctx = env({"liveness": {"timeout": 1}})
+    sus.suspend(ctx, "vn1")
+    del ctx.salt.alive["vn1"]  # frozen on purpose: silent but not dead
+    del ctx.salt.alive["vn2"]  # minion gone
+    ctx.provider("lxd").status["vn3"] = Status.STOPPED  # killed behind vcluster's back
+    ctx.salt.alive["ctl"] = True
+    ctx.slurm.nodes_["ctl"] = {"state": ["IDLE"], "reason": ""}
+    ret = liveness.check(ctx)
+    assert sorted(ret["down"]) == ["vn2", "vn3"], ret
+    assert ctx.slurm.nodes_["vn2"]["state"] == ["DOWN"]
+    assert ctx.slurm.nodes_["vn2"]["reason"].startswith(liveness.REASON_PREFIX)
+    assert ctx.slurm.nodes_["vn1"]["state"] == ["IDLE", "DRAIN"]
+    assert "vcluster/node/vn3/down" in ctx.events.fired
+    # vn2 answers again: vcluster lifts its own DOWN
+    ctx.salt.alive["vn2"] = True
+    ret = liveness.check(ctx)
+    assert ret["up"] == ["vn2"] and ctx.slurm.nodes_["vn2"]["state"] == ["IDLE"]
+    assert "vn3" in ret["already_down"]
+
+
+PREEMPTION = {"preemption": {"enabled": True, "partitions": ["batch"], "preemptible": ["htc"]},
+              "profiles": {"htc": {"image": "img", "partition": "htc"}}}
+
+
+def test_preemption_start_and_end(env):
+    ctx = env(PREEMPTION)
+    ctx.slurm.jobs_[5] = {"id": 5, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
+    ctx.slurm.jobs_[6] = {"id": 6, "state": "RUNNING", "nodes": ["h1"], "partition": "batch"}
+    ret = preempt.on_event(ctx, "ctl", "vcluster-slurm-event v1 start job=6 partition=batch nodes=h1")
+    assert ret["result"] is True, ret
+    assert {n.name: n.state for n in ctx.registry.nodes()} == dict.fromkeys(["vn1", "vn2", "vn3"], "suspended")
+    assert ctx.slurm.jobs_[5]["state"] == "SUSPENDED"
+    assert ctx.registry.get("vn1").reason == "preempted by job 6"
+
+    ctx.slurm.jobs_[6]["state"] = "COMPLETING"
+    ret = preempt.on_event(ctx, "ctl", "vcluster-slurm-event v1 end job=6 partition=batch nodes=h1")
+    assert ret["result"] is True, ret
+    assert {n.state for n in ctx.registry.nodes()} == {"ready"}
+    assert ctx.slurm.jobs_[5]["state"] == "RUNNING"
+
+
+def test_preemption_keeps_nodes_while_host_busy_or_migrates(env):
+    ctx = env(PREEMPTION)
+    ctx.slurm.jobs_[6] = {"id": 6, "state": "RUNNING", "nodes": ["h1"], "partition": "batch"}
+    ctx.slurm.jobs_[7] = {"id": 7, "state": "RUNNING", "nodes": ["h1"], "partition": "batch"}
+    preempt.job_started(ctx, 6)
+    del ctx.slurm.jobs_[6]
+    ret = preempt.job_ended(ctx, 6, ["h1"])
+    assert {n.state for n in ctx.registry.nodes()} == {"suspended"}, ret
+    assert "stay suspended" in ret["comment"]
+
+
+def test_preemption_trusts_only_the_controller_and_checks_slurm(env):
+    ctx = env(PREEMPTION)
+    ret = preempt.on_event(ctx, "vn1", "vcluster-slurm-event v1 start job=6 partition=batch nodes=h1")
+    assert ret.get("ignored") is True
+    ret = preempt.on_event(ctx, "ctl", "vcluster-slurm-event v1 start job=99 partition=batch nodes=h1")
+    assert ret.get("ignored") is True  # Slurm does not know job 99
+    ctx.slurm.jobs_[3] = {"id": 3, "state": "RUNNING", "nodes": ["h1"], "partition": "htc"}
+    assert preempt.on_event(ctx, "ctl", "vcluster-slurm-event v1 start job=3 partition=batch nodes=h1")["ignored"]
+    assert {n.state for n in ctx.registry.nodes()} == {"ready"}
+    with pytest.raises(PolicyError, match="vcluster Slurm event line"):
+        preempt.on_event(ctx, "ctl", "rm -rf /")
+    with pytest.raises(PolicyError, match="job must be a Slurm job id"):
+        preempt.on_event(ctx, "ctl", "vcluster-slurm-event v1 start job=x1 nodes=h1")
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"liveness": {"timeout": 0}}, "vcluster:liveness:timeout must be a positive number, got 0"),
+        ({"liveness": {"interval": 5}}, "vcluster:liveness:interval is not a known key"),
+        ({"suspend": {"mode": "shelve"}}, "vcluster:suspend:mode must be one of suspend | pause, got 'shelve'"),
+        ({"preemption": {"enabled": True, "partitions": ["batch"]}},
+         "vcluster:preemption:preemptible must name at least one partition"),
+        ({"preemption": {"partitions": "batch"}}, "vcluster:preemption:partitions must be a list"),
+        ({"preemption": {"enabled": True, "partitions": ["batch"], "preemptible": ["gpu"]}},
+         r"vcluster:preemption:preemptible\[0\] must be the partition of some profile"),
+        ({"preemption": {"partitions": ["htc"], "preemptible": ["htc"]}},
+         "must not list a partition that also preempts"),
+        ({"preemption": {"hypervisors": {"h1": ""}}}, "vcluster:preemption:hypervisors:h1 must be a non-empty string"),
+        ({"preemption": {"migrate": "yes"}}, "vcluster:preemption:migrate must be true or false"),
+    ],
+)
+def test_policy_sections_refuse_bad_values(section, message):
+    data = copy.deepcopy(PILLAR)
+    data.update(section)
+    with pytest.raises(PolicyError, match=message):
+        _policy.load(data)
+
+
+def test_policy_defaults():
+    pol = _policy.load(copy.deepcopy(PILLAR))
+    assert pol.liveness.timeout == 30 and pol.liveness.enabled is True
+    assert pol.suspend.mode == "suspend"
+    assert pol.preemption.enabled is False
+    assert pol.as_dict()["preemption"]["partitions"] == []

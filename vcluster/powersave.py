@@ -1,0 +1,320 @@
+"""Slurm power saving for ``cloud`` membership: resume, suspend, resume-fail.
+
+Every name of a cloud profile's pool is declared ``State=CLOUD`` in
+slurm.conf (``salt/slurm/files/slurm.conf.jinja``). When Slurm wants such a
+node it runs ``ResumeProgram``; when the node idled ``SuspendTime`` seconds,
+``SuspendProgram``; when a resumed node did not register within
+``ResumeTimeout``, ``ResumeFailProgram``. On the controller those programs
+only fire ``vcluster/slurm/power/<action>`` with the hostlist (and the job
+file of ``SLURM_RESUME_FILE``) through the controller's minion; the reactor
+hands the event to :func:`handle` on the master, where the credentials are.
+
+* resume: allocate exactly the names Slurm chose
+  (:meth:`Registry.allocate_named`), create their instances (the node's
+  configless ``slurmd --conf-server -N <name>`` registers the declared node
+  after the usual join), or thaw a node of the warm pool;
+* suspend: retire the nodes (idle by definition), or keep them suspended in
+  the provider when the profile's warm pool is short;
+* resume_fail: fail and release the node, set it DOWN in Slurm with a reason.
+
+Nothing here waits for a node to join: the minion start event does that
+(:func:`vcluster.engine.join`) within the profile's ``join_timeout``, which the
+policy requires to be below ``ResumeTimeout``.
+"""
+
+import logging
+import time
+import uuid
+
+import hostlist
+
+from vcluster import engine
+from vcluster.errors import InvalidTransition, PolicyError, PoolExhausted, RegistryError, VclusterError
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("resume", "suspend", "resume_fail")
+#: Registry states of a node that is already on its way up (resume is a no-op).
+COMING = ("allocated", "booting", "joining", "ready", "resuming")
+
+
+def handle(ctx, action, nodes, sender, resume_file=None):
+    """Entry point of the reactor: check the sender, then act on ``nodes``."""
+    if action not in ACTIONS:
+        raise PolicyError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+    if sender != ctx.policy.controller:
+        log.warning("power %s event from minion %r ignored: only the controller %r may send it",
+                    action, sender, ctx.policy.controller)
+        return {"result": False, "ignored": True,
+                "comment": f"power-saving events come from the controller {ctx.policy.controller}, "
+                           f"not from {sender!r}: ignored"}
+    names = engine.parse_nodes(nodes)
+    if action == "resume":
+        return resume(ctx, names, resume_file=resume_file)
+    if action == "suspend":
+        return suspend(ctx, names)
+    return resume_fail(ctx, names)
+
+
+def cloud_profile_of(policy, name):
+    """The cloud :class:`Profile` whose pool holds ``name``, or None."""
+    for prof in policy.profiles.values():
+        if prof.membership == "cloud" and name in policy.pools[prof.pool].names:
+            return prof
+    return None
+
+
+def _jobs_by_node(resume_file):
+    """``{node: [job ids]}`` from Slurm's SLURM_RESUME_FILE JSON (22.05+)."""
+    out = {}
+    if not isinstance(resume_file, dict):
+        return out
+    for job in resume_file.get("jobs") or []:
+        if not isinstance(job, dict) or job.get("job_id") is None:
+            continue
+        try:
+            # 22.05 writes {"jobs": [{"job_id": 1, "nodes": "cn1"}], "all_nodes": "cn1"}
+            names = hostlist.expand_hostlist(str(job.get("nodes") or job.get("nodes_resume") or ""))
+        except hostlist.BadHostlist:
+            continue
+        for name in names:
+            out.setdefault(name, []).append(str(job["job_id"]))
+    return out
+
+
+def _down(ctx, name, reason):
+    """Set a Slurm node DOWN (its jobs are requeued by Slurm); never raises."""
+    try:
+        ctx.slurm.update_node(name, "DOWN", reason=f"vcluster: {reason}"[:200])
+    except VclusterError as exc:
+        log.warning("setting %s DOWN failed: %s", name, exc)
+
+
+def resume(ctx, names, resume_file=None):
+    """Bring up ``names`` (cloud pool names Slurm powers up)."""
+    result, groups, warm = {}, {}, []
+    for name in names:
+        prof = cloud_profile_of(ctx.policy, name)
+        if prof is None:
+            result[name] = "ignored: not a name of a cloud profile's pool"
+            continue
+        node = ctx.registry.get(name)
+        if node is None:
+            groups.setdefault(prof.name, []).append(name)
+        elif node.state == "suspended":
+            warm.append(node)
+        elif node.state in COMING:
+            result[name] = f"already {node.state}"
+        else:
+            result[name] = f"left alone: {node.state}"
+    for node in warm:
+        result[node.name] = _thaw(ctx, node)
+    for prof_name, group in groups.items():
+        result.update(_create(ctx, ctx.policy.profiles[prof_name], group))
+    jobs = _jobs_by_node(resume_file)
+    for name, job_ids in jobs.items():
+        if ctx.registry.get(name) is not None:
+            try:
+                ctx.registry.map_jobs(name, job_ids, replace=False)
+            except RegistryError:
+                pass
+    failed = {n: s for n, s in result.items() if s.startswith("failed")}
+    comment = f"resume {hostlist.collect_hostlist(names)}: " + "; ".join(
+        f"{n} {s}" for n, s in sorted(result.items()))
+    return {"result": not failed, "comment": comment, "nodes": result,
+            "jobs": {n: j for n, j in jobs.items() if n in result}}
+
+
+def _room(ctx, prof, wanted):
+    """How many of ``wanted`` new nodes the limits allow now."""
+    counts = ctx.registry.counts()
+    room = ctx.policy.limits.max_nodes - sum(counts.values())
+    if prof.max_nodes is not None:
+        room = min(room, prof.max_nodes - counts.get(prof.name, 0))
+    scale = ctx.policy.autoscale.profiles.get(prof.name)
+    if scale is not None and scale.max_nodes is not None:
+        room = min(room, scale.max_nodes - counts.get(prof.name, 0))
+    return max(0, min(room, wanted))
+
+
+def _create(ctx, prof, names):
+    """Allocate ``names`` and create their instances; the join follows on minion start."""
+    out = {}
+    room = _room(ctx, prof, len(names))
+    for name in names[room:]:
+        reason = f"profile {prof.name} is at its node limit"
+        _down(ctx, name, reason)
+        out[name] = f"failed: {reason}"
+    names = names[:room]
+    if not names:
+        return out
+    pool = ctx.policy.pools[prof.pool]
+    request_id = uuid.uuid4().hex[:12]
+    attrs = {"cpus": prof.cpus, "memory": prof.memory, "features": list(prof.features),
+             "partition": prof.partition, "membership": "cloud"}
+    try:
+        nodes = ctx.registry.allocate_named(pool, prof.name, prof.provider, names, request_id,
+                                            membership="cloud", actor=ctx.actor, attrs=attrs)
+    except (PoolExhausted, RegistryError) as exc:
+        # another resume took one of them meanwhile: do them one by one
+        if len(names) == 1:
+            return dict(out, **{names[0]: f"already held ({engine._sentence(exc)})"})
+        for name in names:
+            out.update(_create(ctx, prof, [name]))
+        return out
+    for n in nodes:
+        ctx.node_event(n.name, "allocated", address=n.address, profile=prof.name, request=request_id,
+                       trigger="slurm-resume")
+    provider = ctx.provider(prof.provider)
+    created = []
+    try:
+        specs = [engine._spec(ctx, prof, n, request_id) for n in nodes]
+        instances = provider.create(specs)
+        created = [i.id for i in instances]
+        for n, inst in zip(nodes, instances):
+            ctx.registry.transition(n.name, "booting", expect="allocated", actor=ctx.actor,
+                                    instance_id=inst.id, host=inst.host)
+            ctx.node_event(n.name, "booting", instance=inst.id, host=inst.host)
+            out[n.name] = "booting"
+    except Exception as exc:  # noqa: BLE001 - every failure must roll back
+        reason = f"creating instances failed: {engine._sentence(exc)}"
+        log.warning("resume %s: %s", request_id, reason)
+        if created:
+            engine._quietly(provider.delete, created)
+        for n in nodes:
+            engine._release(ctx, n.name, reason, delete_instance=False)
+            _down(ctx, n.name, reason)
+            out[n.name] = f"failed: {reason}"
+    ctx.events.progress(f"resuming {hostlist.collect_hostlist(names)} for Slurm", nodes=names)
+    return out
+
+
+def _thaw(ctx, node):
+    """Resume a warm-pool node (provider resume) and make its slurmd register again."""
+    try:
+        ctx.registry.transition(node.name, "resuming", expect="suspended", actor=ctx.actor)
+    except InvalidTransition:
+        return "already being resumed"
+    ctx.node_event(node.name, "resuming", trigger="slurm-resume")
+    try:
+        ctx.provider(node.provider).resume(node.instance_id)
+        _restart_slurmd(ctx, node.name)
+        ctx.registry.transition(node.name, "ready", expect="resuming", actor=ctx.actor)
+    except Exception as exc:  # noqa: BLE001 - a failed thaw fails the node
+        reason = f"resuming the warm node failed: {engine._sentence(exc)}"
+        try:
+            ctx.registry.transition(node.name, "suspended", expect="resuming", reason=reason, actor=ctx.actor)
+        except InvalidTransition:
+            pass
+        _down(ctx, node.name, reason)
+        return f"failed: {reason}"
+    ctx.node_event(node.name, "ready", trigger="warm-pool")
+    return "resumed from the warm pool"
+
+
+def _restart_slurmd(ctx, name, timeout=60):
+    """``service.restart slurmd`` on the node: it registers with slurmctld at once.
+
+    A thawed minion may need a moment to reconnect: ask again (each call
+    waits up to 15 s for the answer) until ``timeout``.
+    """
+    call = getattr(ctx.salt, "_call", None)
+    if call is None:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        ret = call(name, "service.restart", ["slurmd"], timeout=15)
+        if name in ret:
+            return
+        if time.monotonic() >= deadline:
+            raise VclusterError(f"{name}'s minion did not answer service.restart slurmd within {timeout} s")
+
+
+def _warm_short(ctx, profile):
+    """Whether ``profile``'s warm pool wants one more suspended node."""
+    scale = ctx.policy.autoscale.profiles.get(profile)
+    if scale is None or not scale.warm_pool:
+        return False
+    held = [n for n in ctx.registry.nodes(profile=profile) if n.state in ("suspending", "suspended")]
+    return len(held) < scale.warm_pool
+
+
+def suspend(ctx, names):
+    """Slurm powered ``names`` down: retire them, or keep them warm (suspended)."""
+    result = {}
+    for name in names:
+        node = ctx.registry.get(name)
+        if node is None:
+            result[name] = "not held"
+            continue
+        try:
+            if node.state in ("allocated", "booting", "joining"):
+                engine.fail_node(ctx, name, "Slurm powered it down before it joined")
+                result[name] = "released"
+            elif node.state == "failed":
+                engine._release(ctx, name, node.reason or "failed")
+                result[name] = "released"
+            elif node.state in ("ready", "draining"):
+                if node.state == "ready" and _warm_short(ctx, node.profile):
+                    result[name] = _freeze(ctx, node)
+                else:
+                    _retire_idle(ctx, node)
+                    result[name] = "released"
+            else:
+                result[name] = f"left alone: {node.state}"
+        except VclusterError as exc:
+            result[name] = f"failed: {exc}"
+    failed = {n: s for n, s in result.items() if s.startswith("failed")}
+    comment = f"suspend {hostlist.collect_hostlist(names)}: " + "; ".join(
+        f"{n} {s}" for n, s in sorted(result.items()))
+    return {"result": not failed, "comment": comment, "nodes": result}
+
+
+def _freeze(ctx, node):
+    ctx.registry.transition(node.name, "suspending", expect="ready", reason="warm pool", actor=ctx.actor)
+    ctx.node_event(node.name, "suspending", reason="warm pool")
+    try:
+        ctx.provider(node.provider).suspend(node.instance_id)
+    except Exception as exc:  # noqa: BLE001 - not frozen: retire it instead
+        log.warning("warm-pool suspend of %s failed (%s); retiring it", node.name, exc)
+        ctx.registry.transition(node.name, "ready", expect="suspending", actor=ctx.actor)
+        _retire_idle(ctx, ctx.registry.get(node.name))
+        return "released"
+    ctx.registry.transition(node.name, "suspended", expect="suspending", actor=ctx.actor)
+    ctx.node_event(node.name, "suspended", reason="warm pool")
+    return "suspended (warm pool)"
+
+
+def _retire_idle(ctx, node):
+    """Remove an idle node Slurm has powered down: instance, key, name, address."""
+    if node.state == "ready":
+        ctx.registry.transition(node.name, "draining", expect="ready", reason="Slurm power down", actor=ctx.actor)
+        ctx.node_event(node.name, "draining", reason="Slurm power down")
+    ctx.registry.transition(node.name, "retiring", expect="draining", actor=ctx.actor)
+    ctx.node_event(node.name, "retiring")
+    if node.instance_id:
+        ctx.provider(node.provider).delete([node.instance_id])
+    engine._quietly(ctx.keys.delete, node.name)
+    ctx.registry.release(node.name, "powered down by Slurm", actor=ctx.actor)
+    ctx.node_event(node.name, "released", reason="powered down by Slurm")
+
+
+def resume_fail(ctx, names):
+    """Slurm gave up on ``names``: release what they hold, DOWN with a reason."""
+    result = {}
+    for name in names:
+        node = ctx.registry.get(name)
+        gone = ctx.registry.get(name, include_released=True)
+        why = "it did not register within ResumeTimeout"
+        if node is not None:
+            engine.fail_node(ctx, name, f"Slurm gave up resuming it: {why}")
+            result[name] = "released"
+        elif gone is not None and gone.reason:
+            why = gone.reason
+            result[name] = "already released"
+        else:
+            result[name] = "not held"
+        _down(ctx, name, f"resume failed: {why}")
+    comment = f"resume failed for {hostlist.collect_hostlist(names)}: " + "; ".join(
+        f"{n} {s}" for n, s in sorted(result.items()))
+    return {"result": True, "comment": comment, "nodes": result}

@@ -1,0 +1,169 @@
+"""Preemption: a job on a hypervisor host suspends the virtual nodes on that host.
+
+The trigger comes from Slurm, never from polling: slurmctld runs
+``PrologSlurmctld`` / ``EpilogSlurmctld`` (as SlurmUser, without any
+credential), a tiny script installed by ``salt/slurm/events.sls`` that appends
+one line per job of a preempting partition to a spool file::
+
+    vcluster-slurm-event v1 start job=42 partition=batch nodes=host[01-02]
+
+The controller minion's ``log`` beacon turns each new line into the event
+``salt/beacon/<controller>/vcluster_slurm/job``; the reactor hands it to
+``vcluster.on_slurm_event``, which calls :func:`on_event`.
+
+The line is only a trigger: the job, its partition and its nodes are read
+back from Slurm through the controller minion before anything is suspended,
+and events from any minion but the controller are ignored, so a forged line
+or event can at worst cause a check.
+
+Policy (pillar ``vcluster:preemption``): ``partitions`` whose jobs preempt,
+``preemptible`` partitions (a virtual node is preemptible when its profile's
+partition is listed), ``mode`` (suspend | pause), ``migrate`` (when the host
+is still busy at job end, move the node to a free host and resume it there,
+where the provider can), ``hypervisors`` (Slurm node name -> provider host
+name; a Slurm node not listed is a host of the same name, as with LXD on the
+controller itself).
+"""
+
+import logging
+import re
+
+import hostlist
+
+from vcluster import suspend as _suspend
+from vcluster.errors import PolicyError, VclusterError
+
+log = logging.getLogger(__name__)
+
+LINE = re.compile(r"^vcluster-slurm-event v1 (start|end)((?: [a-z_]+=\S*)*)\s*$")
+LIVE = ("RUNNING", "CONFIGURING", "SUSPENDED", "COMPLETING")
+
+
+def parse_line(line):
+    """``(kind, {key: value})`` of an event line; :class:`PolicyError` when it is not one."""
+    if not isinstance(line, str):
+        raise PolicyError(f"line must be a vcluster Slurm event line, got {line!r}")
+    match = LINE.match(line.strip())
+    if not match:
+        raise PolicyError(f"line must be a vcluster Slurm event line, got {line[:120]!r}")
+    fields = dict(item.split("=", 1) for item in match.group(2).split())
+    job = fields.get("job", "")
+    if not job.isdigit():
+        raise PolicyError(f"job must be a Slurm job id, got {job!r}")
+    return match.group(1), fields
+
+
+def host_of(policy, slurm_node):
+    """The provider host behind a Slurm node name."""
+    return policy.preemption.hypervisors.get(slurm_node, slurm_node)
+
+
+def _preemptible(ctx, node):
+    prof = ctx.policy.profiles.get(node.profile)
+    return prof is not None and prof.partition in ctx.policy.preemption.preemptible
+
+
+def _busy_hosts(ctx, exclude_job):
+    """Hosts carrying a live job of a preempting partition (other than ``exclude_job``)."""
+    pre = ctx.policy.preemption
+    hosts = set()
+    for job in _suspend.slurm_call(ctx, "jobs"):
+        if str(job.get("id")) == str(exclude_job) or job.get("state") not in ("RUNNING", "CONFIGURING"):
+            continue
+        if job.get("partition") in pre.partitions:
+            hosts.update(host_of(ctx.policy, n) for n in job.get("nodes", []))
+    return hosts
+
+
+def on_event(ctx, minion_id, line):
+    """Handle one Slurm job event line fired by ``minion_id``'s beacon."""
+    if minion_id != ctx.policy.controller:
+        log.warning("slurm event from %r ignored: only the controller %s may send them", minion_id, ctx.policy.controller)
+        return {"result": True, "ignored": True, "comment": f"events from {minion_id!r} are not trusted"}
+    kind, fields = parse_line(line)
+    pre = ctx.policy.preemption
+    if not pre.enabled:
+        return {"result": True, "ignored": True, "comment": "preemption is disabled"}
+    if kind == "start":
+        return job_started(ctx, fields["job"])
+    try:
+        nodes = hostlist.expand_hostlist(fields.get("nodes", "")) if fields.get("nodes") else []
+    except hostlist.BadHostlist:
+        raise PolicyError(f"nodes must be a Slurm hostlist, got {fields.get('nodes')!r}") from None
+    return job_ended(ctx, fields["job"], nodes)
+
+
+def job_started(ctx, job_id):
+    """Suspend the preemptible virtual nodes on the hosts of job ``job_id``."""
+    pre = ctx.policy.preemption
+    # one squeue listing: the job itself (checked against Slurm, not the
+    # event) and the jobs on the victims, which suspend needs anyway
+    all_jobs = _suspend.slurm_call(ctx, "jobs")
+    job = next((j for j in all_jobs if str(j.get("id")) == str(job_id)), None)
+    if not job or job.get("state") not in ("RUNNING", "CONFIGURING"):
+        return {"result": True, "ignored": True, "comment": f"job {job_id} is not running"}
+    if job.get("partition") not in pre.partitions:
+        return {"result": True, "ignored": True,
+                "comment": f"job {job_id} runs in {job.get('partition')}, which does not preempt"}
+    hosts = {host_of(ctx.policy, n) for n in job.get("nodes", [])}
+    victims = [n.name for n in ctx.registry.nodes(states="ready")
+               if n.host in hosts and _preemptible(ctx, n) and n.name not in job.get("nodes", [])]
+    if not victims:
+        return {"result": True, "comment": f"job {job_id}: no preemptible virtual node on {', '.join(sorted(hosts))}",
+                "nodes": {}}
+    ret = _suspend.suspend(ctx, victims, mode=pre.mode, reason=f"{_suspend.PREEMPTED_PREFIX}{job_id}",
+                           all_jobs=all_jobs)
+    ret["comment"] = f"job {job_id} preempts: " + ret["comment"]
+    return ret
+
+
+def job_ended(ctx, job_id, nodes=()):
+    """Resume the nodes job ``job_id`` preempted, or move them to a free host when ``migrate``."""
+    pre = ctx.policy.preemption
+    job = _suspend.slurm_call(ctx, "job", job_id)
+    if job and job.get("state") in ("RUNNING", "CONFIGURING", "SUSPENDED"):
+        return {"result": True, "ignored": True, "comment": f"job {job_id} is still {job['state']}"}
+    if job and job.get("nodes"):
+        nodes = job["nodes"]
+    hosts = {host_of(ctx.policy, n) for n in nodes}
+    reason = f"{_suspend.PREEMPTED_PREFIX}{job_id}"
+    mine = [n for n in ctx.registry.nodes(states="suspended")
+            if (n.reason or "").startswith(_suspend.PREEMPTED_PREFIX) and (n.host in hosts or n.reason == reason)]
+    if not mine:
+        return {"result": True, "comment": f"job {job_id}: no node to resume", "nodes": {}}
+    busy = _busy_hosts(ctx, job_id)
+    result, errors, kept = {}, [], []
+    for node in mine:
+        target = None
+        if node.host in busy:
+            target = _free_host(ctx, node, busy) if pre.migrate else None
+            if target is None:
+                kept.append(node.name)
+                result[node.name] = "suspended"
+                continue
+        ret = _suspend.resume(ctx, node.name, host=target)
+        result.update(ret["nodes"])
+        if not ret["result"]:
+            errors.append(ret["comment"])
+    comment = f"job {job_id} ended: {sum(1 for s in result.values() if s == 'ready')} node(s) resumed"
+    if kept:
+        comment += f"; {hostlist.collect_hostlist(kept)} stay suspended (their host runs another preempting job)"
+    if errors:
+        comment += "; " + "; ".join(errors)
+    return {"result": not errors, "comment": comment, "nodes": result}
+
+
+def _free_host(ctx, node, busy):
+    """A host of the node's provider without preempting jobs and with room for it, or None."""
+    prof = ctx.policy.profiles.get(node.profile)
+    try:
+        hosts = ctx.provider(node.provider).hosts()
+    except (NotImplementedError, VclusterError) as exc:
+        log.info("no host list from provider %s: %s", node.provider, exc)
+        return None
+    for host in sorted(hosts, key=lambda h: (-h.cpus_free, h.name)):
+        if host.name in busy or host.name == node.host or host.state != "up":
+            continue
+        if prof is None or (host.cpus_free >= prof.cpus and host.memory_free_mb >= prof.memory):
+            return host.name
+    return None

@@ -1,0 +1,326 @@
+"""Suspend, resume and migrate virtual nodes with their Slurm jobs intact.
+
+Suspend, per node (``ready -> suspending -> suspended``):
+
+1. drain the node in Slurm (reason ``vcluster suspend``) so nothing new
+   lands on it: a node whose jobs are suspended shows ``idle``;
+2. ``scontrol suspend`` every running job on it (the job ids are kept in the
+   registry's job map, so resume continues exactly those);
+3. the provider's suspend (LXD freeze; Nova suspend or pause).
+
+Resume reverses it (``suspended -> resuming -> ready``): provider resume
+(optionally on another host, where the provider can move a suspended
+instance), wait until the node's minion answers and its slurmd runs,
+``scontrol resume`` the jobs, undrain (only a drain vcluster set).
+
+Slurm must not declare a frozen node dead: the cluster runs with
+``SlurmdTimeout=0`` and vcluster owns node liveness (:mod:`vcluster.liveness`),
+which skips nodes in the states above.
+
+Every request is validated completely before the first side effect, and a
+node whose suspend fails half-way is put back as it was (jobs resumed,
+instance resumed, drain lifted, ``ready``).
+"""
+
+import logging
+import time
+
+import hostlist
+
+from vcluster import engine
+from vcluster.errors import InvalidTransition, PolicyError, VclusterError
+
+log = logging.getLogger(__name__)
+
+#: Slurm node reason vcluster sets while a node is suspended.
+DRAIN_REASON = "vcluster suspend"
+#: Registry reasons; resume after a preempting job only touches PREEMPTED ones.
+ADMIN_REASON = "suspended by admin"
+PREEMPTED_PREFIX = "preempted by job "
+MODES = ("suspend", "pause")
+
+
+# -- small adapters over the context ---------------------------------------------
+
+
+def slurm_call(ctx, fun, *args, **kwargs):
+    """Call ``fun`` of the controller's ``slurm`` module through ``ctx.slurm``."""
+    return getattr(ctx.slurm, fun)(*args, **kwargs)
+
+
+def probe(ctx, names, timeout):
+    """``{name: True (slurmd runs) | False (minion answers, no slurmd)}``; silent nodes are absent."""
+    names = list(names)
+    return ctx.salt.probe(names, timeout) if names else {}
+
+
+def set_node_addr(ctx, name, address):
+    """``scontrol update nodename=NAME nodeaddr=ADDR`` on the controller."""
+    return ctx.slurm.update_node_addr(name, address)
+
+
+def _mode(ctx, mode):
+    if mode is None or mode == "":
+        return ctx.policy.suspend.mode
+    if mode not in MODES:
+        raise PolicyError(f"mode must be suspend or pause, got {mode!r}")
+    return mode
+
+
+def _registry_nodes(ctx, names, allowed, verb):
+    found = {}
+    for name in names:
+        node = ctx.registry.get(name)
+        if node is None or node.state == "released":
+            raise PolicyError(f"nodes must be vcluster nodes; {name!r} is not in the registry")
+        if node.state not in allowed:
+            raise PolicyError(f"node {name} is {node.state}; only {' or '.join(allowed)} nodes can be {verb}")
+        found[name] = node
+    return found
+
+
+def _node_jobs(ctx, names, states, all_jobs=None):
+    """``{node: [job dict, ...]}`` for the jobs in ``states`` on ``names``; one Slurm call.
+
+    ``all_jobs`` is a listing the caller already holds (saves the call).
+    """
+    out = {n: [] for n in names}
+    if not names:
+        return out
+    for job in all_jobs if all_jobs is not None else slurm_call(ctx, "jobs", nodes=list(names)):
+        if job.get("state") not in states:
+            continue
+        for n in job.get("nodes", []):
+            if n in out:
+                out[n].append(job)
+    return out
+
+
+def _slurm_node(ctx, name):
+    for node in slurm_call(ctx, "nodes"):
+        if node.get("name") == name:
+            return node
+    return None
+
+
+# -- suspend -------------------------------------------------------------------------
+
+
+def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None):
+    """Suspend ``nodes`` (a hostlist) with their jobs; see the module docstring.
+
+    Nodes already ``suspended`` are left as they are. Returns
+    ``{"result", "comment", "nodes": {name: state}}``. ``all_jobs`` is a
+    fresh ``jobs`` listing the caller already holds (preemption), else
+    Slurm is asked.
+    """
+    names = engine.parse_nodes(nodes)
+    mode = _mode(ctx, mode)
+    reason = reason or ADMIN_REASON
+    found = _registry_nodes(ctx, names, ("ready", "suspended"), "suspended")
+    todo = [n for n in names if found[n].state == "ready"]
+    for name in todo:
+        if not found[name].instance_id:
+            raise PolicyError(f"node {name} has no instance to suspend")
+    jobs = _node_jobs(ctx, todo, ("RUNNING", "SUSPENDED", "CONFIGURING", "COMPLETING"), all_jobs)
+    for name in todo:
+        for job in jobs[name]:
+            others = sorted(set(job.get("nodes", [])) - set(todo))
+            if others:
+                raise PolicyError(
+                    f"job {job['id']} on {name} also runs on {hostlist.collect_hostlist(others)}; "
+                    "suspend those nodes in the same request"
+                )
+    result = {n: "suspended" for n in names if n not in todo}
+    errors = []
+    suspended_jobs = set()
+    slurm_nodes = {s["name"]: s for s in slurm_call(ctx, "nodes")} if todo else {}
+    for name in todo:
+        try:
+            _suspend_one(ctx, found[name], mode, reason, jobs[name], suspended_jobs, slurm_nodes.get(name))
+            result[name] = "suspended"
+        except Exception as exc:  # noqa: BLE001 - one node's failure is reported, the rest go on
+            log.warning("suspend %s failed: %s", name, exc)
+            errors.append(f"{name}: {engine._sentence(exc)}")  # noqa: SLF001
+            result[name] = (ctx.registry.get(name) or found[name]).state
+    done = [n for n, s in result.items() if s == "suspended"]
+    comment = f"{len(done)} of {len(names)} node(s) suspended ({mode})"
+    if errors:
+        comment += "; " + "; ".join(errors)
+    return {"result": not errors, "comment": comment, "nodes": result}
+
+
+def _suspend_one(ctx, node, mode, reason, jobs, suspended_jobs, slurm_node):
+    name = node.name
+    ctx.registry.transition(name, "suspending", expect="ready", actor=ctx.actor, reason=reason)
+    ctx.node_event(name, "suspending", mode=mode, reason=reason)
+    drained = resumed_jobs = False
+    mine = []
+    try:
+        words = (slurm_node or {}).get("state") or []
+        foreign_drain = "DRAIN" in words and (slurm_node or {}).get("reason") not in ("", DRAIN_REASON)
+        if not foreign_drain:
+            slurm_call(ctx, "update_node", name, "DRAIN", reason=DRAIN_REASON)
+            drained = True
+        for job in jobs:
+            if job.get("state") == "RUNNING" and job["id"] not in suspended_jobs:
+                slurm_call(ctx, "suspend_job", job["id"])
+                suspended_jobs.add(job["id"])
+                mine.append(job["id"])
+            elif job.get("state") == "SUSPENDED" and job["id"] in suspended_jobs:
+                mine.append(job["id"])  # multi-node job suspended for an earlier node of this request
+        ctx.registry.map_jobs(name, [str(j) for j in mine])
+        ctx.provider(node.provider).suspend(node.instance_id, mode=mode)
+    except Exception:
+        # put the node back as it was: jobs running, drain lifted, ready
+        for job_id in mine:
+            if job_id in suspended_jobs:
+                _quiet(slurm_call, ctx, "resume_job", job_id)
+                suspended_jobs.discard(job_id)
+                resumed_jobs = True
+        if drained:
+            _quiet(slurm_call, ctx, "update_node", name, "RESUME")
+        _quiet(ctx.registry.map_jobs, name, [])
+        ctx.registry.transition(name, "ready", expect="suspending", actor=ctx.actor)
+        ctx.node_event(name, "ready", reason="suspend failed", jobs_resumed=resumed_jobs)
+        raise
+    ctx.registry.transition(name, "suspended", expect="suspending", actor=ctx.actor, reason=reason)
+    ctx.node_event(name, "suspended", mode=mode, reason=reason, jobs=[str(j) for j in mine])
+
+
+# -- resume -------------------------------------------------------------------------------
+
+
+def resume(ctx, nodes, host=None, timeout=None):
+    """Resume ``nodes`` (a hostlist); ``host`` moves them there first where the provider can.
+
+    Nodes already ``ready`` are left as they are. A node whose provider
+    resume or restart check fails goes back to ``suspended`` (its jobs stay
+    suspended, nothing is lost) and the return says why; run resume again.
+    """
+    names = engine.parse_nodes(nodes)
+    if host is not None and (not isinstance(host, str) or not host.strip()):
+        raise PolicyError(f"host must be a hypervisor name, got {host!r}")
+    timeout = ctx.policy.suspend.resume_timeout if timeout is None else engine._positive_int(timeout, "timeout")  # noqa: SLF001
+    found = _registry_nodes(ctx, names, ("suspended", "ready"), "resumed")
+    todo = [n for n in names if found[n].state == "suspended"]
+    result = {n: "ready" for n in names if n not in todo}
+    errors = []
+    for name in todo:
+        try:
+            if host and host != found[name].host:
+                migrate(ctx, name, host=host)
+            _resume_one(ctx, ctx.registry.get(name), timeout)
+            result[name] = "ready"
+        except Exception as exc:  # noqa: BLE001 - reported per node
+            log.warning("resume %s failed: %s", name, exc)
+            errors.append(f"{name}: {engine._sentence(exc)}")  # noqa: SLF001
+            result[name] = (ctx.registry.get(name) or found[name]).state
+    done = [n for n, s in result.items() if s == "ready"]
+    comment = f"{len(done)} of {len(names)} node(s) ready"
+    if errors:
+        comment += "; " + "; ".join(errors)
+    return {"result": not errors, "comment": comment, "nodes": result}
+
+
+def _resume_one(ctx, node, timeout):
+    name = node.name
+    ctx.registry.transition(name, "resuming", expect="suspended", actor=ctx.actor)
+    ctx.node_event(name, "resuming")
+    deadline = time.monotonic() + float(timeout)
+    try:
+        inst = ctx.provider(node.provider).resume(node.instance_id)
+        if inst is not None and getattr(inst, "host", None) and inst.host != node.host:
+            ctx.registry.update(name, host=inst.host)
+        _wait_alive(ctx, name, deadline)
+        mapped = set(ctx.registry.jobs_on(name))
+        for job in _node_jobs(ctx, [name], ("SUSPENDED",))[name]:
+            if str(job["id"]) in mapped:
+                slurm_call(ctx, "resume_job", job["id"])
+        slurm_node = _slurm_node(ctx, name)
+        if slurm_node and "DRAIN" in (slurm_node.get("state") or []) and slurm_node.get("reason") == DRAIN_REASON:
+            slurm_call(ctx, "update_node", name, "RESUME")
+    except Exception as exc:
+        ctx.registry.transition(name, "suspended", expect="resuming", actor=ctx.actor,
+                                reason=f"resume failed: {engine._sentence(exc)}")  # noqa: SLF001
+        ctx.node_event(name, "suspended", reason="resume failed")
+        raise
+    ctx.registry.map_jobs(name, [])
+    ctx.registry.transition(name, "ready", expect="resuming", actor=ctx.actor)
+    ctx.node_event(name, "ready", resumed=True)
+
+
+def _wait_alive(ctx, name, deadline):
+    """Until the node's minion answers and its slurmd runs, or raise at ``deadline``."""
+    last = "its minion did not answer"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise VclusterError(f"{name} was resumed by its provider but {last} within the resume timeout")
+        asked = time.monotonic()
+        answer = probe(ctx, [name], min(left, 10)).get(name)
+        if answer is True:
+            return
+        if answer is False:
+            last = "its slurmd is not running"
+        # poll at most once a second (a probe of an absent minion may return at once)
+        time.sleep(min(max(0.0, 1.0 - (time.monotonic() - asked)), max(0.0, deadline - time.monotonic())))
+
+
+# -- migrate ------------------------------------------------------------------------------
+
+
+def migrate(ctx, node, host=None, live=True):
+    """Move ``node`` to hypervisor ``host`` (or the provider's choice), jobs and all.
+
+    The node keeps its name; registry ``host`` (and ``address``, should the
+    provider change it) follow, and Slurm gets the new NodeAddr. A ``ready``
+    node goes ``migrating -> ready``, a ``suspended`` one ``migrating ->
+    suspended``. Providers that cannot move the instance say so and
+    nothing changes.
+    """
+    names = engine.parse_nodes(node, what="node")
+    if len(names) != 1:
+        raise PolicyError(f"node must name one node, got {node!r}")
+    name = names[0]
+    if host is not None and (not isinstance(host, str) or not host.strip()):
+        raise PolicyError(f"host must be a hypervisor name, got {host!r}")
+    live = engine._bool(live, "live")  # noqa: SLF001
+    found = _registry_nodes(ctx, [name], ("ready", "suspended"), "migrated")[name]
+    if not found.instance_id:
+        raise PolicyError(f"node {name} has no instance to migrate")
+    if host and host == found.host:
+        raise PolicyError(f"host must differ from the node's current host, got {host!r}")
+    back = found.state
+    ctx.registry.transition(name, "migrating", expect=back, actor=ctx.actor)
+    ctx.node_event(name, "migrating", source=found.host, target=host)
+    try:
+        inst = ctx.provider(found.provider).migrate(found.instance_id, host=host, live=live)
+    except Exception as exc:
+        ctx.registry.transition(name, back, expect="migrating", actor=ctx.actor)
+        ctx.node_event(name, back, reason="migration failed")
+        raise VclusterError(f"cannot migrate {name}: {engine._sentence(exc)}") from exc  # noqa: SLF001
+    fields = {}
+    if inst.host and inst.host != found.host:
+        fields["host"] = inst.host
+    address_changed = bool(inst.address and found.address and inst.address != found.address)
+    if address_changed:
+        fields["address"] = inst.address
+    if fields:
+        ctx.registry.update(name, **fields)
+    if address_changed:
+        set_node_addr(ctx, name, inst.address)
+    try:
+        ctx.registry.transition(name, back, expect="migrating", actor=ctx.actor)
+    except InvalidTransition:
+        pass
+    ctx.node_event(name, back, migrated=True, source=found.host, host=inst.host, address=inst.address)
+    return {"result": True, "comment": f"{name} moved from {found.host} to {inst.host}",
+            "node": name, "state": back, "host": inst.host, "address": inst.address}
+
+
+def _quiet(func, *args):
+    try:
+        func(*args)
+    except Exception as exc:  # noqa: BLE001 - rollback goes on
+        log.warning("rollback step %s%r failed: %s", getattr(func, "__name__", func), args[1:], exc)
