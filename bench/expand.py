@@ -90,6 +90,7 @@ def highstate_controller(host):
 
 
 def measure(watcher, profile, count):
+    watcher.seen.clear()  # names are reused between runs: only this run's events count
     t0 = time.monotonic()
     ret = salt_run("vcluster.expand", f"count={count}", f"profile={profile}")
     t1 = time.monotonic()
