@@ -11,7 +11,7 @@ from tests.integration.lxd_fixtures import (  # noqa: F401 - fixtures
     lxd_network,
     lxd_root,
 )
-from tests.integration.stack import ClusterStack
+from tests.integration.stack import LIVE, ClusterStack
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +38,12 @@ def stack(host_slurm_lock, salt_factories, lxd_network, lxd_image, tmp_path_fact
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def clean_slate_between_modules():
+    """After each module, live stacks retire what its tests left behind."""
+    yield
+    for cluster in list(LIVE):
+        if cluster.master is not None and cluster.master.is_running():
+            cluster.retire_everything()

@@ -22,6 +22,7 @@ import pathlib
 import socket
 import subprocess
 import time
+import uuid
 
 import yaml
 
@@ -30,6 +31,8 @@ from vcluster.masterconf import master_config
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POOL_NAMES = "tnode[01-16]"
 POOL_PREFIX = "tnode"
+#: Stacks started and not yet stopped (see tests/integration/conftest.py).
+LIVE = []
 
 
 def _host_memory_mb():
@@ -67,6 +70,7 @@ class ClusterStack:
         self.master = None
         self.minion = None
         self.admin_accepts = {self.controller_id}
+        self.cluster = "vct" + uuid.uuid4().hex[:8]
 
     # -- configuration --------------------------------------------------------
 
@@ -93,6 +97,9 @@ class ClusterStack:
             },
             "chrony": {"allow": [self.network["cidr"]]},
             "vcluster": {
+                # A cluster tag of its own: reconcile and list() only ever
+                # touch instances of their own cluster.
+                "cluster": self.cluster,
                 "controller": self.controller_id,
                 "master": gw,
                 "registry": str(self.registry),
@@ -137,11 +144,14 @@ class ClusterStack:
             master.salt_key_cli().run("--yes", "--accept", payload["id"])
 
     def remove_leftovers(self):
-        """Delete containers of this stack's pools left by a killed session.
+        """Remove what an earlier stack left: its Salt daemons and containers.
 
-        Their daemons would otherwise answer for the host's in name-based
-        init-script checks, and their names are about to be handed out again.
+        A master that outlived its stack keeps running its schedules
+        (liveness, reconcile) against this host's slurmctld and LXD, on
+        names this stack is about to hand out again; leftover containers'
+        daemons would answer for the host's in name-based init-script checks.
         """
+        subprocess.run(["pkill", "-f", "/tmp/vct/scripts/cli_salt_"], check=False)
         out = subprocess.run(["lxc", "list", "--format", "csv", "-c", "n"], capture_output=True, text=True,
                              check=False)
         for name in out.stdout.split():
@@ -169,6 +179,7 @@ class ClusterStack:
             },
         )
         self.minion.start(start_timeout=120)
+        LIVE.append(self)
         return self
 
     def highstate_controller(self):
@@ -210,7 +221,17 @@ class ClusterStack:
                            capture_output=True, check=False)
             subprocess.run(["scontrol", "delete", f"nodename={name}"], capture_output=True, check=False)
 
+    def retire_everything(self):
+        """Retire every node still held (force): a failed test must not leave
+        nodes for the next module to trip over."""
+        status = self.run("vcluster.status", timeout=120).data or {}
+        names = sorted((status.get("nodes") or {}))
+        if names:
+            self.run("vcluster.retire", f"nodes={','.join(names)}", "force=True", "wait=120", timeout=600)
+
     def stop(self):
+        if self in LIVE:
+            LIVE.remove(self)
         self.forget_slurm_nodes()
         self.remove_leftovers()
         for daemon in (self.minion, self.master):
