@@ -22,6 +22,10 @@ def pytest_configure(config):
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
+    # The daemons forward every INFO line of Salt and the factories; a failed
+    # test's report keeps vcluster's own lines and Salt's warnings only.
+    for noisy in ("salt", "saltfactories", "pytestshellutils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def pytest_collection_modifyitems(items):
