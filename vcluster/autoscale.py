@@ -37,6 +37,7 @@ import os
 import time
 
 from vcluster import engine
+from vcluster.arguments import flag
 from vcluster.errors import VclusterError
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,8 @@ def plan(policy, nodes, slurm_nodes, jobs, state, now):
 
 def run(ctx, scheduled=False, test=False):
     """One autoscaling pass; see the module docstring."""
-    scheduled = engine._bool(scheduled, "scheduled")
-    test = engine._bool(test, "test")
+    scheduled = flag(scheduled, "scheduled")
+    test = flag(test, "test")
     now = time.time()
     state = load_state(ctx.policy.registry)
     if scheduled:

@@ -13,14 +13,15 @@ import uuid
 import hostlist
 
 from vcluster import bootstrap, membership, retry
+from vcluster.arguments import flag, node_names, positive_int, whole_seconds
 from vcluster import policy as _policy
 from vcluster.errors import (
+    sentence,
     InvalidTransition,
     PolicyError,
     RegistryError,
     VclusterError,
 )
-from vcluster.registry import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
 
@@ -33,59 +34,9 @@ LIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED
 
 # -- input validation --------------------------------------------------------
 
-def _positive_int(value, what):
-    if isinstance(value, bool):
-        raise PolicyError(f"{what} must be a positive integer, got {value!r}")
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        raise PolicyError(f"{what} must be a positive integer, got {value!r}") from None
-    if number < 1 or str(number) != str(value).strip().lstrip("+"):
-        raise PolicyError(f"{what} must be a positive integer, got {value!r}")
-    return number
-
-
-def _non_negative_int(value, what):
-    if isinstance(value, bool):
-        raise PolicyError(f"{what} must be a whole number of seconds, got {value!r}")
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        raise PolicyError(f"{what} must be a whole number of seconds, got {value!r}") from None
-    if number < 0:
-        raise PolicyError(f"{what} must be a whole number of seconds, got {value!r}")
-    return number
-
-
-def _bool(value, what):
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off", "none", ""):
-        return False
-    raise PolicyError(f"{what} must be true or false, got {value!r}")
-
-
-def parse_nodes(spec, what="nodes"):
-    """Expand a hostlist argument into names; refuse anything malformed."""
-    if isinstance(spec, (list, tuple)):
-        spec = ",".join(str(s) for s in spec)
-    if not isinstance(spec, str) or not spec.strip():
-        raise PolicyError(f"{what} must be a Slurm hostlist such as vnode[001-004], got {spec!r}")
-    try:
-        names = hostlist.expand_hostlist(spec.strip())
-    except hostlist.BadHostlist:
-        raise PolicyError(f"{what} must be a Slurm hostlist such as vnode[001-004], got {spec!r}") from None
-    if not names:
-        raise PolicyError(f"{what} must name at least one node, got {spec!r}")
-    return names
-
-
 def _request(ctx, profile, count):
     """Validate an expand request against policy and current use; the Profile."""
-    count = _positive_int(count, "count")
+    count = positive_int(count, "count")
     return _policy.validate_request(ctx.policy, profile, count, ctx.registry.counts()), count
 
 
@@ -129,8 +80,8 @@ def expand(ctx, profile, count, test=False, wait=True):
     address, instance, reason). Every failure releases what it took.
     """
     prof, count = _request(ctx, profile, count)
-    test = _bool(test, "test")
-    wait = _bool(wait, "wait")
+    test = flag(test, "test")
+    wait = flag(wait, "wait")
     if test:
         ret = plan(ctx, profile, count)
         ret["result"] = None if ret["result"] else False
@@ -188,7 +139,7 @@ def launch(ctx, prof, provider, nodes, request_id):
         instances = retry.create(ctx, prof, provider, specs)  # bounded retries, paused profiles
         created = [i.id for i in instances]
     except Exception as exc:  # noqa: BLE001 - every failure must roll back
-        reason = f"creating instances failed: {_sentence(exc)}"
+        reason = f"creating instances failed: {sentence(exc)}"
         log.warning("expand %s: %s", request_id, reason)
         if created:
             _quietly(provider.delete, created)
@@ -280,7 +231,7 @@ def join(ctx, minion_id):
         log.info("node %s left the joining state while being joined (expand gave up)", node.name)
         return {"result": False, "comment": f"{node.name} was failed by its expand while joining"}
     except Exception as exc:  # noqa: BLE001 - any failure fails the node
-        reason = _sentence(exc)
+        reason = sentence(exc)
         fail_node(ctx, node.name, reason)
         return {"result": False, "comment": f"{node.name}: {reason}"}
     ctx.node_event(node.name, "ready", slurm_state=state)
@@ -331,9 +282,9 @@ def retire(ctx, nodes, force=False, wait=600):
     jobs go back to the queue; none is lost). Nodes whose jobs outlast
     ``wait`` seconds stay ``draining`` and are reported; run retire again.
     """
-    names = parse_nodes(nodes)
-    force = _bool(force, "force")
-    wait = _non_negative_int(wait, "wait")
+    names = node_names(nodes)
+    force = flag(force, "force")
+    wait = whole_seconds(wait, "wait")
     found = {}
     for name in names:
         node = ctx.registry.get(name)
@@ -406,7 +357,7 @@ def _remove(ctx, node):
 
 def shrink(ctx, count, profile, force=False, wait=600):
     """Retire ``count`` nodes of ``profile``, idle ones first."""
-    count = _positive_int(count, "count")
+    count = positive_int(count, "count")
     prof = ctx.policy.profile(profile)
     candidates = [n for n in ctx.registry.nodes(profile=prof.name) if n.state in RETIRABLE]
     if not candidates:
@@ -456,11 +407,6 @@ from vcluster.reconcile import reconcile  # noqa: E402,F401
 
 def _left(deadline):
     return max(1, int(deadline - time.monotonic()))
-
-
-def _sentence(exc):
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _try(func, default):

@@ -5,6 +5,12 @@ it ends up verbatim in the return of a runner or state.
 """
 
 
+def sentence(exc):
+    """The first line of an exception's message (its type name if it has none)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
 class VclusterError(Exception):
     """Base class of every error the library raises on purpose."""
 

@@ -29,7 +29,8 @@ import uuid
 import hostlist
 
 from vcluster import engine
-from vcluster.errors import InvalidTransition, PolicyError, PoolExhausted, RegistryError, VclusterError
+from vcluster.arguments import node_names
+from vcluster.errors import InvalidTransition, PolicyError, PoolExhausted, RegistryError, VclusterError, sentence
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def handle(ctx, action, nodes, sender, resume_file=None):
         return {"result": False, "ignored": True,
                 "comment": f"power-saving events come from the controller {ctx.policy.controller}, "
                            f"not from {sender!r}: ignored"}
-    names = engine.parse_nodes(nodes)
+    names = node_names(nodes)
     if action == "resume":
         return resume(ctx, names, resume_file=resume_file)
     if action == "suspend":
@@ -158,7 +159,7 @@ def _create(ctx, prof, names):
     except (PoolExhausted, RegistryError) as exc:
         # another resume took one of them meanwhile: do them one by one
         if len(names) == 1:
-            return dict(out, **{names[0]: f"already held ({engine._sentence(exc)})"})
+            return dict(out, **{names[0]: f"already held ({sentence(exc)})"})
         for name in names:
             out.update(_create(ctx, prof, [name]))
         return out
@@ -177,7 +178,7 @@ def _create(ctx, prof, names):
             ctx.node_event(n.name, "booting", instance=inst.id, host=inst.host)
             out[n.name] = "booting"
     except Exception as exc:  # noqa: BLE001 - every failure must roll back
-        reason = f"creating instances failed: {engine._sentence(exc)}"
+        reason = f"creating instances failed: {sentence(exc)}"
         log.warning("resume %s: %s", request_id, reason)
         if created:
             engine._quietly(provider.delete, created)
@@ -201,7 +202,7 @@ def _thaw(ctx, node):
         _restart_slurmd(ctx, node.name)
         ctx.registry.transition(node.name, "ready", expect="resuming", actor=ctx.actor)
     except Exception as exc:  # noqa: BLE001 - a failed thaw fails the node
-        reason = f"resuming the warm node failed: {engine._sentence(exc)}"
+        reason = f"resuming the warm node failed: {sentence(exc)}"
         try:
             ctx.registry.transition(node.name, "suspended", expect="resuming", reason=reason, actor=ctx.actor)
         except InvalidTransition:

@@ -44,7 +44,8 @@ import logging
 import os
 import time
 
-from vcluster.errors import InvalidTransition, PolicyError, RegistryError, VclusterError
+from vcluster.arguments import flag, seconds
+from vcluster.errors import InvalidTransition, RegistryError, VclusterError, sentence
 
 log = logging.getLogger(__name__)
 
@@ -77,32 +78,6 @@ POWERED_OFF = frozenset({"POWERED_DOWN", "POWERING_DOWN", "POWER_DOWN"})
 SCHEDULE_TICK = 60
 
 
-def _bool(value, what):
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off", "none", ""):
-        return False
-    raise PolicyError(f"{what} must be true or false, got {value!r}")
-
-
-def _seconds(value, what):
-    try:
-        number = float(str(value).strip())
-    except (TypeError, ValueError):
-        raise PolicyError(f"{what} must be a number of seconds, got {value!r}") from None
-    if isinstance(value, bool) or not number >= 0 or number == float("inf"):
-        raise PolicyError(f"{what} must be a number of seconds, got {value!r}")
-    return number
-
-
-def _sentence(exc):
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 # -- gathering ------------------------------------------------------------------
 
 
@@ -119,17 +94,17 @@ class Survey:
             try:
                 self.instances[prov_name] = list(ctx.provider(prov_name).list(policy.cluster))
             except Exception as exc:  # noqa: BLE001 - reported, its checks skipped
-                self.errors.append(f"provider {prov_name}: {_sentence(exc)}")
+                self.errors.append(f"provider {prov_name}: {sentence(exc)}")
         try:
             self.keys = set(ctx.keys.accepted())
         except Exception as exc:  # noqa: BLE001
             self.keys = None
-            self.errors.append(f"minion keys: {_sentence(exc)}")
+            self.errors.append(f"minion keys: {sentence(exc)}")
         try:
             self.slurm = list(ctx.slurm.nodes())
         except Exception as exc:  # noqa: BLE001
             self.slurm = None
-            self.errors.append(f"slurm: {_sentence(exc)}")
+            self.errors.append(f"slurm: {sentence(exc)}")
         # the registry last: see the module doc
         self.held = {n.name: n for n in ctx.registry.nodes()}
         self.pool_names = set()
@@ -258,7 +233,7 @@ def _fail_release(ctx, name, reason, extra_instances=()):
         try:
             ctx.registry.transition(name, "failed", reason=reason, expect=UNJOINED, actor=ctx.actor)
         except InvalidTransition as exc:
-            return f"left alone: {_sentence(exc)}"
+            return f"left alone: {sentence(exc)}"
         ctx.node_event(name, "failed", reason=reason)
     try:
         eng._release(ctx, name, reason)
@@ -288,7 +263,7 @@ def _retire_gone(ctx, name, reason, delete_instance=False):
         try:
             ctx.registry.transition(name, state, reason=reason, expect=current.state, actor=ctx.actor)
         except InvalidTransition as exc:
-            return f"left alone: {_sentence(exc)}"
+            return f"left alone: {sentence(exc)}"
         ctx.node_event(name, state, reason=reason)
     node = ctx.registry.get(name)
     requeued = []
@@ -441,8 +416,8 @@ def reconcile(ctx, apply=False, grace=None):
     applied: kind, node/instance, action or error) and ``errors`` (views that
     could not be read).
     """
-    apply = _bool(apply, "apply")
-    grace = None if grace is None else _seconds(grace, "grace")
+    apply = flag(apply, "apply")
+    grace = None if grace is None else seconds(grace, "grace")
     started = time.monotonic()
     with _exclusive(ctx.registry) as mine:
         if not mine:
@@ -489,10 +464,10 @@ def _apply_one(ctx, kind, item, s):
         if "node" in item and ctx.registry.get(item["node"]) is None and kind != "orphan_key":
             out["action"] = "released by another process meanwhile"
         else:
-            out["error"] = _sentence(exc)
+            out["error"] = sentence(exc)
             log.warning("reconcile: %s %s not repaired: %s", kind, subject, out["error"])
     except Exception as exc:  # noqa: BLE001 - one failed repair must not stop the others
-        out["error"] = _sentence(exc)
+        out["error"] = sentence(exc)
         log.warning("reconcile: %s %s not repaired: %s", kind, subject, out["error"])
     else:
         log.info("reconcile: %s %s: %s", kind, subject, out["action"])
@@ -557,7 +532,7 @@ def scheduled(ctx):
 
 def run(ctx, apply=False, grace=None, scheduled=False):
     """The runner's entry point: :func:`scheduled` or :func:`reconcile`."""
-    if _bool(scheduled, "scheduled"):
+    if flag(scheduled, "scheduled"):
         return globals()["scheduled"](ctx)
     return reconcile(ctx, apply=apply, grace=grace)
 

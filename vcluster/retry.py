@@ -21,7 +21,7 @@ master restart does not forget it.
 import logging
 import time
 
-from vcluster.errors import PolicyError, ProviderError, QuotaExceeded
+from vcluster.errors import PolicyError, ProviderError, QuotaExceeded, sentence
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,10 @@ def create(ctx, profile, provider, specs):
 
     def report(attempt, exc, delay):
         ctx.events.progress(
-            f"creating instances failed (try {attempt} of {faults.create_attempts}): {_sentence(exc)}; "
+            f"creating instances failed (try {attempt} of {faults.create_attempts}): {sentence(exc)}; "
             f"retrying in {delay:.0f} s", attempt=attempt)
         ctx.events.fire(f"vcluster/provider/{provider.name}/retry",
-                        {"profile": profile.name, "attempt": attempt, "error": _sentence(exc),
+                        {"profile": profile.name, "attempt": attempt, "error": sentence(exc),
                          "nodes": sorted(names)})
 
     try:
@@ -156,11 +156,6 @@ def check_pause(registry, policy, profile, now=None):
     last = found[-1][2] or "no reason recorded"
     raise ProfilePaused(
         f"profile {profile} {PAUSED_MARK} {faults.failures} failed expands within {faults.window:g} s "
-        f"(last: {_sentence(last)}); expands of it are refused for {int(until - now) + 1} more s "
+        f"(last: {sentence(last)}); expands of it are refused for {int(until - now) + 1} more s "
         f"(vcluster:faults:pause)"
     )
-
-
-def _sentence(exc):
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

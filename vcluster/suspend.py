@@ -27,8 +27,8 @@ import time
 
 import hostlist
 
-from vcluster import engine
-from vcluster.errors import InvalidTransition, PolicyError, VclusterError
+from vcluster.arguments import flag, node_names, positive_int
+from vcluster.errors import InvalidTransition, PolicyError, VclusterError, sentence
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None):
     fresh ``jobs`` listing the caller already holds (preemption), else
     Slurm is asked.
     """
-    names = engine.parse_nodes(nodes)
+    names = node_names(nodes)
     mode = _mode(ctx, mode)
     reason = reason or ADMIN_REASON
     found = _registry_nodes(ctx, names, ("ready", "suspended"), "suspended")
@@ -141,7 +141,7 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None):
             result[name] = "suspended"
         except Exception as exc:  # noqa: BLE001 - one node's failure is reported, the rest go on
             log.warning("suspend %s failed: %s", name, exc)
-            errors.append(f"{name}: {engine._sentence(exc)}")  # noqa: SLF001
+            errors.append(f"{name}: {sentence(exc)}")
             result[name] = (ctx.registry.get(name) or found[name]).state
     done = [n for n, s in result.items() if s == "suspended"]
     comment = f"{len(done)} of {len(names)} node(s) suspended ({mode})"
@@ -198,10 +198,10 @@ def resume(ctx, nodes, host=None, timeout=None):
     resume or restart check fails goes back to ``suspended`` (its jobs stay
     suspended, nothing is lost) and the return says why; run resume again.
     """
-    names = engine.parse_nodes(nodes)
+    names = node_names(nodes)
     if host is not None and (not isinstance(host, str) or not host.strip()):
         raise PolicyError(f"host must be a hypervisor name, got {host!r}")
-    timeout = ctx.policy.suspend.resume_timeout if timeout is None else engine._positive_int(timeout, "timeout")  # noqa: SLF001
+    timeout = ctx.policy.suspend.resume_timeout if timeout is None else positive_int(timeout, "timeout")
     found = _registry_nodes(ctx, names, ("suspended", "ready"), "resumed")
     todo = [n for n in names if found[n].state == "suspended"]
     result = {n: "ready" for n in names if n not in todo}
@@ -214,7 +214,7 @@ def resume(ctx, nodes, host=None, timeout=None):
             result[name] = "ready"
         except Exception as exc:  # noqa: BLE001 - reported per node
             log.warning("resume %s failed: %s", name, exc)
-            errors.append(f"{name}: {engine._sentence(exc)}")  # noqa: SLF001
+            errors.append(f"{name}: {sentence(exc)}")
             result[name] = (ctx.registry.get(name) or found[name]).state
     done = [n for n, s in result.items() if s == "ready"]
     comment = f"{len(done)} of {len(names)} node(s) ready"
@@ -242,7 +242,7 @@ def _resume_one(ctx, node, timeout):
             slurm_call(ctx, "update_node", name, "RESUME")
     except Exception as exc:
         ctx.registry.transition(name, "suspended", expect="resuming", actor=ctx.actor,
-                                reason=f"resume failed: {engine._sentence(exc)}")  # noqa: SLF001
+                                reason=f"resume failed: {sentence(exc)}")
         ctx.node_event(name, "suspended", reason="resume failed")
         raise
     ctx.registry.map_jobs(name, [])
@@ -279,13 +279,13 @@ def migrate(ctx, node, host=None, live=True):
     suspended``. Providers that cannot move the instance say so and
     nothing changes.
     """
-    names = engine.parse_nodes(node, what="node")
+    names = node_names(node, what="node")
     if len(names) != 1:
         raise PolicyError(f"node must name one node, got {node!r}")
     name = names[0]
     if host is not None and (not isinstance(host, str) or not host.strip()):
         raise PolicyError(f"host must be a hypervisor name, got {host!r}")
-    live = engine._bool(live, "live")  # noqa: SLF001
+    live = flag(live, "live")
     found = _registry_nodes(ctx, [name], ("ready", "suspended"), "migrated")[name]
     if not found.instance_id:
         raise PolicyError(f"node {name} has no instance to migrate")
@@ -299,7 +299,7 @@ def migrate(ctx, node, host=None, live=True):
     except Exception as exc:
         ctx.registry.transition(name, back, expect="migrating", actor=ctx.actor)
         ctx.node_event(name, back, reason="migration failed")
-        raise VclusterError(f"cannot migrate {name}: {engine._sentence(exc)}") from exc  # noqa: SLF001
+        raise VclusterError(f"cannot migrate {name}: {sentence(exc)}") from exc  # noqa: SLF001
     fields = {}
     if inst.host and inst.host != found.host:
         fields["host"] = inst.host

@@ -7,7 +7,6 @@ count what is done to them.
 
 import threading
 
-import pytest
 
 from tests.unit.test_reconcile import PILLAR, Bus, MemoryKeys, MemoryProvider, MemorySlurm
 from vcluster import engine, reconcile
