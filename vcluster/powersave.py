@@ -166,26 +166,16 @@ def _create(ctx, prof, names):
     for n in nodes:
         ctx.node_event(n.name, "allocated", address=n.address, profile=prof.name, request=request_id,
                        trigger="slurm-resume")
-    provider = ctx.provider(prof.provider)
-    created = []
-    try:
-        specs = [engine._spec(ctx, prof, n, request_id) for n in nodes]
-        instances = provider.create(specs)
-        created = [i.id for i in instances]
-        for n, inst in zip(nodes, instances):
-            ctx.registry.transition(n.name, "booting", expect="allocated", actor=ctx.actor,
-                                    instance_id=inst.id, host=inst.host)
-            ctx.node_event(n.name, "booting", instance=inst.id, host=inst.host)
+    # booting before the create call, retries and profile pauses: as for expand
+    failure = engine.launch(ctx, prof, ctx.provider(prof.provider), nodes, request_id)
+    for n in nodes:
+        if failure:
+            _down(ctx, n.name, failure)
+            out[n.name] = f"failed: {failure}"
+        else:
             out[n.name] = "booting"
-    except Exception as exc:  # noqa: BLE001 - every failure must roll back
-        reason = f"creating instances failed: {sentence(exc)}"
-        log.warning("resume %s: %s", request_id, reason)
-        if created:
-            engine._quietly(provider.delete, created)
-        for n in nodes:
-            engine._release(ctx, n.name, reason, delete_instance=False)
-            _down(ctx, n.name, reason)
-            out[n.name] = f"failed: {reason}"
+    if failure:
+        log.warning("resume %s: %s", request_id, failure)
     ctx.events.progress(f"resuming {hostlist.collect_hostlist(names)} for Slurm", nodes=names)
     return out
 
