@@ -131,20 +131,29 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None):
                     f"job {job['id']} on {name} also runs on {hostlist.collect_hostlist(others)}; "
                     "suspend those nodes in the same request"
                 )
-    result = {n: "suspended" for n in names if n not in todo}
-    errors = []
     suspended_jobs = set()
     slurm_nodes = {s["name"]: s for s in slurm_call(ctx, "nodes")} if todo else {}
+
+    def one(name):
+        _suspend_one(ctx, found[name], mode, reason, jobs[name], suspended_jobs, slurm_nodes.get(name))
+
+    return _per_node(ctx, names, todo, found, "suspended", one, f"suspended ({mode})")
+
+
+def _per_node(ctx, names, todo, found, done, action, label):
+    """Run ``action(name)`` for each of ``todo``; one node's failure is reported, the rest go on."""
+    result = {n: done for n in names if n not in todo}
+    errors = []
     for name in todo:
         try:
-            _suspend_one(ctx, found[name], mode, reason, jobs[name], suspended_jobs, slurm_nodes.get(name))
-            result[name] = "suspended"
-        except Exception as exc:  # noqa: BLE001 - one node's failure is reported, the rest go on
-            log.warning("suspend %s failed: %s", name, exc)
+            action(name)
+            result[name] = done
+        except Exception as exc:  # noqa: BLE001 - reported per node
+            log.warning("%s: %s failed: %s", name, label, exc)
             errors.append(f"{name}: {sentence(exc)}")
             result[name] = (ctx.registry.get(name) or found[name]).state
-    done = [n for n, s in result.items() if s == "suspended"]
-    comment = f"{len(done)} of {len(names)} node(s) suspended ({mode})"
+    finished = [n for n, s in result.items() if s == done]
+    comment = f"{len(finished)} of {len(names)} node(s) {label}"
     if errors:
         comment += "; " + "; ".join(errors)
     return {"result": not errors, "comment": comment, "nodes": result}
@@ -204,23 +213,13 @@ def resume(ctx, nodes, host=None, timeout=None):
     timeout = ctx.policy.suspend.resume_timeout if timeout is None else positive_int(timeout, "timeout")
     found = _registry_nodes(ctx, names, ("suspended", "ready"), "resumed")
     todo = [n for n in names if found[n].state == "suspended"]
-    result = {n: "ready" for n in names if n not in todo}
-    errors = []
-    for name in todo:
-        try:
-            if host and host != found[name].host:
-                migrate(ctx, name, host=host)
-            _resume_one(ctx, ctx.registry.get(name), timeout)
-            result[name] = "ready"
-        except Exception as exc:  # noqa: BLE001 - reported per node
-            log.warning("resume %s failed: %s", name, exc)
-            errors.append(f"{name}: {sentence(exc)}")
-            result[name] = (ctx.registry.get(name) or found[name]).state
-    done = [n for n, s in result.items() if s == "ready"]
-    comment = f"{len(done)} of {len(names)} node(s) ready"
-    if errors:
-        comment += "; " + "; ".join(errors)
-    return {"result": not errors, "comment": comment, "nodes": result}
+
+    def one(name):
+        if host and host != found[name].host:
+            migrate(ctx, name, host=host)
+        _resume_one(ctx, ctx.registry.get(name), timeout)
+
+    return _per_node(ctx, names, todo, found, "ready", one, "ready")
 
 
 def _resume_one(ctx, node, timeout):
