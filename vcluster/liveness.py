@@ -10,7 +10,8 @@ check, run by the master's scheduler every few seconds
 * watched nodes: registry nodes in ``ready`` or ``draining`` (never
   ``suspending``, ``suspended``, ``resuming`` or ``migrating``: those are
   frozen on purpose) and, with ``liveness:baremetal``, every Slurm node that
-  is an accepted minion but not a vcluster node;
+  is an accepted minion outside every vcluster pool (a pool name without a
+  registry row is a node being created or removed, never bare metal);
 * a virtual node whose instance the provider reports missing, stopped or in
   error is dead at once;
 * any watched node whose minion does not answer within ``liveness:timeout``
@@ -21,11 +22,14 @@ check, run by the master's scheduler every few seconds
 * with ``liveness:resume``, a node that vcluster set DOWN and that answers
   again (slurmd running) is resumed and ``vcluster/node/<name>/up`` fired.
 
-The registry state is re-read right before a node is set DOWN, so a node
-that was suspended while the check ran is never touched.
+The registry row is re-read right before a node is set DOWN: a node that
+changed in any way after this round looked (suspended, retired, or joined
+just now, so that it missed a probe published before its minion started)
+is left to the next round, which judges it afresh.
 """
 
 import logging
+import time
 
 from vcluster.errors import VclusterError
 from vcluster.providers.base import Status
@@ -44,12 +48,14 @@ def check(ctx, timeout=None):
     """One liveness round; returns what it saw and did."""
     conf = ctx.policy.liveness
     timeout = float(timeout or conf.timeout)
+    looked_at = time.time()
     registry_nodes = {n.name: n for n in ctx.registry.nodes()}
     watched = {n for n, node in registry_nodes.items() if node.state in WATCHED_STATES}
     slurm_nodes = {s["name"]: s for s in slurm_call(ctx, "nodes")}
     if conf.baremetal:
         keys = ctx.keys.accepted()
-        watched |= {n for n in slurm_nodes if n not in registry_nodes and n in keys}
+        pooled = _pool_names(ctx.policy)
+        watched |= {n for n in slurm_nodes if n not in registry_nodes and n not in pooled and n in keys}
     watched = {n for n in watched if n in slurm_nodes}  # not yet (or no longer) in Slurm: not ours to judge
 
     dead = {}
@@ -83,9 +89,8 @@ def check(ctx, timeout=None):
 
     report = {"watched": len(watched), "down": {}, "up": [], "already_down": [], "skipped": []}
     for name, why in sorted(dead.items()):
-        node = ctx.registry.get(name) if name in registry_nodes else None
-        if name in registry_nodes and (node is None or node.state not in WATCHED_STATES):
-            report["skipped"].append(name)  # suspended / retired while we looked
+        if name in registry_nodes and _changed(ctx, registry_nodes[name], looked_at):
+            report["skipped"].append(name)  # suspended, retired or rejoined while we looked
             continue
         words = slurm_nodes[name].get("state") or []
         if any(w in words for w in DOWN_WORDS):
@@ -117,3 +122,15 @@ def check(ctx, timeout=None):
                 ctx.node_event(name, "up")
     comment = f"{report['watched']} node(s) watched, {len(report['down'])} set DOWN, {len(report['up'])} back up"
     return {"result": True, "comment": comment, **report}
+
+
+def _pool_names(pol):
+    """Every node name some vcluster pool may hand out."""
+    return {name for pool in pol.pools.values() for name in pool.names}
+
+
+def _changed(ctx, seen, looked_at):
+    """Whether the registry row of ``seen`` is gone, not watched, or newer than this round."""
+    node = ctx.registry.get(seen.name)
+    return (node is None or node.id != seen.id or node.state not in WATCHED_STATES
+            or node.updated > looked_at)

@@ -279,6 +279,35 @@ def test_liveness_downs_dead_skips_suspended_and_brings_back(env):
     assert "vn3" in ret["already_down"]
 
 
+def test_liveness_leaves_pool_names_without_registry_row_alone(env):
+    """A pool name in Slurm whose key is accepted but which vcluster does not
+    hold yet (being created) is not bare metal: it is never probed or set DOWN."""
+    ctx = env({"liveness": {"timeout": 1}})
+    ctx.slurm.nodes_["vn4"] = {"state": ["IDLE", "CLOUD"], "reason": ""}
+    ctx.keys.accepted = lambda: {"ctl", "vn1", "vn2", "vn3", "vn4"}
+    ret = liveness.check(ctx)
+    assert ret["down"] == {} and ret["watched"] == 3, ret
+    assert ctx.slurm.nodes_["vn4"]["state"] == ["IDLE", "CLOUD"]
+
+
+def test_liveness_skips_a_node_that_changed_while_it_probed(env):
+    """The probe was published before the node (re)joined: no verdict this round."""
+    ctx = env({"liveness": {"timeout": 1}})
+    del ctx.salt.alive["vn2"]
+
+    def slow_probe(names, timeout):
+        ctx.registry.update("vn2", host="h1")  # e.g. a join finishing meanwhile
+        return {n: ctx.salt.alive[n] for n in names if n in ctx.salt.alive}
+
+    ctx.salt.probe = slow_probe
+    ret = liveness.check(ctx)
+    assert ret["down"] == {} and ret["skipped"] == ["vn2"], ret
+    assert ctx.slurm.nodes_["vn2"]["state"] == ["IDLE"]
+    ctx.salt.probe = FakeSalt(ctx.salt.alive).probe
+    ret = liveness.check(ctx)  # the next round judges it
+    assert list(ret["down"]) == ["vn2"], ret
+
+
 PREEMPTION = {"preemption": {"enabled": True, "partitions": ["batch"], "preemptible": ["htc"]},
               "profiles": {"htc": {"image": "img", "partition": "htc"}}}
 
