@@ -222,12 +222,21 @@ class ClusterStack:
             subprocess.run(["scontrol", "delete", f"nodename={name}"], capture_output=True, check=False)
 
     def retire_everything(self):
-        """Retire every node still held (force): a failed test must not leave
-        nodes for the next module to trip over."""
-        status = self.run("vcluster.status", timeout=120).data or {}
-        names = sorted((status.get("nodes") or {}))
+        """Leave no node behind for the next module: a failed test may have
+        stopped anywhere, so unstick interrupted transitions (reconcile with
+        no grace), resume frozen nodes, then retire the rest by force."""
+        self.run("vcluster.reconcile", "apply=True", "grace=0", timeout=600)
+        nodes = (self.run("vcluster.status", timeout=120).data or {}).get("nodes") or {}
+        frozen = sorted(n for n, v in nodes.items() if v.get("state") == "suspended")
+        if frozen:
+            self.run("vcluster.resume", f"nodes={','.join(frozen)}", timeout=600)
+        nodes = (self.run("vcluster.status", timeout=120).data or {}).get("nodes") or {}
+        names = sorted(n for n, v in nodes.items() if v.get("state") in ("ready", "draining", "failed"))
         if names:
             self.run("vcluster.retire", f"nodes={','.join(names)}", "force=True", "wait=120", timeout=600)
+        left = (self.run("vcluster.status", timeout=120).data or {}).get("nodes") or {}
+        if left:
+            self.run("vcluster.reconcile", "apply=True", "grace=0", timeout=600)
 
     def stop(self):
         if self in LIVE:
