@@ -23,7 +23,6 @@ policy requires to be below ``ResumeTimeout``.
 """
 
 import logging
-import time
 import uuid
 
 import hostlist
@@ -35,6 +34,8 @@ from vcluster.errors import InvalidTransition, PolicyError, PoolExhausted, Regis
 log = logging.getLogger(__name__)
 
 ACTIONS = ("resume", "suspend", "resume_fail")
+#: Seconds a thawed warm-pool node has to answer and restart its slurmd.
+RESTART_TIMEOUT = 60
 #: Registry states of a node that is already on its way up (resume is a no-op).
 COMING = ("allocated", "booting", "joining", "ready", "resuming")
 
@@ -189,7 +190,7 @@ def _thaw(ctx, node):
     ctx.node_event(node.name, "resuming", trigger="slurm-resume")
     try:
         ctx.provider(node.provider).resume(node.instance_id)
-        _restart_slurmd(ctx, node.name)
+        ctx.salt.restart_slurmd(node.name, timeout=RESTART_TIMEOUT)
         ctx.registry.transition(node.name, "ready", expect="resuming", actor=ctx.actor)
     except Exception as exc:  # noqa: BLE001 - a failed thaw fails the node
         reason = f"resuming the warm node failed: {sentence(exc)}"
@@ -201,24 +202,6 @@ def _thaw(ctx, node):
         return f"failed: {reason}"
     ctx.node_event(node.name, "ready", trigger="warm-pool")
     return "resumed from the warm pool"
-
-
-def _restart_slurmd(ctx, name, timeout=60):
-    """``service.restart slurmd`` on the node: it registers with slurmctld at once.
-
-    A thawed minion may need a moment to reconnect: ask again (each call
-    waits up to 15 s for the answer) until ``timeout``.
-    """
-    call = getattr(ctx.salt, "_call", None)
-    if call is None:
-        return
-    deadline = time.monotonic() + timeout
-    while True:
-        ret = call(name, "service.restart", ["slurmd"], timeout=15)
-        if name in ret:
-            return
-        if time.monotonic() >= deadline:
-            raise VclusterError(f"{name}'s minion did not answer service.restart slurmd within {timeout} s")
 
 
 def _warm_short(ctx, profile):

@@ -174,6 +174,29 @@ class LocalActions(_Local):
                          tgt_type=tgt_type)
         return summarize(ret, [target] if tgt_type == "glob" and "*" not in target else None)
 
+    def restart_slurmd(self, minion, timeout):
+        """Kill and start ``minion``'s slurmd so it registers with slurmctld now.
+
+        For idle nodes only (a warm-pool node coming out of a freeze): a
+        slurmd thawed after a long freeze may wait minutes on RPC threads
+        cut by the freeze before a clean stop, so it is killed, not stopped.
+        A thawed minion may miss the first publish while it reconnects:
+        asked again (15 s per try) until ``timeout`` seconds have passed.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            ret = self._call(minion, "cmd.run_all", [["pkill", "-KILL", "-x", "slurmd"]],
+                             {"python_shell": False}, timeout=15)
+            if minion in ret:
+                break
+            if time.monotonic() >= deadline:
+                raise VclusterError(f"{minion}'s minion did not answer within {timeout:g} s after the thaw")
+        left = max(15, int(deadline - time.monotonic()))
+        ret = self._call(minion, "service.restart", ["slurmd"], timeout=left)
+        data = (ret.get(minion) or {}).get("ret")
+        if data is not True:
+            raise VclusterError(f"slurmd did not start again on {minion}: {data or 'no answer'}")
+        return True
 
     def probe(self, names, timeout):
         """``{name: slurmd runs?}`` for the minions that answer within ``timeout``."""

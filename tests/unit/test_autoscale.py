@@ -214,6 +214,10 @@ class Salt:
         self.calls.append((target, fun, list(arg)))
         return {target: {"ret": True, "retcode": 0}}
 
+    def restart_slurmd(self, minion, timeout):
+        self.calls.append((minion, "restart_slurmd", []))
+        return True
+
 
 @pytest.fixture
 def ctx(tmp_path):
@@ -314,7 +318,7 @@ def test_suspend_keeps_warm_pool_and_resume_thaws_it(ctx):
     ret = powersave.resume(ctx, ["cn01"])
     assert ret["nodes"]["cn01"] == "resumed from the warm pool"
     assert ctx.registry.get("cn01").state == "ready" and ctx.provider("lxd").frozen == set()
-    assert ("cn01", "service.restart", ["slurmd"]) in ctx.salt.calls
+    assert ("cn01", "restart_slurmd", []) in ctx.salt.calls
 
 
 def test_resume_fail_releases_and_sets_down_with_reason(ctx):
