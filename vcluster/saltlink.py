@@ -57,24 +57,48 @@ def context(opts, jid_event=None, actor="vcluster"):
     )
 
 
+#: Tries per wheel (key) call, and the backoff unit between them in seconds.
+WHEEL_ATTEMPTS = 3
+WHEEL_BACKOFF = 0.5
+
+
 class WheelKeys:
-    """Minion keys through the wheel client (honours ``keys.cache_driver``)."""
+    """Minion keys through the wheel client (honours ``keys.cache_driver``).
+
+    A wheel call can fail for a moment while the master is busy (seen under
+    load: an exception inside the client before the call even ran); each
+    call is tried :data:`WHEEL_ATTEMPTS` times with a short backoff, then
+    refused with one sentence. Key material is never logged.
+    """
 
     def __init__(self, opts):
         self.opts = opts
         self.wheel = salt.wheel.WheelClient(opts)
 
+    def _cmd(self, fun, arg=(), kwarg=None):
+        last = None
+        for attempt in range(1, WHEEL_ATTEMPTS + 1):
+            try:
+                return self.wheel.cmd(fun, list(arg), kwarg or {}, print_event=False)
+            except Exception as exc:  # noqa: BLE001 - retried, then one clear error
+                last = exc
+                log.warning("wheel %s failed (try %d of %d): %s", fun, attempt, WHEEL_ATTEMPTS,
+                            type(exc).__name__)
+                if attempt < WHEEL_ATTEMPTS:
+                    time.sleep(WHEEL_BACKOFF * attempt)
+        raise VclusterError(f"the master's key store did not complete {fun}: {type(last).__name__}: {last}")
+
     def gen_accept(self, name):
-        keys = self.wheel.cmd("key.gen_accept", [name], {"force": True}, print_event=False)
+        keys = self._cmd("key.gen_accept", [name], {"force": True})
         if not keys or "priv" not in keys:
             raise VclusterError(f"could not generate and accept a minion key for {name}")
         return keys
 
     def delete(self, name):
-        self.wheel.cmd("key.delete", [name], print_event=False)
+        self._cmd("key.delete", [name])
 
     def accepted(self):
-        listing = self.wheel.cmd("key.list", ["accepted"], print_event=False) or {}
+        listing = self._cmd("key.list", ["accepted"]) or {}
         return set(listing.get("minions", []))
 
     def close(self):
@@ -82,7 +106,7 @@ class WheelKeys:
 
     def master_pub(self):
         # {"local": {"<master key name>.pub": PEM}}: one entry, name varies.
-        local = self.wheel.cmd("key.master_key_str", [], print_event=False)["local"]
+        local = self._cmd("key.master_key_str")["local"]
         return next(iter(local.values()))
 
 
