@@ -58,8 +58,8 @@ def context(opts, jid_event=None, actor="vcluster"):
 
 
 #: Tries per wheel (key) call, and the backoff unit between them in seconds.
-WHEEL_ATTEMPTS = 3
-WHEEL_BACKOFF = 0.5
+WHEEL_ATTEMPTS = 4
+WHEEL_BACKOFF = 1.0
 
 
 class WheelKeys:
