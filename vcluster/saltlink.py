@@ -266,13 +266,28 @@ class MasterEvents:
         self.jid_event = jid_event
 
     def fire(self, tag, data):
-        with salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=False) as bus:
-            bus.fire_event(data, tag)
+        """Fire one event; a bus that refuses twice is logged, never fatal.
+
+        Events tell; the registry decides. An expand must not fail (and
+        roll back) because the master's event publisher dropped a
+        connection for a moment.
+        """
+        for attempt in (1, 2):
+            try:
+                with salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=False) as bus:
+                    bus.fire_event(data, tag)
+                return True
+            except Exception as exc:  # noqa: BLE001 - see above
+                log.warning("event %s not fired (try %d of 2): %s: %s", tag, attempt, type(exc).__name__, exc)
+        return False
 
     def progress(self, message, **data):
         log.info("%s", message)
         if self.jid_event is not None:
-            self.jid_event.fire_event(dict(data, message=message), "progress")
+            try:
+                self.jid_event.fire_event(dict(data, message=message), "progress")
+            except Exception as exc:  # noqa: BLE001 - progress is for the admin's eyes only
+                log.warning("progress event not fired: %s: %s", type(exc).__name__, exc)
 
     def wait_for_nodes(self, registry, names, done_states, deadline):
         """Wake on each ``vcluster/node/`` event; re-check the registry then."""
