@@ -72,8 +72,10 @@ TO_RETIRING = {
 }
 #: Slurm job states that hold a node.
 LIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED", "PENDING")
-#: Slurm words of a powered-off (cloud mode) node: no instance expected.
-POWERED_OFF = frozenset({"POWERED_DOWN", "POWERING_DOWN", "POWER_DOWN"})
+#: Slurm words of a cloud-mode node in Slurm's power-saving hands: powered off
+#: (no instance expected), or powering up (Slurm waits ResumeTimeout, then runs
+#: ResumeFailProgram and requeues its jobs itself).
+POWER_MANAGED = frozenset({"POWERED_DOWN", "POWERING_DOWN", "POWER_DOWN", "POWERING_UP", "POWER_UP"})
 #: How often the master's schedule looks whether a run is due (seconds).
 SCHEDULE_TICK = 60
 
@@ -172,8 +174,8 @@ def survey(ctx, grace=None, now=None):
         for snode in s.slurm:
             name = snode.get("name")
             words = set(snode.get("state") or [])
-            if not snode.get("dynamic") and words & POWERED_OFF:
-                continue  # cloud mode: a pool name declared in slurm.conf, powered off: as it should be
+            if not snode.get("dynamic") and words & POWER_MANAGED:
+                continue  # cloud mode: powered off, or powering up under Slurm's own deadline
             if name in s.pool_names and name not in s.held:
                 found["orphan_slurm_node"].append({
                     "node": name, "state": "+".join(snode.get("state") or []) or "unknown",

@@ -355,6 +355,9 @@ def test_orphan_whose_name_is_allocated_again_is_left_alone(ctx):
 def test_cloud_mode_powered_down_pool_nodes_are_expected(ctx):
     ctx.slurm.add("vn03", state=("IDLE", "CLOUD", "POWERED_DOWN"), dynamic=False)
     ctx.slurm.add("vn04", state=("IDLE", "CLOUD"), dynamic=False)  # powered up, but no node: orphan
+    # powering up with a job, its node released after a failed join: Slurm's
+    # ResumeTimeout and ResumeFailProgram handle it, reconcile must not requeue
+    ctx.slurm.add("vn02", state=("MIXED", "CLOUD", "POWERING_UP"), dynamic=False)
     ret = reconcile.reconcile(ctx, apply=True)
     assert [i["node"] for i in ret["report"]["orphan_slurm_node"]] == ["vn04"]
     assert "power saving" in ret["repairs"][0]["action"]
