@@ -74,6 +74,7 @@ def cloud_pillar(data):
             "memory": prof.memory,
             "features": list(prof.features),
             "partition": prof.partition,
+            "resume_timeout": prof.resume_timeout,
         }
     if not profiles:
         return None

@@ -131,6 +131,9 @@ vcluster:
       # Most nodes of this profile at once. Default: only limits:max_nodes.
       max_nodes: 32
       # membership: dynamic    # overrides the cluster-wide mode above
+      # Cloud membership only: ResumeTimeout of this profile's partition
+      # (seconds; must exceed join_timeout). Default: power_save:resume_timeout.
+      # resume_timeout: 400
     mem:
       provider: lxd
       pool: local

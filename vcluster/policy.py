@@ -248,6 +248,7 @@ class Profile:
     join_timeout: float = 300
     max_nodes: int | None = None
     membership: str = "dynamic"
+    resume_timeout: int | None = None  # cloud: ResumeTimeout of its partition (else power_save's)
     extra: FrozenMap = dataclasses.field(default_factory=FrozenMap)
 
     def as_dict(self):
@@ -601,6 +602,7 @@ PROFILE_KEYS = {
     "join_timeout": (300, _positive_number),
     "max_nodes": (None, _positive_int),
     "membership": (None, _choice(MEMBERSHIPS)),  # None: the cluster's
+    "resume_timeout": (None, _positive_int),  # cloud: its partition's ResumeTimeout
     "extra": (None, _mapping),  # provider specific, keys checked against EXTRA_KEYS
 }
 
@@ -892,6 +894,13 @@ def _parse_profile(name, data, path, pools, providers, membership):
         if key not in EXTRA_KEYS[driver]:
             raise _unknown(_join(path, "extra"), key, dict.fromkeys(EXTRA_KEYS[driver]))
     fields["extra"] = FrozenMap(extra)
+    if fields["resume_timeout"] is not None:
+        if fields["membership"] != "cloud":
+            raise _fail(_join(path, "resume_timeout"), "applies to cloud membership only", fields["resume_timeout"])
+        if fields["resume_timeout"] <= fields["join_timeout"]:
+            raise _fail(_join(path, "resume_timeout"),
+                        f"must exceed the profile's join_timeout ({fields['join_timeout']:g} s)",
+                        fields["resume_timeout"])
     if driver == "openstack" and fields["flavor"] is None:
         raise PolicyError(
             "{} is required for OpenStack provider {!r}, got nothing".format(
@@ -959,7 +968,7 @@ def _parse_power_save(data, profiles):
             _slurm_word(p, f"{path}:exclude_partitions[{i}]") for i, p in enumerate(parts)
         )
     for prof in sorted(profiles.values(), key=lambda p: p.name):
-        if prof.membership == "cloud" and fields["resume_timeout"] <= prof.join_timeout:
+        if prof.membership == "cloud" and prof.resume_timeout is None and fields["resume_timeout"] <= prof.join_timeout:
             raise _fail(
                 _join(path, "resume_timeout"),
                 f"must exceed the join_timeout of cloud profile {prof.name!r} ({prof.join_timeout} s)",

@@ -48,6 +48,20 @@ def test_cloud_nodes_and_power_saving_rendered(sandbox, tmp_root):  # noqa: F811
         assert want in lines, want
 
 
+def test_profile_resume_timeout_becomes_its_partitions(sandbox, tmp_root):  # noqa: F811
+    cloud = copy.deepcopy(CLOUD)
+    cloud["profiles"]["burst"]["resume_timeout"] = 900
+    cloud["profiles"]["htc"]["resume_timeout"] = 90
+    site = _site(vcluster_cloud=cloud)
+    site["slurm"]["partitions"]["htc"]["options"]["ResumeTimeout"] = 120  # the admin's word wins
+    box = sandbox("controller", site=site)
+    lines = _conf_lines(box.render_template("slurm/files/slurm.conf.jinja", tmp_root / "rt.conf"))
+    assert "PartitionName=cloud Nodes=burst[1-4] State=UP MaxTime=INFINITE ResumeTimeout=900" in lines
+    (htc,) = [ln for ln in lines if ln.startswith("PartitionName=htc ")]
+    assert htc.count("ResumeTimeout=") == 1 and "ResumeTimeout=120" in htc, htc
+    assert "ResumeTimeout=400" in lines  # the cluster's, for every other cloud node
+
+
 def test_without_cloud_profiles_nothing_changes(sandbox, tmp_root):  # noqa: F811
     box = sandbox("controller")
     lines = _conf_lines(box.render_template("slurm/files/slurm.conf.jinja", tmp_root / "plain.conf"))

@@ -22,6 +22,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SUSPEND_TIME = 30
 RESUME_TIMEOUT = 150
+#: The broken profile's own ResumeTimeout (its partition's): Slurm gives up sooner there.
+BROKEN_RESUME_TIMEOUT = 90
 
 
 def _cloud_site(stack):
@@ -38,7 +40,7 @@ def _cloud_site(stack):
                 "htc": {"join_timeout": 120},
                 "mem": {"pool": "spare", "membership": "dynamic"},
                 # never joins (no munge key for tbad*): the resume-fail path
-                "broken": {"partition": "cloudfail", "join_timeout": 60},
+                "broken": {"partition": "cloudfail", "join_timeout": 60, "resume_timeout": BROKEN_RESUME_TIMEOUT},
             },
             "power_save": {"suspend_time": SUSPEND_TIME, "suspend_timeout": 30,
                            "resume_timeout": RESUME_TIMEOUT},
@@ -111,6 +113,10 @@ def test_cloud_nodes_declared_with_power_saving(cloud_stack):
     assert "NodeName=tnode[01-08] CPUs=1 RealMemory=1024 Feature=virtual,htc State=CLOUD" in conf
     assert f"SuspendTime={SUSPEND_TIME}" in conf and f"ResumeTimeout={RESUME_TIMEOUT}" in conf
     assert f"SuspendExcNodes={cloud_stack.hostname}" in conf
+    # the broken profile's own ResumeTimeout is its partition's, and slurmctld took it
+    (part,) = [ln for ln in conf.splitlines() if ln.startswith("PartitionName=cloudfail ")]
+    assert part.endswith(f" ResumeTimeout={BROKEN_RESUME_TIMEOUT}"), part
+    assert "cloudfail" in slurm("sinfo", "-h", "-o", "%P")
     # the dynamic profile's pool is not declared
     assert node_info("tnode09") is None
 
@@ -190,7 +196,7 @@ def test_resume_fail_releases_node_and_sets_it_down(cloud_stack):
           f"{name} to fail its join and be released")
     # ... and after ResumeTimeout, ResumeFailProgram sets it DOWN with the reason
     info = _wait(lambda: (lambda i: i if i and "DOWN" in i["State"] and "vcluster" in i.get("Reason", "")
-                          else None)(node_info(name)), RESUME_TIMEOUT + 90, f"{name} DOWN with a vcluster reason")
+                          else None)(node_info(name)), BROKEN_RESUME_TIMEOUT + 90, f"{name} DOWN with a vcluster reason")
     assert "resume failed" in info["Reason"], info
     # the job is not lost: Slurm requeued it (pending again) or still holds it
     assert job_states([job])[job] in ("PENDING", "CONFIGURING", "REQUEUED"), job_states([job])

@@ -113,6 +113,29 @@ def test_bad_values_refused_in_one_sentence(extra, message):
     refused(message, **extra)
 
 
+def _with_profile(name, **keys):
+    data = copy.deepcopy(BASE)
+    data["profiles"][name].update(keys)
+    return data
+
+
+def test_profile_resume_timeout_overrides_the_clusters():
+    data = _with_profile("burst", resume_timeout=150)
+    data["power_save"] = {"resume_timeout": 100}  # below burst's join_timeout: burst has its own
+    assert policy.load(data).profiles["burst"].resume_timeout == 150
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("burst", 100, "vcluster:profiles:burst:resume_timeout must exceed the profile's join_timeout (100 s), got 100"),
+    ("htc", 150, "vcluster:profiles:htc:resume_timeout applies to cloud membership only, got 150"),
+    ("burst", "5m", "vcluster:profiles:burst:resume_timeout must be a positive integer, got '5m'"),
+])
+def test_profile_resume_timeout_refused(name, value, message):
+    with pytest.raises(PolicyError) as err:
+        policy.load(_with_profile(name, resume_timeout=value))
+    assert str(err.value) == message
+
+
 def test_cloud_pool_must_not_be_shared():
     data = copy.deepcopy(BASE)
     data["profiles"]["other"] = {"image": "img", "pool": "cloudp"}
