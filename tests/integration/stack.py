@@ -27,6 +27,7 @@ import uuid
 import yaml
 
 from vcluster.masterconf import master_config
+from vcluster.slurm.parse import parse_record
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POOL_NAMES = "tnode[01-16]"
@@ -301,9 +302,5 @@ def node_info(name):
     proc = subprocess.run(["scontrol", "show", "-o", "node", name], capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         return None
-    info = {}
-    for word in proc.stdout.split():
-        if "=" in word:
-            key, value = word.split("=", 1)
-            info[key] = value
-    return info
+    # values may hold spaces (Reason=vcluster: resume failed: ...): the product's parser keeps them whole
+    return parse_record(proc.stdout.strip().splitlines()[0])

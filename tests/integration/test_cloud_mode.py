@@ -148,7 +148,6 @@ def _running(job):
     return job_states([job]).get(job) in ("RUNNING", "COMPLETING", "COMPLETED")
 
 
-@pytest.mark.xfail(strict=False, reason='the warm-pool freeze/thaw path through power saving does not pass end to end yet (issue 5 open)')
 def test_warm_pool_keeps_node_frozen_and_resumes_it(cloud_stack):
     stack = cloud_stack
     saved = stack.site_extra
@@ -185,7 +184,6 @@ def test_warm_pool_keeps_node_frozen_and_resumes_it(cloud_stack):
         _wait(lambda: not lxd_instances("tnode"), 120, "no cloud instance left")
 
 
-@pytest.mark.xfail(strict=False, reason='the ResumeFailProgram clean-up path does not pass end to end yet (issue 5 open)')
 def test_resume_fail_releases_node_and_sets_it_down(cloud_stack):
     stack = cloud_stack
     job = sbatch("-p", "cloudfail", script="hostname")
