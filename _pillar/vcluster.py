@@ -7,8 +7,8 @@ memory, features, partition, membership), rendered as NodeName lines.
 Dynamic nodes register themselves and never appear there. A virtual node
 also gets ``vcluster_self``.
 
-A minion that has the ``vcluster`` policy in its pillar (the slurmctld host)
-also gets ``vcluster_cloud``: every name of every cloud-membership pool,
+The slurmctld host (the minion the policy names as ``vcluster:controller``,
+which holds the full policy) also gets ``vcluster_cloud``: every name of every cloud-membership pool,
 declared up front as ``State=CLOUD`` (one hostlist per profile with its
 sizes, features and partition) and the power-saving settings, taken from
 the validated policy. An invalid policy gives ``vcluster_cloud: {error:
@@ -109,7 +109,11 @@ def ext_pillar(minion_id, pillar, registry=None):  # pylint: disable=unused-argu
         if node.state in IN_SLURM and node.membership in DECLARED:
             nodes[node.name] = entry
     ret = {"vcluster_nodes": nodes}
-    cloud = cloud_pillar((pillar or {}).get("vcluster"))
+    policy = (pillar or {}).get("vcluster")
+    # Only the controller renders the power-saving settings; other minions
+    # may see a few vcluster keys of the site pillar, never the full policy.
+    is_controller = isinstance(policy, dict) and policy.get("controller") == minion_id
+    cloud = cloud_pillar(policy) if is_controller else None
     if cloud is not None:
         ret["vcluster_cloud"] = cloud
     if me is not None:

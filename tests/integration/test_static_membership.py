@@ -25,7 +25,6 @@ def static_stack(stack):
         stack.set_membership("dynamic")
 
 
-@pytest.mark.xfail(strict=False, reason='not yet seen passing in a full run: earlier attempts failed on host interference (issue 2 open)')
 def test_static_expand_declares_node_and_retire_removes_it(static_stack):
     stack = static_stack
     # a job on the bare-metal partition, queued across the slurmctld restart
