@@ -24,7 +24,12 @@ from vcluster.registry import Registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CLUSTER = "demo"  # vcluster:cluster of the stack (pillar/vcluster.sls)
+
+@pytest.fixture(autouse=True)
+def no_planted_orphan():
+    """The container planted below is nobody's node: a failed test must not leave it to the next."""
+    yield
+    subprocess.run(["lxc", "delete", "--force", "tnode15"], capture_output=True, check=False)
 
 
 def lxd_names(prefix="tnode"):
@@ -58,7 +63,7 @@ def test_reconcile_repairs_each_orphan_kind(stack, event_listener):
 
     # 1. a container tagged for the cluster, unknown to the registry
     subprocess.run(["lxc", "init", "vcluster-node", "tnode15", "-s", "vcluster",
-                    "-c", f"user.vcluster.cluster={CLUSTER}", "-c", "user.vcluster.node=tnode15",
+                    "-c", f"user.vcluster.cluster={stack.cluster}", "-c", "user.vcluster.node=tnode15",
                     "-c", "user.vcluster.registry_id=lost-commit"], check=True, capture_output=True)
     # 2. a registry node whose container is deleted behind vcluster's back
     subprocess.run(["lxc", "delete", "--force", lost], check=True, capture_output=True)
