@@ -52,6 +52,12 @@ class SaltActions(typing.Protocol):
     def apply(self, target: str, sls: str, timeout: int, tgt_type: str = "glob") -> tuple:
         """Apply ``sls`` to ``target``; return ``(ok, summary)``."""
 
+    def probe(self, names: list, timeout: float) -> dict:
+        """``{name: slurmd runs?}`` for the minions that answer within ``timeout``."""
+
+    def restart_slurmd(self, minion: str, timeout: float) -> bool:
+        """Kill and start an idle node's slurmd so that it registers now."""
+
 
 class Events(typing.Protocol):
     """The master event bus."""
@@ -62,6 +68,9 @@ class Events(typing.Protocol):
         """Return when every node in ``names`` is in ``done_states`` or at ``deadline``."""
 
     def progress(self, message: str, **data) -> None: ...
+
+    def watch(self, tag: str):
+        """Context manager: listen for ``tag`` from now on; yields ``wait(seconds) -> bool``."""
 
 
 @dataclasses.dataclass

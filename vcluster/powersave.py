@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 ACTIONS = ("resume", "suspend", "resume_fail")
 #: Seconds a thawed warm-pool node has to answer and restart its slurmd.
 RESTART_TIMEOUT = 60
+#: Seconds a thawed warm-pool node's minion gets to reconnect before its slurmd is restarted.
+RECONNECT_WAIT = 8
 #: Registry states of a node that is already on its way up (resume is a no-op).
 COMING = ("allocated", "booting", "joining", "ready", "resuming")
 
@@ -189,7 +191,12 @@ def _thaw(ctx, node):
         return "already being resumed"
     ctx.node_event(node.name, "resuming", trigger="slurm-resume")
     try:
-        ctx.provider(node.provider).resume(node.instance_id)
+        # A thawed minion re-authenticates (and fires its start event) a
+        # moment later; a command published before that is lost and costs
+        # a client timeout. Wait for the reconnect, briefly.
+        with ctx.events.watch(f"salt/minion/{node.name}/start") as reconnected:
+            ctx.provider(node.provider).resume(node.instance_id)
+            reconnected(RECONNECT_WAIT)
         ctx.salt.restart_slurmd(node.name, timeout=RESTART_TIMEOUT)
         ctx.registry.transition(node.name, "ready", expect="resuming", actor=ctx.actor)
     except Exception as exc:  # noqa: BLE001 - a failed thaw fails the node

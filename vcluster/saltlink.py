@@ -6,6 +6,7 @@ controller minion's ``slurm`` execution module, states through the local
 client, events through the master event bus.
 """
 
+import contextlib
 import logging
 import time
 
@@ -288,6 +289,25 @@ class MasterEvents:
                 self.jid_event.fire_event(dict(data, message=message), "progress")
             except Exception as exc:  # noqa: BLE001 - progress is for the admin's eyes only
                 log.warning("progress event not fired: %s: %s", type(exc).__name__, exc)
+
+    @contextlib.contextmanager
+    def watch(self, tag):
+        """Listen for events starting with ``tag`` from now on; yields ``wait(seconds) -> bool``.
+
+        Open it before the action whose event you expect, so that an event
+        fired while the action runs is not missed.
+        """
+        with salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"], listen=True) as bus:
+            def wait(seconds):
+                deadline = time.monotonic() + seconds
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    if bus.get_event(wait=left, tag=tag, match_type="startswith"):
+                        return True
+
+            yield wait
 
     def wait_for_nodes(self, registry, names, done_states, deadline):
         """Wake on each ``vcluster/node/`` event; re-check the registry then."""

@@ -4,6 +4,7 @@ The handlers run against a real registry and in-memory provider, keys and
 Slurm; Salt itself is tested in tests/integration/test_cloud_mode.py.
 """
 
+import contextlib
 import copy
 import json
 import re
@@ -227,6 +228,11 @@ class Bus:
 
     def wait_for_nodes(self, registry, names, done_states, deadline):
         pass
+
+    @contextlib.contextmanager
+    def watch(self, tag):
+        self.events.append(("watch", tag))
+        yield lambda seconds: True
 
 
 class Salt:
