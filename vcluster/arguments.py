@@ -27,27 +27,23 @@ def flag(value, what):
 
 def positive_int(value, what):
     """A whole number >= 1 (``"3"`` yes, ``"3.5"``, ``"0"`` and ``True`` no)."""
-    if isinstance(value, bool):
-        raise PolicyError(f"{what} must be a positive integer, got {value!r}")
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        raise PolicyError(f"{what} must be a positive integer, got {value!r}") from None
-    if number < 1 or str(number) != str(value).strip().lstrip("+"):
-        raise PolicyError(f"{what} must be a positive integer, got {value!r}")
-    return number
+    return _whole(value, what, 1, "a positive integer")
 
 
 def whole_seconds(value, what):
     """A whole number of seconds >= 0."""
-    if isinstance(value, bool):
-        raise PolicyError(f"{what} must be a whole number of seconds, got {value!r}")
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        raise PolicyError(f"{what} must be a whole number of seconds, got {value!r}") from None
-    if number < 0:
-        raise PolicyError(f"{what} must be a whole number of seconds, got {value!r}")
+    return _whole(value, what, 0, "a whole number of seconds")
+
+
+def _whole(value, what, minimum, kind):
+    number = None
+    if not isinstance(value, bool):
+        try:
+            number = int(str(value).strip())
+        except (TypeError, ValueError):
+            pass
+    if number is None or number < minimum or str(number) != str(value).strip().lstrip("+"):
+        raise PolicyError(f"{what} must be {kind}, got {value!r}")
     return number
 
 

@@ -17,8 +17,9 @@ import salt.utils.event
 import salt.wheel
 
 from vcluster import policy as _policy
+from vcluster import retry
 from vcluster.context import Context
-from vcluster.errors import PolicyError, SlurmError, VclusterError
+from vcluster.errors import PolicyError, SlurmError, VclusterError, sentence
 from vcluster.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,10 @@ def context(opts, jid_event=None, actor="vcluster"):
     )
 
 
-#: Tries per wheel (key) call, and the backoff unit between them in seconds.
+#: Tries per wheel (key) call, the first wait between them (doubling) and the deadline, in seconds.
 WHEEL_ATTEMPTS = 4
 WHEEL_BACKOFF = 1.0
+WHEEL_DEADLINE = 30
 
 
 class WheelKeys:
@@ -77,17 +79,15 @@ class WheelKeys:
         self.wheel = salt.wheel.WheelClient(opts)
 
     def _cmd(self, fun, arg=(), kwarg=None):
-        last = None
-        for attempt in range(1, WHEEL_ATTEMPTS + 1):
-            try:
-                return self.wheel.cmd(fun, list(arg), kwarg or {}, print_event=False)
-            except Exception as exc:  # noqa: BLE001 - retried, then one clear error
-                last = exc
-                log.warning("wheel %s failed (try %d of %d): %s", fun, attempt, WHEEL_ATTEMPTS,
-                            type(exc).__name__)
-                if attempt < WHEEL_ATTEMPTS:
-                    time.sleep(WHEEL_BACKOFF * attempt)
-        raise VclusterError(f"the master's key store did not complete {fun}: {type(last).__name__}: {last}")
+        def once():
+            return self.wheel.cmd(fun, list(arg), kwarg or {}, print_event=False)
+
+        try:
+            return retry.call(once, WHEEL_ATTEMPTS, WHEEL_BACKOFF, time.monotonic() + WHEEL_DEADLINE,
+                              is_transient=lambda exc: True)
+        except Exception as exc:  # noqa: BLE001 - one clear error after the retries
+            raise VclusterError(f"the master's key store did not complete {fun}: "
+                                f"{type(exc).__name__}: {sentence(exc)}") from exc
 
     def gen_accept(self, name):
         keys = self._cmd("key.gen_accept", [name], {"force": True})

@@ -24,7 +24,7 @@ class FlakyWheel:
 
 
 def keys_with(wheel, monkeypatch):
-    monkeypatch.setattr(saltlink, "WHEEL_BACKOFF", 0)
+    monkeypatch.setattr(saltlink, "WHEEL_BACKOFF", 0.01)
     keys = saltlink.WheelKeys.__new__(saltlink.WheelKeys)
     keys.wheel = wheel
     return keys
