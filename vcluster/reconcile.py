@@ -15,8 +15,10 @@ kind                     repair
 ``node_without_instance``  the registry node's instance is gone: a node still
                          joining is failed and released; a joined node is
                          retired (its jobs requeued, Slurm node and key removed)
-``orphan_key``           an accepted minion key of a pool name without an active
-                         node: deleted
+``orphan_key``           a minion key (accepted, pending, rejected or denied) of
+                         a pool name without an active node: deleted. A guest
+                         that outlived its key leaves a pending one; deleted,
+                         a later node of that name starts clean
 ``orphan_slurm_node``    a Slurm node of a pool name without an active node: its
                          jobs requeued, then deleted (dynamic) or set DOWN
 ``stuck``                a transition interrupted by a crash, older than its
@@ -98,7 +100,7 @@ class Survey:
             except Exception as exc:  # noqa: BLE001 - reported, its checks skipped
                 self.errors.append(f"provider {prov_name}: {sentence(exc)}")
         try:
-            self.keys = set(ctx.keys.accepted())
+            self.keys = ctx.keys.all()  # name -> accepted / pending / rejected / denied
         except Exception as exc:  # noqa: BLE001
             self.keys = None
             self.errors.append(f"minion keys: {sentence(exc)}")
@@ -166,9 +168,9 @@ def survey(ctx, grace=None, now=None):
             })
 
     if s.keys is not None:
-        for key in sorted(s.keys & s.pool_names):
+        for key in sorted(set(s.keys) & s.pool_names):
             if key not in s.held:
-                found["orphan_key"].append({"node": key})
+                found["orphan_key"].append({"node": key, "key_state": s.keys[key]})
 
     if s.slurm is not None:
         for snode in s.slurm:

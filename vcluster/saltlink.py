@@ -65,6 +65,15 @@ WHEEL_BACKOFF = 1.0
 WHEEL_DEADLINE = 30
 
 
+#: Salt's key directories (as ``key.list_all`` names them) and their states.
+KEY_STATES = {
+    "minions": "accepted",
+    "minions_pre": "pending",
+    "minions_rejected": "rejected",
+    "minions_denied": "denied",
+}
+
+
 class WheelKeys:
     """Minion keys through the wheel client (honours ``keys.cache_driver``).
 
@@ -90,6 +99,10 @@ class WheelKeys:
                                 f"{type(exc).__name__}: {sentence(exc)}") from exc
 
     def gen_accept(self, name):
+        # A pending or rejected key left by an earlier guest of this name
+        # (one that re-authenticated after its key was deleted) goes first:
+        # gen_accept only writes the accepted key.
+        self.delete(name)
         keys = self._cmd("key.gen_accept", [name], {"force": True})
         if not keys or "priv" not in keys:
             raise VclusterError(f"could not generate and accept a minion key for {name}")
@@ -101,6 +114,19 @@ class WheelKeys:
     def accepted(self):
         listing = self._cmd("key.list", ["accepted"]) or {}
         return set(listing.get("minions", []))
+
+    def all(self):
+        """Every minion key the master holds: ``{name: state}``.
+
+        ``state`` is one of :data:`KEY_STATES`' values; a name found in two
+        directories reports the first (accepted before pending).
+        """
+        listing = self._cmd("key.list_all") or {}
+        found = {}
+        for directory, state in KEY_STATES.items():
+            for name in listing.get(directory) or []:
+                found.setdefault(name, state)
+        return found
 
     def close(self):
         self.wheel.destroy()

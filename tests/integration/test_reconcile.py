@@ -9,6 +9,7 @@ removed, a dynamic Slurm node whose slurmd is long gone, and an allocation
 whose expand died before it created anything.
 """
 
+import pathlib
 import subprocess
 import threading
 import time
@@ -68,7 +69,10 @@ def test_reconcile_repairs_each_orphan_kind(stack, event_listener):
     # 2. a registry node whose container is deleted behind vcluster's back
     subprocess.run(["lxc", "delete", "--force", lost], check=True, capture_output=True)
     # 3. an accepted key of a pool name without a node
-    saltlink.WheelKeys(master_opts(stack)).gen_accept("tnode14")
+    pub = saltlink.WheelKeys(master_opts(stack)).gen_accept("tnode14")["pub"]
+    # 3b. a pending key of a pool name: a guest that outlived its deleted key re-authenticated
+    pending = pathlib.Path(master_opts(stack)["pki_dir"], "minions_pre", "tnode12")
+    pending.write_text(pub)
     # 4. a dynamic Slurm node without instance
     slurm("scontrol", "create", "NodeName=tnode13", "CPUs=1", "RealMemory=100", "State=FUTURE")
     # 5. an allocation whose expand died before creating anything (old enough: grace below)
@@ -83,7 +87,7 @@ def test_reconcile_repairs_each_orphan_kind(stack, event_listener):
     assert found == {
         "orphan_instance": ["tnode15"],
         "node_without_instance": [lost],
-        "orphan_key": ["tnode14"],
+        "orphan_key": ["tnode12", "tnode14"],
         "orphan_slurm_node": ["tnode13"],
     }, report["report"]
     assert "tnode15" in lxd_names()  # a report changes nothing
@@ -92,11 +96,13 @@ def test_reconcile_repairs_each_orphan_kind(stack, event_listener):
     fixed = reconcile(stack, "apply=True", "grace=1")
     assert fixed["result"] is True, fixed
     kinds = sorted(r["kind"] for r in fixed["repairs"])
-    assert kinds == ["node_without_instance", "orphan_instance", "orphan_key", "orphan_slurm_node", "stuck"], fixed
+    assert kinds == ["node_without_instance", "orphan_instance", "orphan_key", "orphan_key",
+                     "orphan_slurm_node", "stuck"], fixed
     assert all("error" not in r for r in fixed["repairs"]), fixed["repairs"]
 
     assert lxd_names() == [keep]
     assert {k for k in accepted(stack) if k.startswith("tnode")} == {keep}
+    assert not pending.exists()
     assert node_info(lost) is None
     gone = node_info("tnode13")
     assert gone is None or "DOWN" in gone["State"], gone

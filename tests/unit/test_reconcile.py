@@ -70,7 +70,8 @@ class MemoryProvider(Provider):
 
 class MemoryKeys:
     def __init__(self):
-        self.keys = set()
+        self.keys = set()  # accepted
+        self.pending = set()
 
     def gen_accept(self, name):
         self.keys.add(name)
@@ -78,9 +79,13 @@ class MemoryKeys:
 
     def delete(self, name):
         self.keys.discard(name)
+        self.pending.discard(name)
 
     def accepted(self):
         return set(self.keys)
+
+    def all(self):
+        return {**{n: "pending" for n in self.pending}, **{n: "accepted" for n in self.keys}}
 
     def master_pub(self):
         return "master"
@@ -278,6 +283,18 @@ def test_duplicates_keep_the_registered_instance(ctx):
     assert kinds(ret) == {"duplicate_instance": 1}
     assert ret["report"]["duplicate_instance"][0]["keep"] is None
     assert ctx.registry.get(n.name) is None and set(prov(ctx).instances) == {f"i-{name}"}
+
+
+def test_pending_key_of_a_pool_name_is_an_orphan(ctx):
+    """A guest that outlived its deleted key re-authenticates: a pending key is left."""
+    (name,) = ready_node(ctx, 1)
+    ctx.keys.pending.update({"vn08", name, "admin-box"})
+    ret = reconcile.reconcile(ctx, apply=False)
+    assert ret["report"]["orphan_key"] == [{"node": "vn08", "key_state": "pending"}], ret
+    ret = reconcile.reconcile(ctx, apply=True)
+    assert ret["result"] is True, ret
+    # the node's own name and a name outside the pool are not touched
+    assert ctx.keys.pending == {name, "admin-box"} and ctx.keys.keys == {name}
 
 
 def test_failed_listing_deletes_nothing(ctx):

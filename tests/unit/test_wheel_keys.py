@@ -20,7 +20,9 @@ class FlakyWheel:
         if self.failures:
             self.failures -= 1
             raise UnboundLocalError("cannot access local variable 'proc_fn'")
-        return {"priv": "PRIVATE", "pub": "PUBLIC"} if fun == "key.gen_accept" else {"minions": ["a"]}
+        if fun == "key.master_key_str":
+            return {"local": {"master.pub": "PUBLIC"}}
+        return {"minions": ["a"]}
 
 
 def keys_with(wheel, monkeypatch):
@@ -32,8 +34,8 @@ def keys_with(wheel, monkeypatch):
 
 def test_a_passing_failure_is_retried(monkeypatch):
     wheel = FlakyWheel(failures=2)
-    assert keys_with(wheel, monkeypatch).gen_accept("vn1")["pub"] == "PUBLIC"
-    assert wheel.calls == ["key.gen_accept"] * 3
+    assert keys_with(wheel, monkeypatch).master_pub() == "PUBLIC"
+    assert wheel.calls == ["key.master_key_str"] * 3
 
 
 def test_a_lasting_failure_is_one_sentence_without_key_material(monkeypatch):
@@ -44,3 +46,30 @@ def test_a_lasting_failure_is_one_sentence_without_key_material(monkeypatch):
     message = str(info.value)
     assert message.startswith("the master's key store did not complete key.list")
     assert "\n" not in message and "PRIVATE" not in message
+
+
+class ListingWheel:
+    def __init__(self, listing):
+        self.listing = listing
+        self.calls = []
+
+    def cmd(self, fun, arg, kwarg, print_event=False):
+        self.calls.append((fun, list(arg)))
+        if fun == "key.list_all":
+            return self.listing
+        if fun == "key.gen_accept":
+            return {"priv": "PRIVATE", "pub": "PUBLIC"}
+        return {}
+
+
+def test_all_keys_carry_their_state(monkeypatch):
+    wheel = ListingWheel({"minions": ["a", "b"], "minions_pre": ["c", "a"], "minions_rejected": ["d"],
+                          "minions_denied": ["e"]})
+    assert keys_with(wheel, monkeypatch).all() == {
+        "a": "accepted", "b": "accepted", "c": "pending", "d": "rejected", "e": "denied"}
+
+
+def test_gen_accept_clears_a_stale_key_of_any_state_first(monkeypatch):
+    wheel = ListingWheel({})
+    keys_with(wheel, monkeypatch).gen_accept("vn1")
+    assert wheel.calls == [("key.delete", ["vn1"]), ("key.gen_accept", ["vn1"])]

@@ -208,6 +208,16 @@ def test_expand_through_nova_runs_jobs_and_retire_leaves_nothing(nova_stack, gue
     assert guests.containers() == [] and lxd_status(names[0]) is None
     assert guests.errors == []
     keys = all_keys(stack)
+    assert not set(names) & keys.get("minions", set()), keys
+    # A guest this harness destroys a moment after Nova reports it gone may
+    # re-authenticate in between and leave a *pending* key (see guest.py).
+    # Reconcile owns that case: it reports such a key and deletes it.
+    stray = set(names) & set().union(*keys.values())
+    if stray:
+        report = stack.run("vcluster.reconcile").data
+        assert {i["node"] for i in report["report"]["orphan_key"]} == stray, report
+        assert stack.run("vcluster.reconcile", "apply=True").data["result"] is True
+        keys = all_keys(stack)
     assert not set(names) & set().union(*keys.values()), keys
     for name in names:
         assert node_info(name) is None
