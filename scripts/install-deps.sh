@@ -18,6 +18,8 @@ PACKAGES=(
     slurmctld slurmd slurm-client munge chrony
     # LXD, its managed bridges and the node image build
     lxd lxd-client uidmap dnsmasq-base iptables debootstrap debian-archive-keyring squashfs-tools
+    # the btrfs storage pool (instances are snapshots of the image, not copies)
+    btrfs-progs
     # scripts and the virtualenv (gcc + headers: Salt's timelib has no wheel)
     python3-venv python3-dev gcc libc6-dev jq iproute2 procps util-linux xz-utils ca-certificates
 )

@@ -3,15 +3,23 @@
 # storage pool and one managed bridge exist. Idempotent; polls, never sleeps
 # a fixed time.
 #
+# A new pool is btrfs on a loop file LXD manages (an instance is a snapshot
+# of the image volume: well under a second, where `dir` unpacks the whole
+# image per instance), or `dir` where the kernel or mkfs.btrfs is missing.
+# An existing pool is kept whatever its driver.
+#
 # usage: lxd-up.sh [--network NAME] [--cidr ADDR/PREFIX] [--pool NAME] [--no-network]
 # env:   VCLUSTER_LXD_NETWORK (vcbr0)  VCLUSTER_LXD_CIDR (10.77.0.1/24)
 #        VCLUSTER_LXD_POOL (vcluster)  VCLUSTER_LXD_TIMEOUT (60 s)
+#        VCLUSTER_LXD_POOL_DRIVER (btrfs, or dir)  VCLUSTER_LXD_POOL_SIZE (20GiB)
 #        VCLUSTER_LOG_DIR (/var/log/vcluster)
 set -euo pipefail
 
 NETWORK=${VCLUSTER_LXD_NETWORK:-vcbr0}
 CIDR=${VCLUSTER_LXD_CIDR:-10.77.0.1/24}
 POOL=${VCLUSTER_LXD_POOL:-vcluster}
+POOL_DRIVER=${VCLUSTER_LXD_POOL_DRIVER:-btrfs}
+POOL_SIZE=${VCLUSTER_LXD_POOL_SIZE:-20GiB}
 TIMEOUT=${VCLUSTER_LXD_TIMEOUT:-60}
 LOG_DIR=${VCLUSTER_LOG_DIR:-/var/log/vcluster}
 RUN_DIR=/run/vcluster
@@ -23,7 +31,7 @@ while [ $# -gt 0 ]; do
         --cidr) CIDR=$2; shift 2 ;;
         --pool) POOL=$2; shift 2 ;;
         --no-network) WITH_NETWORK=0; shift ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "lxd-up: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -35,6 +43,10 @@ die() { log "$*"; exit 1; }
 for bin in lxd lxc dnsmasq iptables; do
     command -v "$bin" >/dev/null || die "$bin is missing: run scripts/install-deps.sh"
 done
+case "$POOL_DRIVER" in
+    btrfs|dir) ;;
+    *) die "VCLUSTER_LXD_POOL_DRIVER must be btrfs or dir, got '$POOL_DRIVER'" ;;
+esac
 case "$CIDR" in
     */*) ;;
     *) die "--cidr must be ADDRESS/PREFIX (the bridge's own address), got '$CIDR'" ;;
@@ -63,6 +75,20 @@ start_daemon() {
 ensure_pool() {
     if lxc storage show "$POOL" >/dev/null 2>&1; then
         return
+    fi
+    mkdir -p "$RUN_DIR"
+    if [ "$POOL_DRIVER" = btrfs ]; then
+        if ! grep -qw btrfs /proc/filesystems && ! modprobe btrfs 2>/dev/null; then
+            log "this kernel has no btrfs: storage pool $POOL falls back to dir"
+        elif ! command -v mkfs.btrfs >/dev/null; then
+            log "mkfs.btrfs is missing (btrfs-progs): storage pool $POOL falls back to dir"
+        elif lxc storage create "$POOL" btrfs size="$POOL_SIZE" >/dev/null 2>"$RUN_DIR/pool.err"; then
+            log "created storage pool $POOL (btrfs, $POOL_SIZE loop file)"
+            return
+        else
+            log "btrfs pool refused ($(tr '\n' ' ' <"$RUN_DIR/pool.err")): storage pool $POOL falls back to dir"
+            lxc storage delete "$POOL" >/dev/null 2>&1 || true
+        fi
     fi
     log "creating storage pool $POOL (dir)"
     lxc storage create "$POOL" dir >/dev/null
