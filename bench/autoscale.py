@@ -20,7 +20,9 @@ the minimum.
 The site pillar (/etc/vcluster/pillar/site.sls) is switched to cloud
 membership for the run (htc becomes a cloud profile with its own pool, a
 warm pool of one node, a short SuspendTime) and restored at the end, and
-the controller's Slurm states are re-applied both times.
+the controller's Slurm states are re-applied both times. Every vcluster node
+of the stack is retired first (the stack's own nodes would fill the warm
+pool) and again at the end.
 
 Usage: /opt/vcluster/venv/bin/python bench/autoscale.py [--repeat 1] [--suspend-time 30]
 """
@@ -85,6 +87,15 @@ def registry_state(name):
     return (salt_run("vcluster.status").get("nodes") or {}).get(name, {}).get("state")
 
 
+def retire_all():
+    """Retire every vcluster node, warm-pool (suspended) ones included."""
+    names = sorted(salt_run("vcluster.status").get("nodes") or {})
+    if names:
+        ret = salt_run("vcluster.retire", f"nodes={','.join(names)}", "force=True")
+        if not ret.get("result"):
+            raise RuntimeError(f"could not retire {names}: {ret.get('comment')}")
+
+
 def cloud_site(site, suspend_time):
     site = copy.deepcopy(site)
     vc = site.setdefault("vcluster", {})
@@ -127,6 +138,8 @@ def main(argv=None):
     original = SITE.read_text()
     host = controller_id()
     cold, warm = [], []
+    # the stack's own nodes would fill the warm pool first: start from none
+    retire_all()
     try:
         SITE.write_text("# bench/autoscale.py (restored at the end)\n"
                         + yaml.safe_dump(cloud_site(yaml.safe_load(original) or {}, args.suspend_time)))
@@ -150,12 +163,8 @@ def main(argv=None):
         result["warm_speedup"] = round(result["sbatch_to_running_cold_pool"]["median"]
                                        / max(0.01, result["sbatch_to_running_warm_pool"]["median"]), 2)
     finally:
+        retire_all()  # under the cloud policy the nodes were made with
         SITE.write_text(original)
-        for name, node in (salt_run("vcluster.status").get("nodes") or {}).items():
-            if node.get("state") == "suspended":
-                # a warm cloud node: thaw it the way a Slurm resume would, then retire it
-                salt_run("vcluster.on_slurm_power", "action=resume", f"nodes={name}", f"sender={host}")
-            salt_run("vcluster.retire", f"nodes={name}", "force=True")
         apply_controller(host)
     json.dump(result, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 #: States in which a node may be retired by the admin (a suspended node is
 #: resumed first: its jobs are suspended, not finished).
-RETIRABLE = ("ready", "draining", "failed")
+RETIRABLE = ("ready", "draining", "failed", "suspended")
 #: Slurm job states that mean "still holds the node".
 LIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED")
 
@@ -281,6 +281,9 @@ def retire(ctx, nodes, force=False, wait=600):
     ``force=True`` requeues the jobs still running instead of waiting (the
     jobs go back to the queue; none is lost). Nodes whose jobs outlast
     ``wait`` seconds stay ``draining`` and are reported; run retire again.
+    A ``suspended`` node is retired as it is (instance deleted frozen) when
+    it holds no job, a warm-pool node for instance; one with suspended jobs
+    is refused: resume it first, its jobs would have nowhere to go.
     """
     names = node_names(nodes)
     force = flag(force, "force")
@@ -293,11 +296,21 @@ def retire(ctx, nodes, force=False, wait=600):
         if node.state not in RETIRABLE:
             raise PolicyError(f"node {name} is {node.state}; only {', '.join(RETIRABLE)} nodes can be retired")
         found[name] = node
+    frozen = [n for n, node in found.items() if node.state == "suspended"]
+    if frozen:
+        holding = _busy_nodes(ctx, frozen) | {n for n in frozen if ctx.registry.jobs_on(n)}
+        if holding:
+            raise PolicyError(f"suspended node(s) {hostlist.collect_hostlist(sorted(holding))} hold suspended jobs; "
+                              f"resume them first (vcluster.resume), then retire")
 
     result = {}
     for name, node in found.items():
         if node.state == "failed":
             _release(ctx, name, "retired by admin")
+            result[name] = "released"
+            continue
+        if node.state == "suspended":
+            _remove(ctx, node, expect="suspended")
             result[name] = "released"
             continue
         if node.state == "ready":
@@ -344,8 +357,8 @@ def _busy_nodes(ctx, names):
     return busy
 
 
-def _remove(ctx, node):
-    ctx.registry.transition(node.name, "retiring", expect="draining", actor=ctx.actor)
+def _remove(ctx, node, expect="draining"):
+    ctx.registry.transition(node.name, "retiring", expect=expect, actor=ctx.actor)
     ctx.node_event(node.name, "retiring")
     if node.instance_id:
         ctx.provider(node.provider).delete([node.instance_id])
@@ -363,6 +376,11 @@ def shrink(ctx, count, profile, force=False, wait=600):
     if not candidates:
         return {"result": True, "comment": f"profile {prof.name} has no node to retire", "nodes": {}}
     busy = _busy_nodes(ctx, [n.name for n in candidates])
+    # a suspended node with jobs cannot be retired (see retire): not a candidate
+    candidates = [n for n in candidates
+                  if n.state != "suspended" or not (n.name in busy or ctx.registry.jobs_on(n.name))]
+    if not candidates:
+        return {"result": True, "comment": f"profile {prof.name} has no node to retire", "nodes": {}}
     order = {"failed": 0, "ready": 1, "suspended": 2, "draining": 3}
     candidates.sort(key=lambda n: (n.name in busy, order.get(n.state, 9), n.name))
     chosen = [n.name for n in candidates[:count]]

@@ -48,7 +48,8 @@ TRANSITIONS = {
     "failed": frozenset({"released"}),
     # "ready" and "suspended" undo an interrupted suspend / resume (reconcile)
     "suspending": frozenset({"suspended", "ready"}),
-    "suspended": frozenset({"resuming", "migrating"}),
+    # "retiring": retire of a suspended node that holds no job (a warm-pool node)
+    "suspended": frozenset({"resuming", "migrating", "retiring"}),
     "resuming": frozenset({"ready", "suspended"}),
     "migrating": frozenset({"ready", "suspended"}),
     "released": frozenset(),

@@ -350,6 +350,36 @@ def test_suspend_keeps_warm_pool_and_resume_thaws_it(ctx):
     assert ("cn01", "restart_slurmd", []) in ctx.salt.calls
 
 
+def warm_node(ctx):
+    with_warm(ctx, 1)
+    powersave.resume(ctx, ["cn01"])
+    join(ctx, ["cn01"])
+    assert powersave.suspend(ctx, ["cn01"])["nodes"] == {"cn01": "suspended (warm pool)"}
+
+
+def test_a_warm_pool_node_is_retired_as_it_is(ctx):
+    from vcluster import engine
+
+    warm_node(ctx)
+    ret = engine.retire(ctx, "cn01")
+    assert ret["result"] is True and ret["nodes"] == {"cn01": "released"}, ret
+    assert ctx.registry.get("cn01") is None and ctx.provider("lxd").instances == {}
+    assert ctx.keys.accepted() == set()
+    assert ("cn01", "POWER_DOWN_FORCE", None) in ctx.slurm.updates  # cloud name: powered down in Slurm
+
+
+def test_a_suspended_node_with_jobs_is_refused_and_not_shrunk(ctx):
+    from vcluster import engine
+
+    warm_node(ctx)
+    ctx.slurm.jobs_.append({"id": 9, "state": "SUSPENDED", "nodes": ["cn01"]})
+    with pytest.raises(PolicyError, match=r"^suspended node\(s\) cn01 hold suspended jobs; resume them first"):
+        engine.retire(ctx, "cn01", force=True)
+    ret = engine.shrink(ctx, 1, "burst")
+    assert ret["nodes"] == {} and ctx.registry.get("cn01").state == "suspended", ret
+    assert ctx.provider("lxd").instances
+
+
 def test_resume_fail_releases_and_sets_down_with_reason(ctx):
     powersave.resume(ctx, ["cn03"])
     ret = powersave.handle(ctx, "resume_fail", "cn03,cn04", "ctl")
