@@ -31,6 +31,7 @@ import argparse
 import copy
 import json
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -85,6 +86,12 @@ def job_state(job):
 
 def registry_state(name):
     return (salt_run("vcluster.status").get("nodes") or {}).get(name, {}).get("state")
+
+
+def powered_down(node):
+    state = re.search(r"\bState=(\S+)", sh("scontrol", "show", "node", node, check=False))
+    words = state.group(1).split("+") if state else []
+    return "POWERED_DOWN" in words and "POWERING_DOWN" not in words
 
 
 def retire_all():
@@ -145,12 +152,14 @@ def main(argv=None):
                         + yaml.safe_dump(cloud_site(yaml.safe_load(original) or {}, args.suspend_time)))
         apply_controller(host)
         for _ in range(args.repeat):
+            retire_all()  # a cold sample needs an empty warm pool and no node up
             seconds, node = one_run(args.partition)
             cold.append(seconds)
             # idle for SuspendTime: SuspendProgram -> the node goes to the warm pool (frozen)
             wait(lambda: registry_state(node) == "suspended", args.suspend_time + 180, f"{node} in the warm pool")
-            wait(lambda: "POWERED_DOWN" in sh("scontrol", "show", "node", node, check=False)
-                 or "IDLE+CLOUD" in sh("scontrol", "show", "node", node, check=False), 120, f"{node} powered down")
+            # Slurm holds a node POWERING_DOWN for SuspendTimeout whatever the
+            # provider did; a job pinned before that waits for it, not for vcluster
+            wait(lambda: powered_down(node), 180, f"{node} powered down")
             seconds, _ = one_run(args.partition, pin=node)
             warm.append(seconds)
             # let it go for good: no warm pool wanted after the last sample

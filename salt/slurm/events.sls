@@ -19,6 +19,15 @@
 {%- set events = slurm.events %}
 {%- set preemption = salt["pillar.get"]("vcluster:preemption", {}) or {} %}
 {%- set partitions = ((preemption.get("partitions") or []) | select("match", "^[A-Za-z0-9_.-]+$") | list) if preemption.get("enabled") else [] %}
+{#- Cloud membership: the prolog also holds a job on nodes Slurm is powering
+    up until they registered (see the script), at most ResumeTimeout. #}
+{%- set cloud = salt["pillar.get"]("vcluster_cloud", {}) or {} %}
+{%- set power_partitions = [] %}
+{%- set power_waits = [(cloud.get("power_save") or {}).get("resume_timeout") or 600] %}
+{%- for c in (cloud.get("profiles") or {}).values() %}
+{%-   do power_partitions.append(c.partition if c.partition and c.partition is match("^[A-Za-z0-9_.-]+$") else "*") %}
+{%-   if c.get("resume_timeout") %}{% do power_waits.append(c.resume_timeout) %}{% endif %}
+{%- endfor %}
 
 slurm-events-spool-directory:
   file.directory:
@@ -51,6 +60,8 @@ slurm-events-{{ "prolog" if kind == "start" else "epilog" }}-managed:
         kind: {{ kind }}
         spool: {{ events.spool }}
         partitions: {{ partitions | json }}
+        power_partitions: {{ power_partitions | unique | list | json }}
+        power_wait: {{ power_waits | max | int }}
     - user: root
     - group: root
     - mode: '0755'

@@ -10,6 +10,7 @@ ResumeFailProgram: released and DOWN with a reason. Invalid power-saving
 and autoscale input is refused with one sentence.
 """
 
+import os
 import subprocess
 import time
 
@@ -123,11 +124,12 @@ def test_cloud_nodes_declared_with_power_saving(cloud_stack):
 
 def test_pending_job_resumes_node_runs_and_node_is_removed_after_idle(cloud_stack):
     stack = cloud_stack
-    start = time.monotonic()
+    start, since = time.monotonic(), log_size()
     job = sbatch("-p", "htc", script="hostname; sleep 2")
     final = wait_jobs([job], states=("COMPLETED",), timeout=240)
     ran = time.monotonic() - start
     assert final == {job: "COMPLETED"}
+    assert config_completed_by(job, since) == "prolog"
     name = job_nodes(job)
     assert name.startswith("tnode") and name <= "tnode08", name
     assert registry_state(stack, name) == "ready"
@@ -144,6 +146,35 @@ def test_pending_job_resumes_node_runs_and_node_is_removed_after_idle(cloud_stac
     assert job_states([job]) == {job: "COMPLETED"}
 
 
+def slurmctld_log():
+    conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
+    (path,) = [ln.split("=", 1)[1].strip() for ln in conf.splitlines() if ln.startswith("SlurmctldLogFile")]
+    return path
+
+
+def log_size():
+    return os.path.getsize(slurmctld_log())
+
+
+def config_completed_by(job, since):
+    """How slurmctld completed ``job``'s configuration, from its log after
+    byte ``since``: "prolog" or "periodic check".
+
+    A job on nodes Slurm powers up stays CONFIGURING until the nodes
+    registered; vcluster's PrologSlurmctld waits for that, so its end
+    completes the configuration at once ("prolog"), not slurmctld's 30 s
+    periodic check.
+    """
+    with open(slurmctld_log(), errors="replace") as log:
+        log.seek(since)
+        text = log.read()
+    if f"prolog_running_decr: Configuration for JobId={job} is complete" in text:
+        return "prolog"
+    if f"job_time_limit: Configuration for JobId={job} complete" in text:
+        return "periodic check"
+    return None
+
+
 def _running(job):
     return job_states([job]).get(job) in ("RUNNING", "COMPLETING", "COMPLETED")
 
@@ -155,7 +186,7 @@ def test_warm_pool_keeps_node_frozen_and_resumes_it(cloud_stack):
     stack.write_site_pillar()  # policy only: slurm.conf does not change
     name = None
     try:
-        start = time.monotonic()
+        start, since = time.monotonic(), log_size()
         job = sbatch("-p", "htc", script="hostname")
         _wait(lambda: _running(job), 240, f"job {job} running on a cold node")
         cold = time.monotonic() - start
@@ -172,6 +203,7 @@ def test_warm_pool_keeps_node_frozen_and_resumes_it(cloud_stack):
         _wait(lambda: _running(job2), 120, f"job {job2} running on the warm node")
         warm = time.monotonic() - start
         assert wait_jobs([job2], timeout=60) == {job2: "COMPLETED"}
+        assert config_completed_by(job, since) == config_completed_by(job2, since) == "prolog"
         assert registry_state(stack, name) == "ready"
         print(f"sbatch to RUNNING: cold pool {cold:.1f} s, warm pool {warm:.1f} s")
     finally:
