@@ -17,6 +17,11 @@ would otherwise pick any powered-down name of the partition). Each run is
 repeated ``--repeat`` times; the JSON gives every sample, the median and
 the minimum.
 
+It also prints ``registry_allocations`` (8 concurrent writer processes;
+goal at least 1000/s, zero duplicates) and ``reconcile`` (10,000 registry
+entries; goal under 2 s), measured by bench/reconcile.py's code without the
+stack; ``--no-stack`` prints only those two.
+
 The site pillar (/etc/vcluster/pillar/site.sls) is switched to cloud
 membership for the run (htc becomes a cloud profile with its own pool, a
 warm pool of one node, a short SuspendTime) and restored at the end, and
@@ -24,11 +29,12 @@ the controller's Slurm states are re-applied both times. Every vcluster node
 of the stack is retired first (the stack's own nodes would fill the warm
 pool) and again at the end.
 
-Usage: /opt/vcluster/venv/bin/python bench/autoscale.py [--repeat 1] [--suspend-time 30]
+Usage: /opt/vcluster/venv/bin/python bench/autoscale.py [--repeat 1] [--suspend-time 30] [--no-stack]
 """
 
 import argparse
 import copy
+import importlib.util
 import json
 import pathlib
 import re
@@ -136,12 +142,26 @@ def summary(samples, **extra):
                 unit="seconds")
 
 
+def registry_and_reconcile():
+    """bench/reconcile.py's two measurements (no stack needed), under their own keys."""
+    spec = importlib.util.spec_from_file_location("bench_reconcile", pathlib.Path(__file__).with_name("reconcile.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return {"registry_allocations": mod.bench_allocations(8, 250), "reconcile": mod.bench_reconcile(10000, 10)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--suspend-time", type=int, default=30)
     parser.add_argument("--partition", default="htc")
+    parser.add_argument("--no-stack", action="store_true",
+                        help="only the registry and reconcile measurements (no stack needed)")
     args = parser.parse_args(argv)
+    scale = registry_and_reconcile()
+    if args.no_stack:
+        json.dump(scale, sys.stdout, indent=2, sort_keys=True)
+        return
     original = SITE.read_text()
     host = controller_id()
     cold, warm = [], []
@@ -169,6 +189,7 @@ def main(argv=None):
             "sbatch_to_running_warm_pool": summary(warm, membership="cloud", provider="lxd",
                                                    what="ResumeProgram, thaw, slurmd restart, register"),
         }
+        result.update(scale)
         result["warm_speedup"] = round(result["sbatch_to_running_cold_pool"]["median"]
                                        / max(0.01, result["sbatch_to_running_warm_pool"]["median"]), 2)
     finally:
