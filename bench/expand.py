@@ -12,7 +12,8 @@ slurmctld, reconfigure, resume; the baseline) in the same run, it reports:
 * ``overhead``: the rest: highstate of the node and joining Slurm, the part
   vcluster adds on top of the provider.
 
-The nodes are retired after each measurement. The site pillar's membership
+Every vcluster node of the stack is retired first (``stack.sh up`` leaves
+two); the nodes are retired after each measurement. The site pillar's membership
 keys are switched for the static runs and restored at the end.
 
 Usage: /opt/vcluster/venv/bin/python bench/expand.py [--counts 1,4] [--profile htc]
@@ -111,6 +112,16 @@ def measure(watcher, profile, count):
     }
 
 
+def retire_all():
+    """Retire every vcluster node first: switching membership under live nodes of the
+    other mode breaks their slurmd, and a static push goes to every node there is."""
+    names = sorted((salt_run("vcluster.status").get("nodes") or {}))
+    if names:
+        ret = salt_run("vcluster.retire", f"nodes={','.join(names)}", "force=True")
+        if not ret.get("result"):
+            raise SystemExit(f"could not retire {names}: {ret.get('comment')}")
+
+
 def main():
     parser = argparse.ArgumentParser(description="expand benchmark (dynamic vs static membership)")
     parser.add_argument("--counts", default="1,4")
@@ -125,6 +136,7 @@ def main():
     watcher.ready.wait(10)
 
     results = {"profile": args.profile, "unit": "seconds", "modes": {}}
+    retire_all()
     try:
         for mode in ("dynamic", "static"):
             set_membership(mode)
