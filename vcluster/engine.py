@@ -25,8 +25,8 @@ from vcluster.errors import (
 
 log = logging.getLogger(__name__)
 
-#: States in which a node may be retired by the admin (a suspended node is
-#: resumed first: its jobs are suspended, not finished).
+#: States in which a node may be retired by the admin (a suspended node only
+#: when it holds no job: suspended jobs are not finished, see retire).
 RETIRABLE = ("ready", "draining", "failed", "suspended")
 #: Slurm job states that mean "still holds the node".
 LIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED")
@@ -296,12 +296,10 @@ def retire(ctx, nodes, force=False, wait=600):
         if node.state not in RETIRABLE:
             raise PolicyError(f"node {name} is {node.state}; only {', '.join(RETIRABLE)} nodes can be retired")
         found[name] = node
-    frozen = [n for n, node in found.items() if node.state == "suspended"]
-    if frozen:
-        holding = _busy_nodes(ctx, frozen) | {n for n in frozen if ctx.registry.jobs_on(n)}
-        if holding:
-            raise PolicyError(f"suspended node(s) {hostlist.collect_hostlist(sorted(holding))} hold suspended jobs; "
-                              f"resume them first (vcluster.resume), then retire")
+    holding = _suspended_with_jobs(ctx, found.values())
+    if holding:
+        raise PolicyError(f"suspended node(s) {hostlist.collect_hostlist(sorted(holding))} hold suspended jobs; "
+                          f"resume them first (vcluster.resume), then retire")
 
     result = {}
     for name, node in found.items():
@@ -357,6 +355,15 @@ def _busy_nodes(ctx, names):
     return busy
 
 
+def _suspended_with_jobs(ctx, nodes, busy=None):
+    """Names of the ``suspended`` ones of ``nodes`` that hold jobs (Slurm's view or the registry's)."""
+    frozen = [n.name for n in nodes if n.state == "suspended"]
+    if not frozen:
+        return set()
+    busy = _busy_nodes(ctx, frozen) if busy is None else busy
+    return {n for n in frozen if n in busy or ctx.registry.jobs_on(n)}
+
+
 def _remove(ctx, node, expect="draining"):
     ctx.registry.transition(node.name, "retiring", expect=expect, actor=ctx.actor)
     ctx.node_event(node.name, "retiring")
@@ -373,12 +380,10 @@ def shrink(ctx, count, profile, force=False, wait=600):
     count = positive_int(count, "count")
     prof = ctx.policy.profile(profile)
     candidates = [n for n in ctx.registry.nodes(profile=prof.name) if n.state in RETIRABLE]
-    if not candidates:
-        return {"result": True, "comment": f"profile {prof.name} has no node to retire", "nodes": {}}
-    busy = _busy_nodes(ctx, [n.name for n in candidates])
+    busy = _busy_nodes(ctx, [n.name for n in candidates]) if candidates else set()
     # a suspended node with jobs cannot be retired (see retire): not a candidate
-    candidates = [n for n in candidates
-                  if n.state != "suspended" or not (n.name in busy or ctx.registry.jobs_on(n.name))]
+    held = _suspended_with_jobs(ctx, candidates, busy)
+    candidates = [n for n in candidates if n.name not in held]
     if not candidates:
         return {"result": True, "comment": f"profile {prof.name} has no node to retire", "nodes": {}}
     order = {"failed": 0, "ready": 1, "suspended": 2, "draining": 3}
