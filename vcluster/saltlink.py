@@ -190,11 +190,11 @@ class ControllerSlurm(_Local):
     def job(self, job_id):
         return self._slurm("job", job_id)
 
-    def suspend_job(self, job_id):
-        return self._slurm("suspend_job", job_id)
+    def hold_node(self, name, jobs, reason):
+        return self._slurm("hold_node", name, jobs=",".join(str(j) for j in jobs), reason=reason)
 
-    def resume_job(self, job_id):
-        return self._slurm("resume_job", job_id)
+    def release_node(self, name, jobs, reason):
+        return self._slurm("release_node", name, jobs=",".join(str(j) for j in jobs), reason=reason)
 
     def update_node_addr(self, name, address):
         """``scontrol update nodename=NAME nodeaddr=ADDR`` (after a migration)."""

@@ -96,13 +96,6 @@ def _node_jobs(ctx, names, states, all_jobs=None):
     return out
 
 
-def _slurm_node(ctx, name):
-    for node in slurm_call(ctx, "nodes"):
-        if node.get("name") == name:
-            return node
-    return None
-
-
 # -- suspend -------------------------------------------------------------------------
 
 
@@ -132,10 +125,9 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None):
                     "suspend those nodes in the same request"
                 )
     suspended_jobs = set()
-    slurm_nodes = {s["name"]: s for s in slurm_call(ctx, "nodes")} if todo else {}
 
     def one(name):
-        _suspend_one(ctx, found[name], mode, reason, jobs[name], suspended_jobs, slurm_nodes.get(name))
+        _suspend_one(ctx, found[name], mode, reason, jobs[name], suspended_jobs)
 
     return _per_node(ctx, names, todo, found, "suspended", one, f"suspended ({mode})")
 
@@ -159,42 +151,32 @@ def _per_node(ctx, names, todo, found, done, action, label):
     return {"result": not errors, "comment": comment, "nodes": result}
 
 
-def _suspend_one(ctx, node, mode, reason, jobs, suspended_jobs, slurm_node):
+def _suspend_one(ctx, node, mode, reason, jobs, suspended_jobs):
     name = node.name
     ctx.registry.transition(name, "suspending", expect="ready", actor=ctx.actor, reason=reason)
     ctx.node_event(name, "suspending", mode=mode, reason=reason)
-    drained = resumed_jobs = False
-    mine = []
+    # a job on several nodes of this request is suspended once, for the first
+    fresh = [j["id"] for j in jobs if j.get("state") == "RUNNING" and j["id"] not in suspended_jobs]
+    shared = [j["id"] for j in jobs if j["id"] in suspended_jobs]
+    held = None
     try:
-        words = (slurm_node or {}).get("state") or []
-        foreign_drain = "DRAIN" in words and (slurm_node or {}).get("reason") not in ("", DRAIN_REASON)
-        if not foreign_drain:
-            slurm_call(ctx, "update_node", name, "DRAIN", reason=DRAIN_REASON)
-            drained = True
-        for job in jobs:
-            if job.get("state") == "RUNNING" and job["id"] not in suspended_jobs:
-                slurm_call(ctx, "suspend_job", job["id"])
-                suspended_jobs.add(job["id"])
-                mine.append(job["id"])
-            elif job.get("state") == "SUSPENDED" and job["id"] in suspended_jobs:
-                mine.append(job["id"])  # multi-node job suspended for an earlier node of this request
-        ctx.registry.map_jobs(name, [str(j) for j in mine])
+        # one controller call: drain (keeping an admin's drain) and scontrol
+        # suspend; it undoes itself when one of its steps fails
+        held = slurm_call(ctx, "hold_node", name, fresh, DRAIN_REASON)
+        suspended_jobs.update(fresh)
+        ctx.registry.map_jobs(name, [str(j) for j in fresh + shared])
         ctx.provider(node.provider).suspend(node.instance_id, mode=mode)
     except Exception:
         # put the node back as it was: jobs running, drain lifted, ready
-        for job_id in mine:
-            if job_id in suspended_jobs:
-                _quiet(slurm_call, ctx, "resume_job", job_id)
-                suspended_jobs.discard(job_id)
-                resumed_jobs = True
-        if drained:
-            _quiet(slurm_call, ctx, "update_node", name, "RESUME")
+        if held is not None:
+            _quiet(slurm_call, ctx, "release_node", name, fresh, DRAIN_REASON)
+            suspended_jobs.difference_update(fresh)
         _quiet(ctx.registry.map_jobs, name, [])
         ctx.registry.transition(name, "ready", expect="suspending", actor=ctx.actor)
-        ctx.node_event(name, "ready", reason="suspend failed", jobs_resumed=resumed_jobs)
+        ctx.node_event(name, "ready", reason="suspend failed", jobs_resumed=bool(held and fresh))
         raise
     ctx.registry.transition(name, "suspended", expect="suspending", actor=ctx.actor, reason=reason)
-    ctx.node_event(name, "suspended", mode=mode, reason=reason, jobs=[str(j) for j in mine])
+    ctx.node_event(name, "suspended", mode=mode, reason=reason, jobs=[str(j) for j in fresh + shared])
 
 
 # -- resume -------------------------------------------------------------------------------
@@ -232,13 +214,9 @@ def _resume_one(ctx, node, timeout):
         if inst is not None and getattr(inst, "host", None) and inst.host != node.host:
             ctx.registry.update(name, host=inst.host)
         _wait_alive(ctx, name, deadline)
-        mapped = set(ctx.registry.jobs_on(name))
-        for job in _node_jobs(ctx, [name], ("SUSPENDED",))[name]:
-            if str(job["id"]) in mapped:
-                slurm_call(ctx, "resume_job", job["id"])
-        slurm_node = _slurm_node(ctx, name)
-        if slurm_node and "DRAIN" in (slurm_node.get("state") or []) and slurm_node.get("reason") == DRAIN_REASON:
-            slurm_call(ctx, "update_node", name, "RESUME")
+        # one controller call: scontrol resume the mapped jobs still
+        # suspended, then lift the drain if it is vcluster's
+        slurm_call(ctx, "release_node", name, sorted(ctx.registry.jobs_on(name)), DRAIN_REASON)
     except Exception as exc:
         ctx.registry.transition(name, "suspended", expect="resuming", actor=ctx.actor,
                                 reason=f"resume failed: {sentence(exc)}")

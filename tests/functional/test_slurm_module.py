@@ -88,6 +88,26 @@ def test_jobs_submit_suspend_resume_requeue(slurm, slurm_cluster, slurm_node):
     assert slurm.job_count(nodes=name) == 0
 
 
+def test_hold_and_release_node_in_one_call_each(slurm, slurm_cluster, slurm_node):
+    name = slurm_node()
+    jobid = slurm.submit(wrap="sleep 300", nodelist=name, job_name="hold", output="/dev/null", mem=50)
+    slurm_cluster.wait_job(jobid, ("RUNNING",))
+    assert slurm.hold_node(name, jobs=str(jobid)) == {"drained": True, "suspended": [str(jobid)]}
+    assert slurm.job(jobid)["state"] == "SUSPENDED"
+    node = slurm.node(name)
+    assert "DRAIN" in node["state"] and node["reason"] == "vcluster suspend"
+    with pytest.raises(CommandExecutionError, match="node nosuchnode is not known to Slurm"):
+        slurm.hold_node("nosuchnode", jobs=str(jobid))
+    assert slurm.release_node(name, jobs=[jobid]) == {"resumed": [str(jobid)], "undrained": True}
+    assert slurm.job(jobid)["state"] == "RUNNING"
+    assert "DRAIN" not in slurm.node(name)["state"]
+    # a failing step undoes the call: the drain it set is lifted again
+    with pytest.raises(CommandExecutionError, match="scontrol suspend 987654 failed"):
+        slurm.hold_node(name, jobs="987654")
+    assert "DRAIN" not in slurm.node(name)["state"]
+    slurm_cluster.cancel_all(nodes=[name])
+
+
 def test_job_unknown_is_none(slurm):
     assert slurm.job(987654) is None
 

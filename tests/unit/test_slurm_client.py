@@ -150,6 +150,73 @@ def test_create_bad_state_message():
         Slurm(runner=runner).create_node("vnx", conf="cpus=1 state=cloud")
 
 
+def _node_line(name):
+    return [line for line in read("scontrol_show_node.txt").splitlines() if line.startswith(f"NodeName={name} ")][0] + "\n"
+
+
+def _job_line(job_id):
+    return [line for line in read("scontrol_show_job.txt").splitlines() if line.startswith(f"JobId={job_id} ")][0] + "\n"
+
+
+def test_hold_node_drains_then_suspends():
+    runner = Runner({
+        SHOW_NODES + ("vn1",): (0, _node_line("vn1"), ""),
+        ("scontrol", "update", "nodename=vn1", "state=DRAIN", "reason=vcluster suspend"): (0, "", ""),
+        ("scontrol", "suspend", "41"): (0, "", ""),
+        ("scontrol", "suspend", "42"): (0, "", ""),
+    })
+    assert Slurm(runner=runner).hold_node("vn1", [41, "42"]) == {"drained": True, "suspended": ["41", "42"]}
+    assert [c[0][1] for c in runner.calls] == ["-F", "update", "suspend", "suspend"]
+
+
+def test_hold_node_keeps_an_admins_drain():
+    runner = Runner({
+        SHOW_NODES + ("vn6",): (0, _node_line("vn6"), ""),  # drained: "maintenance window"
+        ("scontrol", "suspend", "7"): (0, "", ""),
+    })
+    assert Slurm(runner=runner).hold_node("vn6", ["7"]) == {"drained": False, "suspended": ["7"]}
+
+
+def test_hold_node_undoes_itself_when_a_suspend_fails():
+    runner = Runner({
+        SHOW_NODES + ("vn1",): (0, _node_line("vn1"), ""),
+        ("scontrol", "update", "nodename=vn1", "state=DRAIN", "reason=vcluster suspend"): (0, "", ""),
+        ("scontrol", "suspend", "41"): (0, "", ""),
+        ("scontrol", "suspend", "999999"): recorded("suspend_pending_job"),
+        ("scontrol", "resume", "41"): (0, "", ""),
+        ("scontrol", "update", "nodename=vn1", "state=RESUME"): (0, "", ""),
+    })
+    with pytest.raises(SlurmError, match="scontrol suspend 999999 failed: Unexpected message received"):
+        Slurm(runner=runner).hold_node("vn1", [41, 999999])
+    assert [c[0][1:3] for c in runner.calls[-2:]] == [["resume", "41"], ["update", "nodename=vn1"]]
+
+
+def test_hold_node_checks_before_any_change():
+    runner = Runner({SHOW_NODES + ("nosuch",): recorded("show_node_unknown")})
+    with pytest.raises(SlurmError, match="node nosuch is not known to Slurm"):
+        Slurm(runner=runner).hold_node("nosuch", [1])
+    with pytest.raises(SlurmError, match="job id 'x;y' is invalid"):
+        Slurm(runner=runner).hold_node("vn1", ["x;y"])
+    assert len(runner.calls) == 1
+
+
+def test_release_node_resumes_suspended_jobs_and_its_own_drain():
+    runner = Runner({
+        ("scontrol", "show", "-o", "job", "5"): (0, _job_line(5), ""),  # SUSPENDED
+        ("scontrol", "show", "-o", "job", "1"): (0, _job_line(1), ""),  # RUNNING: left alone
+        ("scontrol", "show", "-o", "job", "999999"): recorded("show_job_unknown"),
+        ("scontrol", "resume", "5"): (0, "", ""),
+        SHOW_NODES + ("vn3",): (0, read("scontrol_show_node_vn3.txt"), ""),
+        ("scontrol", "update", "nodename=vn3", "state=RESUME"): (0, "", ""),
+    })
+    slurm = Slurm(runner=runner)
+    assert slurm.release_node("vn3", [5, 1, 999999], reason="vcluster retire") == {"resumed": ["5"], "undrained": True}
+    # another reason's drain stays
+    runner.calls.clear()
+    assert slurm.release_node("vn3", [], reason="vcluster suspend") == {"resumed": [], "undrained": False}
+    assert [c[0][1] for c in runner.calls] == ["-F"]
+
+
 class Clock:
     def __init__(self):
         self.now = 0.0

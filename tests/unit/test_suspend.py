@@ -66,6 +66,32 @@ class FakeSlurm:
         self.calls.append(("resume_job", job_id))
         self.jobs_[int(job_id)]["state"] = "RUNNING"
 
+    # the controller's one-call forms (vcluster.slurm.client.Slurm.hold_node
+    # and release_node, tested against recorded and real Slurm elsewhere)
+    def hold_node(self, name, jobs, reason):
+        self.calls.append(("hold_node", name, list(jobs)))
+        node = self.nodes_[name]
+        foreign = "DRAIN" in node["state"] and node["reason"] not in ("", reason)
+        if not foreign:
+            node["state"], node["reason"] = [node["state"][0], "DRAIN"], reason
+        for job_id in jobs:
+            self.jobs_[int(job_id)]["state"] = "SUSPENDED"
+        return {"drained": not foreign, "suspended": list(jobs)}
+
+    def release_node(self, name, jobs, reason):
+        self.calls.append(("release_node", name, list(jobs)))
+        resumed = []
+        for job_id in jobs:
+            job = self.jobs_.get(int(job_id))
+            if job and job["state"] == "SUSPENDED":
+                job["state"] = "RUNNING"
+                resumed.append(job_id)
+        node = self.nodes_[name]
+        undrain = "DRAIN" in node["state"] and node["reason"] == reason
+        if undrain:
+            node["state"], node["reason"] = ["IDLE"], ""
+        return {"resumed": resumed, "undrained": undrain}
+
 
 class FakeProvider:
     def __init__(self):
@@ -156,9 +182,8 @@ def test_suspend_then_resume_keeps_job(env):
     assert ctx.slurm.jobs_[7]["state"] == "SUSPENDED"
     assert ctx.slurm.nodes_["vn1"]["reason"] == sus.DRAIN_REASON
     assert ctx.provider("lxd").status["vn1"] is Status.SUSPENDED
-    # drain before the job is suspended, freeze last
-    kinds = [c[0] for c in ctx.slurm.calls]
-    assert kinds == ["update_node", "suspend_job"]
+    # one controller call (drain, then scontrol suspend), freeze last
+    assert ctx.slurm.calls == [("hold_node", "vn1", [7])]
     assert ctx.events.fired == ["vcluster/node/vn1/suspending", "vcluster/node/vn1/suspended"]
     assert ctx.registry.jobs_on("vn1") == ["7"]
 
@@ -176,7 +201,7 @@ def test_resume_leaves_jobs_it_did_not_suspend_and_foreign_drain(env):
     ctx.slurm.jobs_[8] = {"id": 8, "state": "SUSPENDED", "nodes": ["vn2"], "partition": "htc"}
     ctx.slurm.nodes_["vn2"] = {"state": ["IDLE", "DRAIN"], "reason": "admin: bad disk"}
     assert sus.suspend(ctx, "vn2")["result"] is True
-    assert ("update_node", "vn2", "DRAIN", sus.DRAIN_REASON) not in ctx.slurm.calls
+    assert ("hold_node", "vn2", []) in ctx.slurm.calls  # job 8 was not RUNNING: not vcluster's
     assert sus.resume(ctx, "vn2")["result"] is True
     assert ctx.slurm.jobs_[8]["state"] == "SUSPENDED"  # the admin's suspended job stays
     assert ctx.slurm.nodes_["vn2"]["reason"] == "admin: bad disk"
@@ -206,7 +231,10 @@ def test_suspend_refuses_job_spanning_other_nodes(env):
         sus.suspend(ctx, "vn1")
     assert ctx.slurm.calls == []
     assert sus.suspend(ctx, "vn[1-2]")["result"] is True
-    assert ctx.slurm.calls.count(("suspend_job", 9)) == 1
+    assert ctx.slurm.calls == [("hold_node", "vn1", [9]), ("hold_node", "vn2", [])]
+    assert ctx.registry.jobs_on("vn1") == ctx.registry.jobs_on("vn2") == ["9"]
+    assert sus.resume(ctx, "vn[1-2]")["result"] is True
+    assert ctx.slurm.jobs_[9]["state"] == "RUNNING"
 
 
 def test_failed_freeze_rolls_back(env):

@@ -23,6 +23,7 @@ Measured on Slurm 22.05.8:
 * ``squeue --json`` ignores squeue's filters; filtering happens here.
 """
 
+import logging
 import os
 import re
 import subprocess
@@ -31,6 +32,8 @@ import time
 from vcluster.errors import SlurmError
 from vcluster.slurm import conf as _conf
 from vcluster.slurm import hostlist, parse, states
+
+log = logging.getLogger(__name__)
 
 #: ``scontrol update nodename=X state=...`` values vcluster uses or allows.
 NODE_UPDATE_STATES = ("RESUME", "DRAIN", "UNDRAIN", "DOWN", "IDLE", "FUTURE", "FAIL", "NORESP",
@@ -238,6 +241,64 @@ class Slurm:
         """``scontrol resume JOB``: continue a suspended job."""
         self.run("scontrol", "resume", _job_id(job_id))
         return True
+
+    # -- suspend and resume of a node with its jobs (one call each for vcluster) --
+
+    def hold_node(self, name, jobs=(), reason="vcluster suspend"):
+        """Drain node ``name`` with ``reason`` and suspend ``jobs`` on it; all or nothing.
+
+        A drain with another reason (an admin's) is left as it is and not
+        lifted later. Returns ``{"drained": bool, "suspended": [job ids]}``.
+        When a step fails, the jobs this call suspended are resumed and the
+        drain it set is lifted before the error is raised.
+        """
+        _conf.validate_name(name)
+        ids = [_job_id(j) for j in jobs]
+        node = self.node(name)
+        if node is None:
+            raise SlurmError(f"node {name} is not known to Slurm")
+        foreign = "DRAIN" in node.state and node.reason not in ("", reason)
+        drained, done = False, []
+        try:
+            if not foreign:
+                self.run("scontrol", "update", f"nodename={name}", "state=DRAIN", f"reason={reason}")
+                drained = True
+            for job_id in ids:
+                self.suspend_job(job_id)
+                done.append(job_id)
+        except SlurmError:
+            for job_id in done:
+                self._quiet("scontrol", "resume", job_id)
+            if drained:
+                self._quiet("scontrol", "update", f"nodename={name}", "state=RESUME")
+            raise
+        return {"drained": drained, "suspended": done}
+
+    def release_node(self, name, jobs=(), reason="vcluster suspend"):
+        """Resume those of ``jobs`` that are suspended, then lift a drain that carries ``reason``.
+
+        The undoing of :meth:`hold_node`. Returns ``{"resumed": [job ids],
+        "undrained": bool}``; a job Slurm no longer knows is skipped.
+        """
+        _conf.validate_name(name)
+        ids = [_job_id(j) for j in jobs]
+        resumed = []
+        for job_id in ids:
+            job = self.job(job_id)
+            if job is not None and job.state == "SUSPENDED":
+                self.resume_job(job_id)
+                resumed.append(job_id)
+        node = self.node(name)
+        undrain = node is not None and "DRAIN" in node.state and node.reason == reason
+        if undrain:
+            self.run("scontrol", "update", f"nodename={name}", "state=RESUME")
+        return {"resumed": resumed, "undrained": undrain}
+
+    def _quiet(self, *argv):
+        try:
+            self.run(*argv)
+        except SlurmError as exc:
+            log.warning("undo step %s failed: %s", " ".join(argv[:3]), exc)
 
     def requeue(self, job_id, hold=False):
         """``scontrol requeue[hold] JOB``: kill the job and put it back in the queue."""

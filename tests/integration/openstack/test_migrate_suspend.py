@@ -38,11 +38,18 @@ class RecordingSlurm:
         elif state == "RESUME":
             self.node.update(state=["IDLE"], reason="")
 
-    def suspend_job(self, job_id):
-        self.job["state"] = "SUSPENDED"
+    def hold_node(self, name, jobs, reason):
+        self.update_node(name, "DRAIN", reason)
+        if self.job["id"] in jobs:
+            self.job["state"] = "SUSPENDED"
+        return {"drained": True, "suspended": list(jobs)}
 
-    def resume_job(self, job_id):
-        self.job["state"] = "RUNNING"
+    def release_node(self, name, jobs, reason):
+        resumed = str(self.job["id"]) in [str(j) for j in jobs] and self.job["state"] == "SUSPENDED"
+        if resumed:
+            self.job["state"] = "RUNNING"
+        self.update_node(name, "RESUME")
+        return {"resumed": [self.job["id"]] if resumed else [], "undrained": True}
 
     def update_node_addr(self, name, address):
         self.addr.append((name, address))
