@@ -2,7 +2,8 @@
 
 from setuptools import setup
 
-SALT_DIRS = {"modules": "_modules", "states": "_states", "runners": "_runners", "pillar": "_pillar"}
+SALT_DIRS = {"modules": "_modules", "states": "_states", "runners": "_runners", "pillar": "_pillar",
+             "engines": "_engines"}
 
 setup(
     name="vcluster",

@@ -258,7 +258,8 @@ def on_slurm_event(minion_id=None, line=None):
     """
     Reactor handler for Slurm job start/end lines (PrologSlurmctld/EpilogSlurmctld).
 
-    Only the controller's beacon is trusted; the job is re-read from Slurm.
+    Only the controller's minion is trusted (its vcluster_slurm_events
+    engine sends the lines); the job is re-read from Slurm.
     A job of a preempting partition suspends the preemptible virtual nodes on
     its hosts; its end resumes them (see ``vcluster:preemption``).
 

@@ -10,7 +10,7 @@ victim):
   (profile ``htc``); a high-priority job (partition ``batch``) starts on the
   host, which is the bare-metal Slurm node and the LXD server. Measured:
   seconds from the high job seen RUNNING to the virtual node seen ``Frozen``
-  (PrologSlurmctld -> spool line -> log beacon -> reactor ->
+  (PrologSlurmctld -> spool line -> events engine -> reactor ->
   ``vcluster.on_slurm_event`` -> scontrol suspend + LXD freeze), and from the
   high job seen ended to the node ``Running`` again with its job RUNNING.
   The stack is the pytest integration stack: this script runs

@@ -80,6 +80,10 @@ grains:
 # systemctl is installed but this host is not booted with systemd: the
 # offline systemd_service module would turn service states into no-ops.
 disable_modules: [systemd_service]
+# Slurm job events for preemption, sent the moment Slurm writes them.
+engines:
+  - vcluster_slurm_events:
+      spool: /var/spool/vcluster-slurm/events
 EOF
     for tool in salt salt-run salt-key salt-call salt-master salt-minion; do
         ln -sfn "$BIN/$tool" "/usr/local/bin/$tool"

@@ -1,14 +1,14 @@
 """Entry point that tells Salt's loader where vcluster's modules live.
 
 Works both from a source checkout (``pip install -e .``: the directories
-``_modules``, ``_states``, ``_runners``, ``_pillar`` next to the package) and
+``_modules``, ``_states``, ``_runners``, ``_pillar``, ``_engines`` next to the package) and
 from an installed wheel (the same directories copied to ``vcluster/saltext``).
 """
 
 import os
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_KINDS = ("modules", "states", "runners", "pillar")
+_KINDS = ("modules", "states", "runners", "pillar", "engines")
 
 
 def _dir(kind):

@@ -23,7 +23,7 @@ import yaml
 REACTORS = {
     "salt/minion/*/start": "minion_start.sls",
     "vcluster/slurm/power/*": "slurm_power.sls",
-    "salt/beacon/*/vcluster_slurm/*": "slurm_job.sls",
+    "vcluster/slurm/job": "slurm_job.sls",
 }
 
 

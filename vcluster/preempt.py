@@ -7,8 +7,8 @@ one line per job of a preempting partition to a spool file::
 
     vcluster-slurm-event v1 start job=42 partition=batch nodes=host[01-02]
 
-The controller minion's ``log`` beacon turns each new line into the event
-``salt/beacon/<controller>/vcluster_slurm/job``; the reactor hands it to
+The controller minion's ``vcluster_slurm_events`` engine (inotify) sends
+each new line as the event ``vcluster/slurm/job``; the reactor hands it to
 ``vcluster.on_slurm_event``, which calls :func:`on_event`.
 
 The line is only a trigger: the job, its partition and its nodes are read
@@ -76,7 +76,7 @@ def _busy_hosts(ctx, exclude_job):
 
 
 def on_event(ctx, minion_id, line):
-    """Handle one Slurm job event line fired by ``minion_id``'s beacon."""
+    """Handle one Slurm job event line sent by ``minion_id``'s events engine."""
     if minion_id != ctx.policy.controller:
         log.warning("slurm event from %r ignored: only the controller %s may send them", minion_id, ctx.policy.controller)
         return {"result": True, "ignored": True, "comment": f"events from {minion_id!r} are not trusted"}

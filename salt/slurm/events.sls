@@ -3,17 +3,13 @@
     slurmctld runs PrologSlurmctld/EpilogSlurmctld as SlurmUser, which cannot
     reach Salt (the minion's key and sockets are root's) and must hold no
     credential. So the scripts only append a line to a spool file that
-    SlurmUser owns; the controller minion's `log` beacon (root) reads new
-    lines every loop_interval (1 s) and fires
-    salt/beacon/<controller>/vcluster_slurm/job on the master, where the
-    reactor calls vcluster.on_slurm_event. No sudo rule, no helper running as
-    root, no polling of Slurm.
+    SlurmUser owns; the controller minion's vcluster_slurm_events engine
+    (root) wakes on inotify when it grows and fires vcluster/slurm/job on
+    the master, where the reactor calls vcluster.on_slurm_event. No sudo
+    rule, no helper running as root, no polling of Slurm.
 
     The spool file grows by one short line per job of a preempting
-    partition; the log beacon does not follow rotation, so truncate it only
-    with the minion stopped (or re-apply this state). The header line keeps
-    the beacon from skipping the first event (it seeks to the end of a file
-    it sees empty). #}
+    partition; the engine starts over when it is truncated or replaced. #}
 {%- from tpldir ~ "/map.jinja" import slurm with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set events = slurm.events %}
@@ -68,26 +64,33 @@ slurm-events-{{ "prolog" if kind == "start" else "epilog" }}-managed:
     - makedirs: True
 {%- endfor %}
 
-{#- Beacons live in the running minion daemon; `salt-call --local` without
-    one (image builds, the functional tests) cannot list or add them. #}
-{%- if salt["beacons.list"](return_yaml=False) is none %}
+{#- The controller's minion sends the spool's lines with the
+    vcluster_slurm_events engine (_engines/), which wakes on inotify: a
+    beacon would look once a second. Engines start with the minion, so the
+    engine is minion configuration, not something a state run can switch on;
+    with preemption enabled, a controller without it fails here in one
+    sentence instead of never preempting. #}
+{%- set engine = {} %}
+{%- for item in salt["config.option"]("engines") or [] %}
+{%-   if item == "vcluster_slurm_events" %}
+{%-     do engine.update({"spool": "/var/spool/vcluster-slurm/events"}) %}
+{%-   elif item is mapping and "vcluster_slurm_events" in item %}
+{%-     do engine.update({"spool": (item["vcluster_slurm_events"] or {}).get("spool", "/var/spool/vcluster-slurm/events")}) %}
+{%-   endif %}
+{%- endfor %}
+{%- if partitions and engine.get("spool") != events.spool %}
 
-slurm-events-beacon-present:
-  test.show_notification:
-    - text: >-
-        no running minion answers beacons.list here: the log beacon
-        vcluster_slurm is not configured (apply this state through the minion)
+slurm-events-engine-configured:
+  test.fail_without_changes:
+    - comment: >-
+        preemption is enabled but the controller's minion does not run the
+        vcluster_slurm_events engine on {{ events.spool }}: add
+        "engines: [{vcluster_slurm_events: {spool: {{ events.spool }}}}]" to its
+        configuration and restart it
 {%- else %}
 
-slurm-events-beacon-present:
-  beacon.present:
-    - name: vcluster_slurm
-    - save: True
-    - beacon_module: log
-    - file: {{ events.spool }}
-    - tags:
-        job:
-          regex: '^vcluster-slurm-event v1 '
-    - require:
-      - file: slurm-events-spool-file
+slurm-events-engine-configured:
+  test.succeed_without_changes:
+    - comment: >-
+        {{ "the vcluster_slurm_events engine sends " ~ events.spool if engine else "preemption is disabled: no engine needed" }}
 {%- endif %}

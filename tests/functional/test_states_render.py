@@ -648,3 +648,23 @@ def test_nfs_enabled_renders_and_dry_runs(sandbox, tmp_root):
         failed = {i: r["comment"] for i, r in result.items() if r["result"] is False}
         assert not failed, failed
     assert _fingerprint(WATCHED_FILES) == before
+
+
+def test_preemption_needs_the_events_engine_on_the_controller(sandbox):
+    site = {"vcluster": {"preemption": {"enabled": True, "partitions": ["batch"], "preemptible": ["htc"]}}}
+    box = sandbox("controller", site=site)
+
+    def check():
+        sls = box.call("state.show_sls", "slurm.events")
+        args = sls["slurm-events-engine-configured"]["test"]
+        fun = next(a for a in args if isinstance(a, str))
+        return fun, " ".join(a.get("comment", "") for a in args if isinstance(a, dict))
+
+    fun, comment = check()
+    assert fun == "fail_without_changes"
+    assert "does not run the vcluster_slurm_events engine on /var/spool/vcluster-slurm/events" in comment
+    (box.conf / "minion.d").mkdir(exist_ok=True)
+    (box.conf / "minion.d" / "engines.conf").write_text(
+        "engines:\n  - vcluster_slurm_events:\n      spool: /var/spool/vcluster-slurm/events\n")
+    fun, comment = check()
+    assert fun == "succeed_without_changes" and "engine sends /var/spool/vcluster-slurm/events" in comment

@@ -32,6 +32,8 @@ from vcluster.slurm.parse import parse_record
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POOL_NAMES = "tnode[01-16]"
 POOL_PREFIX = "tnode"
+#: Where the controller's PrologSlurmctld/EpilogSlurmctld write job events (salt/slurm/defaults.yaml).
+EVENTS_SPOOL = "/var/spool/vcluster-slurm/events"
 #: Stacks started and not yet stopped (see tests/integration/conftest.py).
 LIVE = []
 
@@ -131,7 +133,7 @@ class ClusterStack:
             REPO, self.site, self.registry, self.network["gateway"], self.master_id,
             self.controller_id, [f"{POOL_PREFIX}*"],
         )
-        conf["log_level_logfile"] = "info"
+        conf["log_level_logfile"] = os.environ.get("VCLUSTER_TEST_LOG_LEVEL", "info")
         return conf
 
     # -- lifecycle ------------------------------------------------------------
@@ -177,6 +179,8 @@ class ClusterStack:
                 # offline systemd_service module would shadow debian_service
                 # and make every service state a no-op.
                 "disable_modules": ["systemd_service"],
+                # Slurm job events for preemption (salt/slurm/events.sls)
+                "engines": [{"vcluster_slurm_events": {"spool": EVENTS_SPOOL}}],
             },
         )
         self.minion.start(start_timeout=120)

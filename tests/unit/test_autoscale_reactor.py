@@ -1,4 +1,4 @@
-"""reactor/slurm_power.sls renders to one runner call carrying the sender's authenticated id."""
+"""reactor/slurm_power.sls and slurm_job.sls render to one runner call carrying the sender's authenticated id."""
 
 import copy
 import pathlib
@@ -9,12 +9,13 @@ import yaml
 
 from vcluster.masterconf import REACTORS
 
-REACTOR = pathlib.Path(__file__).resolve().parents[2] / "reactor" / "slurm_power.sls"
+REACTORS_DIR = pathlib.Path(__file__).resolve().parents[2] / "reactor"
+REACTOR = REACTORS_DIR / "slurm_power.sls"
 
 
-def render(tag, data):
+def render(tag, data, reactor=REACTOR):
     opts = copy.deepcopy(salt.config.DEFAULT_MASTER_OPTS)
-    out = salt.utils.templates.JINJA(str(REACTOR), to_str=True, tag=tag, data=data, opts=opts, saltenv="base",
+    out = salt.utils.templates.JINJA(str(reactor), to_str=True, tag=tag, data=data, opts=opts, saltenv="base",
                                      sls="", grains={}, pillar={})
     assert out["result"], out
     return yaml.safe_load(out["data"])
@@ -46,3 +47,18 @@ def test_hostile_payload_stays_data():
     args = {k: v for item in rendered["vcluster-slurm-power"]["runner.vcluster.on_slurm_power"][0]["args"]
             for k, v in item.items()}
     assert args == {"action": "resume_fail", "nodes": "", "sender": "ctl", "resume_file": None}
+
+
+def test_job_event_of_the_engine_becomes_one_runner_call():
+    assert REACTORS["vcluster/slurm/job"] == "slurm_job.sls"
+    line = "vcluster-slurm-event v1 start job=42 partition=batch nodes=host1"
+    data = {"id": "ctl", "tag": "vcluster/slurm/job", "cmd": "_minion_event", "data": {"raw": line}}
+    rendered = render("vcluster/slurm/job", data, REACTORS_DIR / "slurm_job.sls")
+    args = {k: v for item in rendered["vcluster-slurm-job"]["runner.vcluster.on_slurm_event"][0]["args"]
+            for k, v in item.items()}
+    assert args == {"minion_id": "ctl", "line": line}
+    hostile = {"id": "evil", "data": {"raw": "x\"\n  - evil: 1"}}
+    rendered = render("vcluster/slurm/job", hostile, REACTORS_DIR / "slurm_job.sls")
+    args = {k: v for item in rendered["vcluster-slurm-job"]["runner.vcluster.on_slurm_event"][0]["args"]
+            for k, v in item.items()}
+    assert args == {"minion_id": "evil", "line": "x\"\n  - evil: 1"}
