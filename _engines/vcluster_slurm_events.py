@@ -36,8 +36,9 @@ __virtualname__ = "vcluster_slurm_events"
 DEFAULT_SPOOL = "/var/spool/vcluster-slurm/events"
 TAG = "vcluster/slurm/job"
 PREFIX = "vcluster-slurm-event v1 "
-#: The longest inotify wait before the file is looked at again anyway (a
-#: spool directory created after the engine started is picked up then).
+#: The longest inotify wait before the file is looked at again anyway: a
+#: safety net for a watched directory removed and made again under the
+#: same path (its watch is gone; the next round watches the new one).
 IDLE_CHECK = 30
 
 

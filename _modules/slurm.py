@@ -261,7 +261,7 @@ def resume_job(jobid, conf=None):
         return _slurm(conf).resume_job(jobid)
 
 
-def hold_node(name, jobs=None, reason="vcluster suspend", conf=None):
+def hold_node(name, jobs=None, reason=_client.HOLD_REASON, conf=None):
     """
     Drain a node and suspend the given jobs on it, all or nothing.
 
@@ -282,7 +282,7 @@ def hold_node(name, jobs=None, reason="vcluster suspend", conf=None):
         return _slurm(conf).hold_node(name, jobs=_ids(jobs), reason=reason)
 
 
-def release_node(name, jobs=None, reason="vcluster suspend", conf=None):
+def release_node(name, jobs=None, reason=_client.HOLD_REASON, conf=None):
     """
     Resume the given jobs where they are suspended, then lift a drain set with ``reason``.
 

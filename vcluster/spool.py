@@ -36,17 +36,16 @@ _EVENT = struct.Struct("iIII")
 class Follower:
     """The complete new lines of ``path`` on each :meth:`read`."""
 
-    def __init__(self, path, from_start=False):
+    def __init__(self, path):
         self.path = path
         self.inode = None
         self.offset = 0
         self.partial = b""
-        if not from_start:
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                return
-            self.inode, self.offset = st.st_ino, st.st_size
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return
+        self.inode, self.offset = st.st_ino, st.st_size
 
     def read(self):
         """New complete lines (text, without newline) since the last call."""

@@ -29,11 +29,12 @@ import hostlist
 
 from vcluster.arguments import flag, node_names, positive_int
 from vcluster.errors import InvalidTransition, PolicyError, VclusterError, sentence
+from vcluster.slurm.client import HOLD_REASON
 
 log = logging.getLogger(__name__)
 
 #: Slurm node reason vcluster sets while a node is suspended.
-DRAIN_REASON = "vcluster suspend"
+DRAIN_REASON = HOLD_REASON
 #: Registry reasons; resume after a preempting job only touches PREEMPTED ones.
 ADMIN_REASON = "suspended by admin"
 PREEMPTED_PREFIX = "preempted by job "

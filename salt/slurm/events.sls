@@ -70,12 +70,12 @@ slurm-events-{{ "prolog" if kind == "start" else "epilog" }}-managed:
     engine is minion configuration, not something a state run can switch on;
     with preemption enabled, a controller without it fails here in one
     sentence instead of never preempting. #}
+{%- set engine_default_spool = "/var/spool/vcluster-slurm/events" %}{#- the engine's DEFAULT_SPOOL #}
 {%- set engine = {} %}
 {%- for item in salt["config.option"]("engines") or [] %}
-{%-   if item == "vcluster_slurm_events" %}
-{%-     do engine.update({"spool": "/var/spool/vcluster-slurm/events"}) %}
-{%-   elif item is mapping and "vcluster_slurm_events" in item %}
-{%-     do engine.update({"spool": (item["vcluster_slurm_events"] or {}).get("spool", "/var/spool/vcluster-slurm/events")}) %}
+{%-   if item == "vcluster_slurm_events" or (item is mapping and "vcluster_slurm_events" in item) %}
+{%-     set options = (item["vcluster_slurm_events"] if item is mapping else none) or {} %}
+{%-     do engine.update({"spool": options.get("spool", engine_default_spool)}) %}
 {%-   endif %}
 {%- endfor %}
 {%- if partitions and engine.get("spool") != events.spool %}

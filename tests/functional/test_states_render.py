@@ -668,3 +668,7 @@ def test_preemption_needs_the_events_engine_on_the_controller(sandbox):
         "engines:\n  - vcluster_slurm_events:\n      spool: /var/spool/vcluster-slurm/events\n")
     fun, comment = check()
     assert fun == "succeed_without_changes" and "engine sends /var/spool/vcluster-slurm/events" in comment
+    # the engine named without options follows its default spool, the state's default too
+    (box.conf / "minion.d" / "engines.conf").write_text("engines:\n  - vcluster_slurm_events:\n")
+    fun, comment = check()
+    assert fun == "succeed_without_changes" and "engine sends /var/spool/vcluster-slurm/events" in comment

@@ -40,6 +40,9 @@ NODE_UPDATE_STATES = ("RESUME", "DRAIN", "UNDRAIN", "DOWN", "IDLE", "FUTURE", "F
                       "POWER_DOWN", "POWER_DOWN_ASAP", "POWER_DOWN_FORCE", "POWER_UP",
                       "CANCEL_REBOOT")
 
+#: Drain reason of a node vcluster holds (suspended with its jobs).
+HOLD_REASON = "vcluster suspend"
+
 #: Node states Slurm only accepts together with a reason.
 NEEDS_REASON = ("DRAIN", "DOWN", "FAIL")
 
@@ -180,6 +183,11 @@ class Slurm:
 
     def update_node(self, name, state=None, reason=None):
         """``scontrol update nodename=NAME state=STATE reason=REASON``; return the node after."""
+        self._update_node(name, state, reason)
+        return self.node(name)
+
+    def _update_node(self, name, state=None, reason=None):
+        """The update itself, checked before Slurm is asked; no read back."""
         _conf.validate_name(name)
         argv = ["scontrol", "update", f"nodename={name}"]
         if state is not None:
@@ -194,7 +202,6 @@ class Slurm:
         if len(argv) == 3:
             raise SlurmError(f"update of node {name} needs a state or a reason")
         self.run(*argv)
-        return self.node(name)
 
     def wait_node_state(self, name, wanted, timeout=60, interval=0.5):
         """Poll until node ``name`` is in one of ``wanted``; return its state words.
@@ -244,7 +251,7 @@ class Slurm:
 
     # -- suspend and resume of a node with its jobs (one call each for vcluster) --
 
-    def hold_node(self, name, jobs=(), reason="vcluster suspend"):
+    def hold_node(self, name, jobs=(), reason=HOLD_REASON):
         """Drain node ``name`` with ``reason`` and suspend ``jobs`` on it; all or nothing.
 
         A drain with another reason (an admin's) is left as it is and not
@@ -261,20 +268,20 @@ class Slurm:
         drained, done = False, []
         try:
             if not foreign:
-                self.run("scontrol", "update", f"nodename={name}", "state=DRAIN", f"reason={reason}")
+                self._update_node(name, "DRAIN", reason)
                 drained = True
             for job_id in ids:
                 self.suspend_job(job_id)
                 done.append(job_id)
         except SlurmError:
             for job_id in done:
-                self._quiet("scontrol", "resume", job_id)
+                _quiet(self.resume_job, job_id)
             if drained:
-                self._quiet("scontrol", "update", f"nodename={name}", "state=RESUME")
+                _quiet(self._update_node, name, "RESUME")
             raise
         return {"drained": drained, "suspended": done}
 
-    def release_node(self, name, jobs=(), reason="vcluster suspend"):
+    def release_node(self, name, jobs=(), reason=HOLD_REASON):
         """Resume those of ``jobs`` that are suspended, then lift a drain that carries ``reason``.
 
         The undoing of :meth:`hold_node`. Returns ``{"resumed": [job ids],
@@ -291,14 +298,8 @@ class Slurm:
         node = self.node(name)
         undrain = node is not None and "DRAIN" in node.state and node.reason == reason
         if undrain:
-            self.run("scontrol", "update", f"nodename={name}", "state=RESUME")
+            self._update_node(name, "RESUME")
         return {"resumed": resumed, "undrained": undrain}
-
-    def _quiet(self, *argv):
-        try:
-            self.run(*argv)
-        except SlurmError as exc:
-            log.warning("undo step %s failed: %s", " ".join(argv[:3]), exc)
 
     def requeue(self, job_id, hold=False):
         """``scontrol requeue[hold] JOB``: kill the job and put it back in the queue."""
@@ -343,3 +344,11 @@ def _job_id(job_id):
     if not main.isdigit() or (task and not task.isdigit()):
         raise SlurmError(f"job id {job_id!r} is invalid: use a number such as 42 or 42_3")
     return text
+
+
+def _quiet(step, *args):
+    """Run one undo step; a failure is logged, the undo goes on."""
+    try:
+        step(*args)
+    except SlurmError as exc:
+        log.warning("undo step %s%r failed: %s", step.__name__, args, exc)
