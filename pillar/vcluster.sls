@@ -142,3 +142,24 @@ vcluster:
       memory: 2048
       features: [virtual, mem]
       partition: htc
+
+  # Node liveness, suspend/resume defaults and preemption (docs/operations.md).
+  # Shown with their defaults; uncomment to change them.
+  # liveness:
+  #   enabled: true        # false: the scheduled check only reports
+  #   timeout: 30          # seconds a watched minion may take to answer
+  #   baremetal: true      # also watch bare-metal Slurm nodes that are minions
+  #   resume: true         # undo vcluster's own DOWN once the node answers again
+  # suspend:
+  #   mode: suspend        # suspend | pause (LXD: both freeze)
+  #   resume_timeout: 120  # seconds for minion and slurmd after the provider resume
+  # Preemption: a job of `partitions` suspends the `preemptible` virtual nodes
+  # on its hypervisor host. Needs the vcluster_slurm_events engine in the
+  # controller minion's config; the controller's highstate fails without it.
+  # preemption:
+  #   enabled: false
+  #   partitions: [batch]  # jobs in these partitions preempt
+  #   preemptible: [htc]   # nodes whose profile partition is listed may be suspended
+  #   mode: suspend        # suspend | pause
+  #   migrate: false       # at job end, move a node off a still busy host first
+  #   hypervisors: {}      # Slurm node name -> provider host (default: same name)
