@@ -16,7 +16,7 @@ CACHE_DIR=${CACHE_DIR:-/var/cache/vcluster}
 
 # Everything a virtual node runs. udev: LXD mounts /sys read-write in the
 # container, so systemd-networkd waits for udev to initialise eth0.
-# slurmd/munge/chrony are disabled by customize.sh: Salt starts them.
+# slurmd/munge/chrony do not run until Salt configures them (customize.sh).
 PACKAGES=(
     systemd-sysv udev dbus libpam-systemd
     slurmd slurm-client munge chrony nfs-common

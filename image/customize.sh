@@ -17,9 +17,16 @@ ln -sf /opt/salt/bin/salt-call "$ROOTFS/usr/bin/salt-call"
 mkdir -p "$ROOTFS/etc/salt/minion.d" "$ROOTFS/etc/salt/pki/minion"
 chmod 700 "$ROOTFS/etc/salt/pki/minion"
 
-# Salt states enable and start these once the node has its munge key,
-# slurm and chrony config; until then they must not run.
-systemctl --root="$ROOTFS" --quiet disable slurmd.service munge.service chrony.service
+# Salt states start these once the node has its munge key and its slurmd
+# options; until then they must not run. munge and slurmd are enabled here
+# all the same, each held back by a unit condition (munge: a non-empty key,
+# see files/; slurmd: Debian's own, a slurm.conf, which the configless
+# drop-in of the slurm.compute state lifts). Enabling is what costs on a
+# node (systemd-sysv-install reloads systemd twice per service, 0.6 s
+# each), and the states' `enable: True` then finds nothing to do.
+# chrony stays disabled: containers skip it, VMs get it from the states.
+systemctl --root="$ROOTFS" --quiet disable chrony.service
+systemctl --root="$ROOTFS" --quiet enable munge.service slurmd.service
 # networkd's unit also enables systemd-networkd-wait-online, which makes
 # network-online.target (salt-minion waits for it) mean "eth0 has its lease".
 systemctl --root="$ROOTFS" --quiet enable systemd-networkd.service salt-minion.service

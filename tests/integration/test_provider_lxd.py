@@ -116,14 +116,23 @@ class TestLxdNode:
         assert lxc_exec(spec.name, "systemctl", "is-active", "salt-minion") == "active"
 
     def test_slurm_and_munge_installed_but_left_to_salt(self, node):
+        """Enabled (the states then have nothing to enable), not started: no key, no slurmd options."""
         spec, _ = node
         assert lxc_exec(spec.name, "slurmd", "-V").startswith("slurm")
         assert "munge" in lxc_exec(spec.name, "munged", "--version")
-        for unit in ("slurmd", "munge", "chrony"):
-            proc = subprocess.run(
-                ["lxc", "exec", spec.name, "--", "systemctl", "is-enabled", unit], capture_output=True, text=True
-            )
-            assert proc.stdout.strip() == "disabled", unit
+
+        def systemctl(*args):
+            return subprocess.run(["lxc", "exec", spec.name, "--", "systemctl", *args],
+                                  capture_output=True, text=True).stdout.strip()
+
+        eventually(lambda: systemctl("is-system-running", "--wait") == "running", BOOT_TIMEOUT,
+                   f"{spec.name} booted")
+        wanted = {"slurmd": "enabled", "munge": "enabled", "chrony": "disabled"}
+        assert {unit: systemctl("is-enabled", unit) for unit in wanted} == wanted
+        # held back by their unit conditions, not failed
+        assert {unit: systemctl("is-active", unit) for unit in ("slurmd", "munge")} == \
+            {"slurmd": "inactive", "munge": "inactive"}
+        assert systemctl("show", "-p", "ConditionResult", "--value", "munge") == "no"
         assert lxc_exec(spec.name, "sh", "-c", "test ! -e /etc/munge/munge.key && echo absent") == "absent"
 
     def test_list_is_one_call_and_get_finds_the_node(self, provider, node):
