@@ -246,6 +246,7 @@ class Profile:
     features: tuple = ("virtual",)
     partition: str | None = None
     join_timeout: float = 300
+    sync_modules: bool = False
     max_nodes: int | None = None
     membership: str = "dynamic"
     resume_timeout: int | None = None  # cloud: ResumeTimeout of its partition (else power_save's)
@@ -600,6 +601,9 @@ PROFILE_KEYS = {
     "features": (("virtual",), _features),
     "partition": (None, _slurm_word),
     "join_timeout": (300, _positive_number),
+    # the node's highstate syncs _modules, _states, ... from file_roots
+    # (Salt's autoload_dynamic_modules); vcluster's node states need none
+    "sync_modules": (False, _bool),
     "max_nodes": (None, _positive_int),
     "membership": (None, _choice(MEMBERSHIPS)),  # None: the cluster's
     "resume_timeout": (None, _positive_int),  # cloud: its partition's ResumeTimeout

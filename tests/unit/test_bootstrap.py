@@ -16,8 +16,9 @@ KEYS = {"pub": "-----BEGIN PUBLIC KEY-----\nPUB\n-----END PUBLIC KEY-----\n",
         "priv": "-----BEGIN RSA PRIVATE KEY-----\nSECRET\n-----END RSA PRIVATE KEY-----\n"}
 
 
-def files():
-    prof = policy.load(POLICY).profile("htc")
+def files(**profile):
+    data = dict(POLICY, profiles={"htc": dict(POLICY["profiles"]["htc"], **profile)})
+    prof = policy.load(data).profile("htc")
     return {f.path: f for f in bootstrap.boot_files("n1", prof, "dynamic", "10.9.0.1", KEYS, "MASTERPUB",
                                                    master_port=14506, publish_port=14505)}
 
@@ -27,6 +28,12 @@ def test_minion_config_names_node_master_and_ports():
     assert conf["id"] == "n1"
     assert conf["master"] == "10.9.0.1"
     assert (conf["master_port"], conf["publish_port"]) == (14506, 14505)
+
+
+def test_module_sync_on_highstate_follows_the_profile():
+    assert yaml.safe_load(files()[bootstrap.MINION_CONF].content)["autoload_dynamic_modules"] is False
+    conf = yaml.safe_load(files(sync_modules=True)[bootstrap.MINION_CONF].content)
+    assert conf["autoload_dynamic_modules"] is True
 
 
 def test_keys_land_with_safe_modes_and_master_key_is_pinned():
