@@ -19,6 +19,7 @@ survives in StateSaveLocation), and the node is resumed.
 import logging
 
 from vcluster.errors import SlurmError
+from vcluster.slurm import states
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def join(ctx, node, timeout):
     if mode not in ("static", "dynamic", "cloud"):
         raise SlurmError(f"membership mode {mode!r} cannot join nodes through expand")
     state = ctx.slurm.wait_node_state(node.name, UP_STATES + ("DRAIN", "DOWN"), timeout)
+    if states.matches(state, UP_STATES):
+        return state  # registered usable: no second round trip to the controller
     if "DRAIN" in state or "DOWN" in state:
         ctx.slurm.update_node(node.name, "RESUME")
     return ctx.slurm.wait_node_state(node.name, UP_STATES, timeout)

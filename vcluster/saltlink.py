@@ -86,6 +86,7 @@ class WheelKeys:
     def __init__(self, opts):
         self.opts = opts
         self.wheel = salt.wheel.WheelClient(opts)
+        self._master_pub = None
 
     def _cmd(self, fun, arg=(), kwarg=None):
         def once():
@@ -132,9 +133,12 @@ class WheelKeys:
         self.wheel.destroy()
 
     def master_pub(self):
-        # {"local": {"<master key name>.pub": PEM}}: one entry, name varies.
-        local = self._cmd("key.master_key_str")["local"]
-        return next(iter(local.values()))
+        """The master's public key, asked once per runner call (not per node)."""
+        if self._master_pub is None:
+            # {"local": {"<master key name>.pub": PEM}}: one entry, name varies.
+            local = self._cmd("key.master_key_str")["local"]
+            self._master_pub = next(iter(local.values()))
+        return self._master_pub
 
 
 class _Local:

@@ -29,6 +29,7 @@ def keys_with(wheel, monkeypatch):
     monkeypatch.setattr(saltlink, "WHEEL_BACKOFF", 0.01)
     keys = saltlink.WheelKeys.__new__(saltlink.WheelKeys)
     keys.wheel = wheel
+    keys._master_pub = None
     return keys
 
 
@@ -36,6 +37,13 @@ def test_a_passing_failure_is_retried(monkeypatch):
     wheel = FlakyWheel(failures=2)
     assert keys_with(wheel, monkeypatch).master_pub() == "PUBLIC"
     assert wheel.calls == ["key.master_key_str"] * 3
+
+
+def test_master_key_is_asked_once_per_client(monkeypatch):
+    wheel = FlakyWheel(failures=0)
+    keys = keys_with(wheel, monkeypatch)
+    assert [keys.master_pub() for _ in range(4)] == ["PUBLIC"] * 4
+    assert wheel.calls == ["key.master_key_str"]
 
 
 def test_a_lasting_failure_is_one_sentence_without_key_material(monkeypatch):
