@@ -136,6 +136,8 @@ def launch(ctx, prof, provider, nodes, request_id):
     created = []
     try:
         specs = [_spec(ctx, prof, n, request_id) for n in nodes]
+        ctx.events.progress(f"creating {len(specs)} instance(s) with provider {prof.provider}",
+                            nodes=[s.name for s in specs])
         instances = retry.create(ctx, prof, provider, specs)  # bounded retries, paused profiles
         created = [i.id for i in instances]
     except Exception as exc:  # noqa: BLE001 - every failure must roll back
