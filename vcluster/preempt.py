@@ -36,7 +36,9 @@ from vcluster.errors import PolicyError, VclusterError
 log = logging.getLogger(__name__)
 
 LINE = re.compile(r"^vcluster-slurm-event v1 (start|end)((?: [a-z_]+=\S*)*)\s*$")
-LIVE = ("RUNNING", "CONFIGURING", "SUSPENDED", "COMPLETING")
+#: States in which a preempting job still holds its hosts. COMPLETING does
+#: not: EpilogSlurmctld (the end event) runs while the job completes.
+HOLDING = ("RUNNING", "CONFIGURING", "SUSPENDED")
 
 
 def parse_line(line):
@@ -121,7 +123,7 @@ def job_ended(ctx, job_id, nodes=()):
     """Resume the nodes job ``job_id`` preempted, or move them to a free host when ``migrate``."""
     pre = ctx.policy.preemption
     job = _suspend.slurm_call(ctx, "job", job_id)
-    if job and job.get("state") in ("RUNNING", "CONFIGURING", "SUSPENDED"):
+    if job and job.get("state") in HOLDING:
         return {"result": True, "ignored": True, "comment": f"job {job_id} is still {job['state']}"}
     if job and job.get("nodes"):
         nodes = job["nodes"]
@@ -151,6 +153,38 @@ def job_ended(ctx, job_id, nodes=()):
     if errors:
         comment += "; " + "; ".join(errors)
     return {"result": not errors, "comment": comment, "nodes": result}
+
+
+def over(ctx, nodes):
+    """Preemptions whose job no longer holds its hosts, among registry ``nodes``.
+
+    Returns ``{job_id: {"nodes": [names], "job_state": state or "gone"}}``.
+    Their victims stay suspended when the job's end event was lost (the
+    controller's minion was down when it ended); reconcile finds them here.
+    A victim whose host runs another preempting job is left out: that
+    job's end resumes it. One Slurm job listing, only when a node was
+    suspended by a preemption.
+    """
+    by_job = {}
+    for node in nodes:
+        reason = node.reason or ""
+        if node.state == "suspended" and reason.startswith(_suspend.PREEMPTED_PREFIX):
+            by_job.setdefault(reason[len(_suspend.PREEMPTED_PREFIX):].strip(), []).append(node)
+    if not by_job:
+        return {}
+    jobs = {str(j.get("id")): j for j in _suspend.slurm_call(ctx, "jobs")}
+    pre = ctx.policy.preemption
+    busy = {host_of(ctx.policy, n) for j in jobs.values()
+            if j.get("state") in HOLDING and j.get("partition") in pre.partitions for n in j.get("nodes", [])}
+    out = {}
+    for job_id, victims in sorted(by_job.items()):
+        job = jobs.get(job_id)
+        if job is not None and job.get("state") in HOLDING:
+            continue
+        names = sorted(n.name for n in victims if n.host not in busy)
+        if names:
+            out[job_id] = {"nodes": names, "job_state": job.get("state") if job else "gone"}
+    return out
 
 
 def _free_host(ctx, node, busy):

@@ -24,6 +24,9 @@ kind                     repair
 ``stuck``                a transition interrupted by a crash, older than its
                          limit (``join_timeout`` for booting/joining, else
                          ``vcluster:reconcile:grace``): finished or undone
+``preemption_over``      nodes suspended by a preempting job that no longer
+                         runs (its end event was lost): resumed, or moved,
+                         as that event would have (:mod:`vcluster.preempt`)
 =======================  ==========================================================
 
 Each repair is one registry transition (compare-and-set, so an expand,
@@ -46,6 +49,8 @@ import logging
 import os
 import time
 
+import hostlist
+
 from vcluster.arguments import flag, seconds
 from vcluster.errors import InvalidTransition, RegistryError, VclusterError, sentence
 
@@ -59,6 +64,7 @@ KINDS = (
     "orphan_key",
     "orphan_slurm_node",
     "stuck",
+    "preemption_over",
 )
 #: States that have not joined Slurm yet: undone by fail + release.
 UNJOINED = ("allocated", "booting", "joining")
@@ -201,6 +207,20 @@ def survey(ctx, grace=None, now=None):
                 "node": node.name, "state": node.state, "age": round(age, 1), "limit": limit,
                 "instance": node.instance_id,
                 "owned": sorted(i.id for _, i in owned.get(node.name, [])),
+            })
+
+    if s.slurm is not None:
+        from vcluster import preempt
+
+        try:
+            ended = preempt.over(ctx, [n for n in s.held.values() if n.name not in gone])
+        except Exception as exc:  # noqa: BLE001 - reported, the check skipped
+            ended = {}
+            s.errors.append(f"slurm jobs: {sentence(exc)}")
+        for job_id, item in ended.items():
+            found["preemption_over"].append({
+                "job": job_id, "node": hostlist.collect_hostlist(item["nodes"]), "nodes": item["nodes"],
+                "job_state": item["job_state"],
             })
     return found, s
 
@@ -380,6 +400,17 @@ def _repair(ctx, kind, item, s):
             return done + "already down"
         ctx.slurm.update_node(name, "DOWN", reason="vcluster reconcile: no instance")
         return done + "set DOWN"
+    if kind == "preemption_over":
+        from vcluster import preempt, suspend
+
+        reason = suspend.PREEMPTED_PREFIX + item["job"]
+        if not any((n := ctx.registry.get(name)) is not None and n.state == "suspended" and n.reason == reason
+                   for name in item["nodes"]):
+            return "resumed meanwhile"
+        ret = preempt.job_ended(ctx, item["job"])
+        if not ret["result"]:
+            raise VclusterError(ret["comment"])
+        return ret["comment"]
     if kind == "stuck":
         node = ctx.registry.get(item["node"])
         if node is None or node.state != item["state"] or time.time() - node.updated <= item["limit"]:
@@ -459,13 +490,13 @@ def reconcile(ctx, apply=False, grace=None):
 
 
 def _apply_one(ctx, kind, item, s):
-    subject = {k: item[k] for k in ("node", "instance") if k in item}
+    subject = {k: item[k] for k in ("node", "instance", "job") if k in item}
     out = dict(subject, kind=kind)
     try:
         out["action"] = _repair(ctx, kind, item, s)
     except RegistryError as exc:
         # the node left the registry under our feet: an expand, retire or join handler won the race
-        if "node" in item and ctx.registry.get(item["node"]) is None and kind != "orphan_key":
+        if "node" in item and ctx.registry.get(item["node"]) is None and kind not in ("orphan_key", "preemption_over"):
             out["action"] = "released by another process meanwhile"
         else:
             out["error"] = sentence(exc)

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from vcluster import liveness, preempt
+from vcluster import liveness, preempt, reconcile
 from vcluster import policy as _policy
 from vcluster import suspend as sus
 from vcluster.context import Context
@@ -147,6 +147,9 @@ class FakeEvents:
 class FakeKeys:
     def accepted(self):
         return {"ctl", "vn1", "vn2", "vn3"}
+
+    def all(self):
+        return dict.fromkeys(self.accepted(), "accepted")
 
 
 @pytest.fixture
@@ -366,6 +369,62 @@ def test_preemption_keeps_nodes_while_host_busy_or_migrates(env):
     ret = preempt.job_ended(ctx, 6, ["h1"])
     assert {n.state for n in ctx.registry.nodes()} == {"suspended"}, ret
     assert "stay suspended" in ret["comment"]
+
+
+def preempted_by_6(env):
+    """vn1-3 suspended by batch job 6 on h1; htc job 5 on vn1 suspended with them."""
+    ctx = env(PREEMPTION)
+    ctx.slurm.jobs_[5] = {"id": 5, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
+    ctx.slurm.jobs_[6] = {"id": 6, "state": "RUNNING", "nodes": ["h1"], "partition": "batch"}
+    assert preempt.job_started(ctx, 6)["result"] is True
+    assert ctx.slurm.jobs_[5]["state"] == "SUSPENDED"
+    return ctx
+
+
+def test_reconcile_resumes_victims_of_a_preemption_whose_end_was_lost(env):
+    ctx = preempted_by_6(env)
+    del ctx.slurm.jobs_[6]  # ended while the controller's minion was down: no end event
+    jobs_before = sorted(ctx.slurm.jobs_)
+
+    report = reconcile.reconcile(ctx)
+    assert report["report"]["preemption_over"] == [
+        {"job": "6", "node": "vn[1-3]", "nodes": ["vn1", "vn2", "vn3"], "job_state": "gone"}]
+    assert {n.state for n in ctx.registry.nodes()} == {"suspended"}  # report only
+
+    ret = reconcile.reconcile(ctx, apply=True)
+    assert ret["result"] is True, ret
+    assert ret["repairs"][0]["kind"] == "preemption_over" and ret["repairs"][0]["job"] == "6"
+    assert {n.state for n in ctx.registry.nodes()} == {"ready"}
+    assert ctx.slurm.jobs_[5]["state"] == "RUNNING"
+    assert sorted(ctx.slurm.jobs_) == jobs_before  # no job lost
+    assert reconcile.reconcile(ctx)["report"]["preemption_over"] == []
+
+
+@pytest.mark.parametrize("still", ["RUNNING", "SUSPENDED", "other job on the host"])
+def test_reconcile_leaves_victims_while_their_host_is_held(env, still):
+    ctx = preempted_by_6(env)
+    if still == "other job on the host":
+        ctx.slurm.jobs_[6]["state"] = "COMPLETED"
+        ctx.slurm.jobs_[8] = {"id": 8, "state": "RUNNING", "nodes": ["h1"], "partition": "batch"}
+    else:
+        ctx.slurm.jobs_[6]["state"] = still
+    ret = reconcile.reconcile(ctx, apply=True)
+    assert ret["report"]["preemption_over"] == [] and ret["repairs"] == [], ret
+    assert {n.state for n in ctx.registry.nodes()} == {"suspended"}
+
+
+def test_reconcile_skips_the_check_when_slurm_jobs_cannot_be_read(env):
+    ctx = preempted_by_6(env)
+    del ctx.slurm.jobs_[6]
+
+    def broken(nodes=None):
+        raise ProviderError("squeue: slurmctld not answering")
+
+    ctx.slurm.jobs = broken
+    ret = reconcile.reconcile(ctx, apply=True)
+    assert ret["result"] is False and ret["repairs"] == []
+    assert "slurm jobs: squeue: slurmctld not answering" in ret["comment"]
+    assert {n.state for n in ctx.registry.nodes()} == {"suspended"}
 
 
 def test_preemption_trusts_only_the_controller_and_checks_slurm(env):
