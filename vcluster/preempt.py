@@ -65,11 +65,14 @@ def _preemptible(ctx, node):
     return prof is not None and prof.partition in ctx.policy.preemption.preemptible
 
 
-def _busy_hosts(ctx, exclude_job):
-    """Hosts carrying a live job of a preempting partition (other than ``exclude_job``)."""
+def _busy_hosts(ctx, exclude_job, jobs=None):
+    """Hosts carrying a live job of a preempting partition (other than ``exclude_job``).
+
+    ``jobs``: a ``jobs`` listing the caller already holds, else Slurm is asked.
+    """
     pre = ctx.policy.preemption
     hosts = set()
-    for job in _suspend.slurm_call(ctx, "jobs"):
+    for job in _suspend.slurm_call(ctx, "jobs") if jobs is None else jobs:
         if str(job.get("id")) == str(exclude_job) or job.get("state") not in ("RUNNING", "CONFIGURING"):
             continue
         if job.get("partition") in pre.partitions:
@@ -172,10 +175,9 @@ def over(ctx, nodes):
             by_job.setdefault(reason[len(_suspend.PREEMPTED_PREFIX):].strip(), []).append(node)
     if not by_job:
         return {}
-    jobs = {str(j.get("id")): j for j in _suspend.slurm_call(ctx, "jobs")}
-    pre = ctx.policy.preemption
-    busy = {host_of(ctx.policy, n) for j in jobs.values()
-            if j.get("state") in HOLDING and j.get("partition") in pre.partitions for n in j.get("nodes", [])}
+    listing = _suspend.slurm_call(ctx, "jobs")
+    jobs = {str(j.get("id")): j for j in listing}
+    busy = _busy_hosts(ctx, None, listing)
     out = {}
     for job_id, victims in sorted(by_job.items()):
         job = jobs.get(job_id)
