@@ -39,6 +39,7 @@ import time
 from vcluster import engine
 from vcluster.arguments import flag
 from vcluster.errors import VclusterError
+from vcluster.suspend import WARM_REASON
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ LIVE = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING", "REQUEUE
 #: Pending reasons that more nodes would not cure.
 NOT_FOR_NODES = ("Dependency", "JobHeldUser", "JobHeldAdmin", "BeginTime", "DependencyNeverSatisfied",
                  "PartitionDown", "PartitionInactive", "AssocGrpJobsLimit", "QOSMaxJobsPerUserLimit")
-WARM_REASON = "warm pool"
 
 
 # -- the state file ------------------------------------------------------------------

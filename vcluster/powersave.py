@@ -29,6 +29,7 @@ import hostlist
 
 from vcluster import engine
 from vcluster.arguments import node_names
+from vcluster.suspend import WARM_REASON
 from vcluster.errors import InvalidTransition, PolicyError, PoolExhausted, RegistryError, VclusterError, sentence
 
 log = logging.getLogger(__name__)
@@ -252,8 +253,8 @@ def suspend(ctx, names):
 
 
 def _freeze(ctx, node):
-    ctx.registry.transition(node.name, "suspending", expect="ready", reason="warm pool", actor=ctx.actor)
-    ctx.node_event(node.name, "suspending", reason="warm pool")
+    ctx.registry.transition(node.name, "suspending", expect="ready", reason=WARM_REASON, actor=ctx.actor)
+    ctx.node_event(node.name, "suspending", reason=WARM_REASON)
     try:
         ctx.provider(node.provider).suspend(node.instance_id)
     except Exception as exc:  # noqa: BLE001 - not frozen: retire it instead
@@ -262,7 +263,7 @@ def _freeze(ctx, node):
         _retire_idle(ctx, ctx.registry.get(node.name))
         return "released"
     ctx.registry.transition(node.name, "suspended", expect="suspending", actor=ctx.actor)
-    ctx.node_event(node.name, "suspended", reason="warm pool")
+    ctx.node_event(node.name, "suspended", reason=WARM_REASON)
     return "suspended (warm pool)"
 
 

@@ -38,6 +38,8 @@ DRAIN_REASON = HOLD_REASON
 #: Registry reasons; resume after a preempting job only touches PREEMPTED ones.
 ADMIN_REASON = "suspended by admin"
 PREEMPTED_PREFIX = "preempted by job "
+#: A cloud profile's idle node kept frozen for Slurm's next power-up (vcluster.powersave).
+WARM_REASON = "warm pool"
 MODES = ("suspend", "pause")
 
 
@@ -196,6 +198,15 @@ def resume(ctx, nodes, host=None, timeout=None):
     timeout = ctx.policy.suspend.resume_timeout if timeout is None else positive_int(timeout, "timeout")
     found = _registry_nodes(ctx, names, ("suspended", "ready"), "resumed")
     todo = [n for n in names if found[n].state == "suspended"]
+    warm = [n for n in todo if found[n].reason == WARM_REASON
+            and (found[n].membership or ctx.policy.membership_of(found[n].profile)) == "cloud"]
+    if warm:
+        # cloud membership: Slurm has these POWERED_DOWN, and a thaw behind
+        # its back would leave them so; its power-up thaws them
+        # (vcluster.powersave) and makes their slurmd register again
+        listed = hostlist.collect_hostlist(warm)
+        raise PolicyError(f"{listed} {'is' if len(warm) == 1 else 'are'} in the warm pool, which Slurm "
+                          f"powers up when a job needs it: scontrol update nodename={listed} state=POWER_UP")
 
     def one(name):
         if host and host != found[name].host:

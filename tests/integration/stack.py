@@ -232,11 +232,13 @@ class ClusterStack:
         no grace), resume frozen nodes, then retire the rest by force."""
         self.run("vcluster.reconcile", "apply=True", "grace=0", timeout=600)
         nodes = (self.run("vcluster.status", timeout=120).data or {}).get("nodes") or {}
-        frozen = sorted(n for n, v in nodes.items() if v.get("state") == "suspended")
+        # warm-pool nodes are retired frozen (vcluster.resume leaves them to Slurm)
+        warm = {n for n, v in nodes.items() if v.get("state") == "suspended" and v.get("reason") == "warm pool"}
+        frozen = sorted(n for n, v in nodes.items() if v.get("state") == "suspended" and n not in warm)
         if frozen:
             self.run("vcluster.resume", f"nodes={','.join(frozen)}", timeout=600)
         nodes = (self.run("vcluster.status", timeout=120).data or {}).get("nodes") or {}
-        names = sorted(n for n, v in nodes.items() if v.get("state") in ("ready", "draining", "failed"))
+        names = sorted(n for n, v in nodes.items() if v.get("state") in ("ready", "draining", "failed") or n in warm)
         if names:
             self.run("vcluster.retire", f"nodes={','.join(names)}", "force=True", "wait=120", timeout=600)
         left = (self.run("vcluster.status", timeout=120).data or {}).get("nodes") or {}

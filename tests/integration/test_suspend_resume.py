@@ -34,6 +34,8 @@ def vstack(host_slurm_lock, salt_factories, lxd_network, lxd_image, tmp_path_fac
         "vcluster": {
             "liveness": {"timeout": LIVENESS_TIMEOUT},
             "preemption": {"enabled": True, "partitions": ["batch"], "preemptible": ["htc"], "mode": "suspend"},
+            # reconcile only when a test asks for it
+            "reconcile": {"interval": 0},
         }
     }
     cluster = ClusterStack(salt_factories, lxd_network, tmp_path_factory.mktemp("sstack"), site_extra=extra)
@@ -196,6 +198,46 @@ def test_preemption_freezes_and_resumes_colocated_node(vstack, nodes):
     ret = vstack.run("vcluster.retire", f"nodes={node}")
     assert ret.data["result"] is True, ret.data
     assert lxd_names() == []
+
+
+def test_reconcile_resumes_victims_when_the_preemptors_end_was_missed(vstack):
+    """The controller's minion is down when the preempting job ends: no end event; reconcile resumes."""
+    ret = vstack.run("vcluster.expand", "count=1", "profile=htc")
+    assert ret.returncode == 0 and ret.data["result"] is True, ret.stdout
+    [node] = ret.data["nodes"]
+    seconds = 15
+    low = sbatch("-p", "htc", "-w", node, script=counter_script(seconds))
+    wait_jobs([low], states=("RUNNING",), timeout=60)
+    high = sbatch("-p", "batch", "-w", HOST, script="sleep 300")
+    wait_jobs([high], states=("RUNNING",), timeout=60)
+    wait_until(lambda: vstack.run("vcluster.status").data["nodes"][node]["state"] == "suspended", 60,
+               f"{node} suspended by job {high}")
+    jobs_before = {low, high}
+
+    vstack.minion.terminate()
+    try:
+        slurm("scancel", str(high))  # its EpilogSlurmctld line is written, nobody sends it
+        wait_jobs([high], states=("CANCELLED",), timeout=60)
+    finally:
+        vstack.minion.start(start_timeout=120)
+    status = vstack.run("vcluster.status").data["nodes"][node]
+    assert status["state"] == "suspended" and status["reason"] == f"preempted by job {high}", status
+    assert lxd_status(node) == "Frozen"
+
+    report = vstack.run("vcluster.reconcile").data
+    assert [(f["job"], f["nodes"]) for f in report["report"]["preemption_over"]] == [(str(high), [node])], report
+    fixed = vstack.run("vcluster.reconcile", "apply=True").data
+    assert [r["kind"] for r in fixed["repairs"]] == ["preemption_over"], fixed
+    assert fixed["result"] is True, fixed
+    assert lxd_status(node) == "Running"
+    assert vstack.run("vcluster.status").data["nodes"][node]["state"] == "ready"
+    assert wait_jobs([low], timeout=120) == {low: "COMPLETED"}
+    assert show_job(low)["Restarts"] == "0"
+    assert counter_lines(node, low) == list(range(1, seconds + 1))
+    assert set(job_states(sorted(jobs_before))) == jobs_before  # neither job lost
+
+    ret = vstack.run("vcluster.retire", f"nodes={node}")
+    assert ret.data["result"] is True, ret.data
 
 
 @pytest.mark.skipif(not os.environ.get("VCLUSTER_BENCH_OUT"), reason="run by bench/preempt.py")

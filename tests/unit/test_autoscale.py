@@ -368,6 +368,18 @@ def test_a_warm_pool_node_is_retired_as_it_is(ctx):
     assert ("cn01", "POWER_DOWN_FORCE", None) in ctx.slurm.updates  # cloud name: powered down in Slurm
 
 
+def test_admin_resume_of_a_cloud_warm_node_is_refused_before_any_change(ctx):
+    from vcluster import suspend
+
+    warm_node(ctx)
+    calls = list(ctx.salt.calls)
+    with pytest.raises(PolicyError, match=r"^cn01 is in the warm pool, which Slurm powers up when a job needs it: "
+                                          r"scontrol update nodename=cn01 state=POWER_UP$"):
+        suspend.resume(ctx, "cn01")
+    assert ctx.registry.get("cn01").state == "suspended" and ctx.provider("lxd").frozen == {"i-cn01"}
+    assert ctx.salt.calls == calls
+
+
 def test_a_suspended_node_with_jobs_is_refused_and_not_shrunk(ctx):
     from vcluster import engine
 
