@@ -220,6 +220,8 @@ def test_reconcile_resumes_victims_when_the_preemptors_end_was_missed(vstack):
         wait_jobs([high], states=("CANCELLED",), timeout=60)
     finally:
         vstack.minion.start(start_timeout=120)
+    wait_until(lambda: vstack.master.salt_cli(timeout=10).run("test.ping", minion_tgt=vstack.controller_id).data
+               is True, 60, "the controller's minion answering again")
     status = vstack.run("vcluster.status").data["nodes"][node]
     assert status["state"] == "suspended" and status["reason"] == f"preempted by job {high}", status
     assert lxd_status(node) == "Frozen"
