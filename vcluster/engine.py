@@ -259,7 +259,7 @@ def _release(ctx, name, reason, delete_instance=True):
         return
     if delete_instance and node.instance_id:
         _quietly(ctx.provider(node.provider).delete, [node.instance_id])
-    if node.state in ("failed", "retiring") and ctx.policy.membership_of(node.profile) == "dynamic":
+    if node.state in ("failed", "retiring") and membership.mode_of(ctx, node) == "dynamic":
         _quietly(ctx.slurm.delete_node, name, expected="invalid node name")
     _quietly(ctx.keys.delete, name)
     try:

@@ -32,13 +32,13 @@ CLUSTER_TARGET = "G@roles:slurm-controller or G@roles:slurm-compute"
 
 def prepare(ctx, node, timeout):
     """Before ``node``'s highstate: static mode declares it to slurmctld."""
-    if _mode(ctx, node) == "static":
+    if mode_of(ctx, node) == "static":
         _push_static_conf(ctx, timeout)
 
 
 def join(ctx, node, timeout):
     """Make ``node`` (already highstated, slurmd started) a usable Slurm node."""
-    mode = _mode(ctx, node)
+    mode = mode_of(ctx, node)
     if mode not in ("static", "dynamic", "cloud"):
         raise SlurmError(f"membership mode {mode!r} cannot join nodes through expand")
     state = ctx.slurm.wait_node_state(node.name, UP_STATES + ("DRAIN", "DOWN"), timeout)
@@ -51,7 +51,7 @@ def join(ctx, node, timeout):
 
 def leave(ctx, node, timeout):
     """Remove ``node`` from Slurm; its instance is already deleted."""
-    mode = _mode(ctx, node)
+    mode = mode_of(ctx, node)
     if mode == "static":
         _push_static_conf(ctx, timeout)
     elif mode == "cloud":
@@ -70,7 +70,8 @@ def leave(ctx, node, timeout):
             log.info("slurm node %s was already gone", node.name)
 
 
-def _mode(ctx, node):
+def mode_of(ctx, node):
+    """The node's membership mode: its own record, else its profile's (the cluster's)."""
     return node.membership or ctx.policy.membership_of(node.profile)
 
 

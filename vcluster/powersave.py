@@ -29,8 +29,8 @@ import hostlist
 
 from vcluster import engine
 from vcluster.arguments import node_names
-from vcluster.suspend import WARM_REASON
 from vcluster.errors import InvalidTransition, PolicyError, PoolExhausted, RegistryError, VclusterError, sentence
+from vcluster.suspend import WARM_REASON
 
 log = logging.getLogger(__name__)
 

@@ -51,6 +51,7 @@ import time
 
 import hostlist
 
+from vcluster import preempt, suspend
 from vcluster.arguments import flag, seconds
 from vcluster.errors import InvalidTransition, RegistryError, VclusterError, sentence
 
@@ -210,8 +211,6 @@ def survey(ctx, grace=None, now=None):
             })
 
     if s.slurm is not None:
-        from vcluster import preempt
-
         try:
             ended = preempt.over(ctx, [n for n in s.held.values() if n.name not in gone])
         except Exception as exc:  # noqa: BLE001 - reported, the check skipped
@@ -401,8 +400,6 @@ def _repair(ctx, kind, item, s):
         ctx.slurm.update_node(name, "DOWN", reason="vcluster reconcile: no instance")
         return done + "set DOWN"
     if kind == "preemption_over":
-        from vcluster import preempt, suspend
-
         reason = suspend.PREEMPTED_PREFIX + item["job"]
         if not any((n := ctx.registry.get(name)) is not None and n.state == "suspended" and n.reason == reason
                    for name in item["nodes"]):

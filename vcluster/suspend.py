@@ -27,6 +27,7 @@ import time
 
 import hostlist
 
+from vcluster import membership
 from vcluster.arguments import flag, node_names, positive_int
 from vcluster.errors import InvalidTransition, PolicyError, VclusterError, sentence
 from vcluster.slurm.client import HOLD_REASON
@@ -38,7 +39,8 @@ DRAIN_REASON = HOLD_REASON
 #: Registry reasons; resume after a preempting job only touches PREEMPTED ones.
 ADMIN_REASON = "suspended by admin"
 PREEMPTED_PREFIX = "preempted by job "
-#: A cloud profile's idle node kept frozen for Slurm's next power-up (vcluster.powersave).
+#: An idle node kept frozen for the next demand: Slurm's power-up (cloud
+#: membership, vcluster.powersave) or the queue autoscaler (vcluster.autoscale).
 WARM_REASON = "warm pool"
 MODES = ("suspend", "pause")
 
@@ -198,8 +200,7 @@ def resume(ctx, nodes, host=None, timeout=None):
     timeout = ctx.policy.suspend.resume_timeout if timeout is None else positive_int(timeout, "timeout")
     found = _registry_nodes(ctx, names, ("suspended", "ready"), "resumed")
     todo = [n for n in names if found[n].state == "suspended"]
-    warm = [n for n in todo if found[n].reason == WARM_REASON
-            and (found[n].membership or ctx.policy.membership_of(found[n].profile)) == "cloud"]
+    warm = [n for n in todo if found[n].reason == WARM_REASON and membership.mode_of(ctx, found[n]) == "cloud"]
     if warm:
         # cloud membership: Slurm has these POWERED_DOWN, and a thaw behind
         # its back would leave them so; its power-up thaws them
