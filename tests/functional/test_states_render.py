@@ -39,6 +39,8 @@ import time
 import pytest
 import yaml
 
+from tests.harness.slurm import PrivateMunged
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STATE_ROOT = REPO / "salt"
 PILLAR_ROOT = REPO / "pillar"
@@ -438,19 +440,24 @@ def _free_port():
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/sbin/slurmctld"), reason="slurmctld not installed")
-def test_rendered_slurm_conf_starts_slurmctld(sandbox, tmp_root):
+def test_rendered_slurm_conf_starts_slurmctld(sandbox, tmp_root, request):
     """The real slurmctld 22.05 accepts the rendered file (empty NodeSets too).
 
-    Sandboxed: loopback only, own ports, state and logs under the sandbox.
+    Sandboxed: loopback only, own ports, state and logs under the sandbox,
+    and a munged of its own (slurmctld needs munge to finish starting; the
+    host's munged may be stopped by then, and is never touched).
     """
     work = tmp_root / "slurmctld"
     (work / "state").mkdir(parents=True)
+    munged = PrivateMunged(str(tmp_root / "munge")).start()
+    request.addfinalizer(munged.stop)
     site = {
         "slurm": {
             "controller": {"host": HOST, "address": "127.0.0.1"},
             "nodes": {HOST: {"address": "127.0.0.1", "cpus": 1, "memory": 100}},
             "config": {
                 "SlurmUser": "root",
+                "AuthInfo": f"socket={munged.socket}",
                 "SlurmctldPort": _free_port(),
                 "SlurmdPort": _free_port(),
                 "StateSaveLocation": str(work / "state"),

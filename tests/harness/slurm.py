@@ -191,6 +191,75 @@ class HarnessNode:
     args: list
 
 
+def private_daemon(bin_dir, name):
+    """A private, renamed copy of daemon ``name`` in ``bin_dir``.
+
+    Debian's init scripts decide "already running" by executable
+    (``start-stop-daemon --exec``) and by process name (``pgrep -x``):
+    with a harness daemon of the same binary or name around, the host's
+    munged, slurmctld or slurmd would silently not start, or fail to
+    restart. The copy differs in both.
+    """
+    copy = os.path.join(bin_dir, DAEMON_PREFIX + name)
+    if not os.path.exists(copy):
+        os.makedirs(bin_dir, exist_ok=True)
+        shutil.copy2(shutil.which(name), copy)
+    return copy
+
+
+class PrivateMunged:
+    """A munged of its own (key, socket, pid, seed, log) under ``directory``.
+
+    Point Slurm at it with ``AuthInfo=socket=<socket>``; the host's
+    /run/munge is never used, so a test does not depend on the host's munged
+    running, and never disturbs it.
+    """
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    @property
+    def socket(self):
+        return os.path.join(self.directory, "munge.socket.2")
+
+    @property
+    def pidfile(self):
+        return os.path.join(self.directory, "munged.pid")
+
+    def start(self, timeout=30):
+        """Write a fresh key, start munged, return self once its socket exists."""
+        os.makedirs(self.directory, mode=0o755, exist_ok=True)
+        key = os.path.join(self.directory, "munge.key")
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
+            fh.write(os.urandom(1024))
+        _run([private_daemon(os.path.join(self.directory, "bin"), "munged"), "--force",
+              f"--socket={self.socket}", f"--key-file={key}", f"--pid-file={self.pidfile}",
+              f"--log-file={os.path.join(self.directory, 'munged.log')}",
+              f"--seed-file={os.path.join(self.directory, 'munged.seed')}"])
+        wait_for(lambda: os.path.exists(self.socket), timeout, "munged's socket")
+        return self
+
+    def stop(self):
+        """Stop this munged (only if the pid file still names it)."""
+        pid = _read_pid(self.pidfile)
+        if pid and _comm(pid) == DAEMON_PREFIX + "munged":
+            _kill_pids([pid])
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _read_pid(path):
+    try:
+        with open(path, encoding="ascii") as fh:
+            return int(fh.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
 class SlurmHarness:
     """Own munged + slurmctld + dynamic ``slurmd -Z`` nodes in network namespaces.
 
@@ -247,19 +316,7 @@ class SlurmHarness:
         return f"{self.address}:{self.port}"
 
     def _daemon(self, name):
-        """A private, renamed copy of daemon ``name`` in the harness directory.
-
-        Debian's init scripts decide "already running" by executable
-        (``start-stop-daemon --exec``) and by process name (``pgrep -x``):
-        with a harness daemon of the same binary or name around, the host's
-        munged, slurmctld or slurmd would silently not start, or fail to
-        restart. The copy differs in both.
-        """
-        copy = self._path("bin", DAEMON_PREFIX + name)
-        if not os.path.exists(copy):
-            os.makedirs(os.path.dirname(copy), exist_ok=True)
-            shutil.copy2(shutil.which(name), copy)
-        return copy
+        return private_daemon(self._path("bin"), name)
 
     def _path(self, *parts):
         return os.path.join(self.root, *parts)
@@ -298,11 +355,10 @@ class SlurmHarness:
         for name in list(self.nodes):
             self._teardown_node(name)
         if self.root:
-            for pidfile, comm in ((self._path("run", "slurmctld.pid"), DAEMON_PREFIX + "slurmctld"),
-                                  (self._path("munge", "munged.pid"), DAEMON_PREFIX + "munged")):
-                pid = self._read_pid(pidfile)
-                if pid and _comm(pid) == comm:
-                    _kill_pids([pid])
+            pid = _read_pid(self._path("run", "slurmctld.pid"))
+            if pid and _comm(pid) == DAEMON_PREFIX + "slurmctld":
+                _kill_pids([pid])
+            PrivateMunged(self.munge_dir).stop()
         _run(["ip", "link", "del", self.bridge], check=False)
         if self.root and not os.environ.get("VCLUSTER_KEEP_SLURM_HARNESS"):
             shutil.rmtree(self.root, ignore_errors=True)
@@ -344,14 +400,7 @@ class SlurmHarness:
         _run(["ip", "link", "set", self.bridge, "up"])
 
     def _start_munged(self, timeout):
-        key = self._path("munge", "munge.key")
-        with open(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as fh:
-            fh.write(os.urandom(1024))
-        _run([self._daemon("munged"), "--force", f"--socket={self.munge_socket}", f"--key-file={key}",
-              f"--pid-file={self._path('munge', 'munged.pid')}",
-              f"--log-file={self._path('log', 'munged.log')}",
-              f"--seed-file={self._path('munge', 'munged.seed')}"])
-        wait_for(lambda: os.path.exists(self.munge_socket), timeout, "munged's socket")
+        PrivateMunged(self.munge_dir).start(timeout)
 
     def _write_conf(self):
         self.port = _free_port(6917)
@@ -400,7 +449,7 @@ class SlurmHarness:
         _run([self._daemon("slurmctld"), "-f", self.conf], env=self.env)
 
         def up():
-            pid = self._read_pid(self._path("run", "slurmctld.pid"))
+            pid = _read_pid(self._path("run", "slurmctld.pid"))
             if pid and not _pid_alive(pid):
                 raise RuntimeError(f"slurmctld exited: {self.log_tail('slurmctld.log')}")
             proc = _run(["scontrol", "ping"], check=False, env=self.env, timeout=15)
@@ -410,18 +459,11 @@ class SlurmHarness:
 
     def restart_slurmctld(self, timeout=30):
         """Stop slurmctld and start it again on the same state (StateSaveLocation kept)."""
-        pid = self._read_pid(self._path("run", "slurmctld.pid"))
+        pid = _read_pid(self._path("run", "slurmctld.pid"))
         if pid:
             _kill_pids([pid], timeout)
         self._start_slurmctld(timeout)
 
-    @staticmethod
-    def _read_pid(path):
-        try:
-            with open(path, encoding="ascii") as fh:
-                return int(fh.read().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
 
     def log_tail(self, name, lines=5):
         """Last ``lines`` lines of a log under the harness's log directory."""
