@@ -16,7 +16,11 @@ slurmctld, reconfigure, resume; the baseline) in the same run, it reports:
   and the guest's boot up to its minion;
 * ``overhead``: the rest of the runner's time, all vcluster's: before boot
   the context, allocation and key generation; after it the node's
-  highstate and joining Slurm.
+  highstate and joining Slurm;
+* ``cpu_busy``: CPU seconds the whole machine (guests included) spent
+  during the expand, against ``cores`` times ``total`` available;
+* ``timeline``: per node, seconds after the create call at which its minion
+  started, its join began, its highstate returned and it was ready.
 
 ``static_over_dynamic`` compares totals, ``overhead_static_over_dynamic``
 the overheads (the only part membership changes).
@@ -30,6 +34,7 @@ Usage: /opt/vcluster/venv/bin/python bench/expand.py [--counts 1,4] [--profile h
 
 import argparse
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -78,10 +83,15 @@ class Watcher(threading.Thread):
                     continue
                 tag, data = event["tag"], event.get("data") or {}
                 now = time.monotonic()
-                m = re.match(r"salt/minion/([^/]+)/start$", tag) or re.match(r"vcluster/node/([^/]+)/ready$", tag)
+                m = re.match(r"salt/minion/([^/]+)/start$", tag)
+                node = re.match(r"vcluster/node/([^/]+)/(joining|ready)$", tag)
+                ret = re.match(r"salt/job/\d+/ret/([^/]+)$", tag)
                 if m:
-                    kind = "start" if tag.startswith("salt/") else "ready"
-                    self.seen.setdefault((kind, m.group(1)), now)
+                    self.seen.setdefault(("start", m.group(1)), now)
+                elif node:
+                    self.seen.setdefault((node.group(2), node.group(1)), now)
+                elif ret and data.get("fun") == "state.highstate":
+                    self.seen.setdefault(("highstate", ret.group(1)), now)
                 elif re.match(r"salt/run/\d+/new$", tag) and data.get("fun") == "runner.vcluster.expand":
                     self.seen.setdefault(("runner", "expand"), now)
                 elif re.match(r"salt/run/\d+/progress$", tag):
@@ -106,11 +116,18 @@ def highstate_controller(host):
         raise SystemExit(f"state.apply slurm.controller,slurm.compute on {host} failed:\n{out.stdout[-2000:]}")
 
 
+def cpu_seconds():
+    """Busy CPU seconds of the whole machine so far (containers included): /proc/stat."""
+    fields = pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(watcher, profile, count):
     watcher.seen.clear()  # names are reused between runs: only this run's events count
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), cpu_seconds()
     ret = salt_run("vcluster.expand", f"count={count}", f"profile={profile}")
-    t1 = time.monotonic()
+    t1, cpu1 = time.monotonic(), cpu_seconds()
     if not ret.get("result"):
         raise SystemExit(f"expand failed: {ret.get('comment')}")
     names = sorted(ret["nodes"])
@@ -124,6 +141,11 @@ def measure(watcher, profile, count):
         raise SystemExit(f"missed events of the expand: runner {runner}, creating {creating}, starts {starts}")
     boot = max(starts) - creating
     overhead = (t1 - runner) - boot
+    # per node, seconds after the create call: minion start, join handler
+    # started, highstate returned, node ready (where the bus showed them)
+    timeline = {n: {kind: round(watcher.seen[(kind, n)] - creating, 2)
+                    for kind in ("start", "joining", "highstate", "ready") if (kind, n) in watcher.seen}
+                for n in names}
     return {
         "total": round(t1 - t0, 2),
         "salt_run_startup": round(runner - t0, 2),
@@ -132,6 +154,9 @@ def measure(watcher, profile, count):
         "overhead_before_boot": round(creating - runner, 2),
         "overhead_after_boot": round(t1 - max(starts), 2),
         "per_node_overhead": round(overhead / count, 2),
+        "cpu_busy": round(cpu1 - cpu0, 1),
+        "cores": os.cpu_count(),
+        "timeline": timeline,
     }
 
 
