@@ -13,6 +13,8 @@ import pathlib
 import secrets
 import subprocess
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import yaml
@@ -33,6 +35,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "integration: needs real services")
 
 
+def _nova_answers():
+    """Does the testbed's Nova API answer on loopback (its version document)?"""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:8774/", timeout=3) as resp:
+            return resp.status < 500
+    except urllib.error.HTTPError as exc:  # Nova answers / with 300 Multiple Choices
+        return exc.code < 500
+    except (OSError, ValueError):
+        return False
+
+
 def testbed_dir():
     return pathlib.Path(os.environ.get("VCLUSTER_TESTBED_DIR", "/var/lib/vcluster/openstack-testbed"))
 
@@ -43,7 +56,10 @@ def openstack_testbed():
     if os.geteuid() != 0:
         pytest.skip("the OpenStack testbed installs packages and runs daemons: run the tests as root")
     tb = testbed_dir()
-    already_up = (tb / "READY").exists()
+    # READY alone is not enough: one left by a machine restart has no
+    # daemons behind it, and the session would then leave the testbed
+    # that up.sh restarts running at its end.
+    already_up = (tb / "READY").exists() and _nova_answers()
     started = time.monotonic()
     proc = subprocess.run(
         ["bash", str(SCRIPTS / "up.sh")], capture_output=True, text=True, timeout=1200,
