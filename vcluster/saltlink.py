@@ -8,6 +8,7 @@ client, events through the master event bus.
 
 import contextlib
 import logging
+import threading
 import time
 
 import salt.client
@@ -25,12 +26,31 @@ from vcluster.registry import Registry
 log = logging.getLogger(__name__)
 
 
+#: Per thread: the master's pillar compilers, by what they were built for.
+_compilers = threading.local()
+
+
+def _pillar_compiler(opts):
+    """The master's own :class:`salt.pillar.Pillar`, built once per thread.
+
+    Building one loads its renderer, module and ext_pillar loaders (about
+    65 ms, most of a runner's start-up); compiling it again reads and
+    renders the pillar afresh every time. Reactor handlers run in the
+    master's reactor threads, so one compiler per thread is reused there and
+    never shared between threads.
+    """
+    key = (opts.get("conf_file"), opts["id"], opts.get("saltenv") or "base", opts.get("pillarenv"))
+    cache = getattr(_compilers, "by_key", None)
+    if cache is None:
+        cache = _compilers.by_key = {}
+    if key not in cache:
+        cache[key] = salt.pillar.get_pillar(opts, {}, opts["id"], saltenv=key[2], pillarenv=key[3])
+    return cache[key]
+
+
 def load_policy(opts):
     """Compile the master's own pillar and validate its ``vcluster`` key."""
-    pillar = salt.pillar.get_pillar(
-        opts, {}, opts["id"], saltenv=opts.get("saltenv") or "base",
-        pillarenv=opts.get("pillarenv"),
-    ).compile_pillar()
+    pillar = _pillar_compiler(opts).compile_pillar()
     errors = pillar.get("_errors")
     if errors:
         raise PolicyError(f"the master's pillar does not render: {errors[0]}")
@@ -47,12 +67,13 @@ def load_policy(opts):
 def context(opts, jid_event=None, actor="vcluster"):
     """A ready :class:`~vcluster.context.Context` for one runner call."""
     pol = load_policy(opts)
+    slurm = ControllerSlurm(opts, pol.controller)
     return Context(
         policy=pol,
         registry=Registry(pol.registry),
         keys=WheelKeys(opts),
-        slurm=ControllerSlurm(opts, pol.controller),
-        salt=LocalActions(opts),
+        slurm=slurm,
+        salt=LocalActions(opts, client=slurm.client),  # one local client per call
         events=MasterEvents(opts, jid_event),
         master_ports=(opts.get("ret_port", 4506), opts.get("publish_port", 4505)),
         actor=actor,
@@ -142,12 +163,16 @@ class WheelKeys:
 
 
 class _Local:
-    def __init__(self, opts):
+    """Calls through a local client: its own, or one lent by another _Local."""
+
+    def __init__(self, opts, client=None):
         self.opts = opts
-        self.client = salt.client.get_local_client(opts["conf_file"])
+        self._owns_client = client is None
+        self.client = client if client is not None else salt.client.get_local_client(opts["conf_file"])
 
     def close(self):
-        self.client.destroy()
+        if self._owns_client:
+            self.client.destroy()
 
     def _call(self, target, fun, arg=(), kwarg=None, timeout=60, tgt_type="glob"):
         ret = self.client.cmd(target, fun, arg=list(arg), kwarg=kwarg or {}, timeout=timeout,
