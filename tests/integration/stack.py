@@ -36,6 +36,8 @@ POOL_PREFIX = "tnode"
 EVENTS_SPOOL = "/var/spool/vcluster-slurm/events"
 #: Stacks started and not yet stopped (see tests/integration/conftest.py).
 LIVE = []
+#: The host's daemons the controller's highstate starts, in stopping order.
+HOST_DAEMONS = ("slurmd", "slurmctld", "munge")
 
 
 def _host_memory_mb():
@@ -72,6 +74,7 @@ class ClusterStack:
         self.registry = self.root / "registry.sqlite"
         self.master = None
         self.minion = None
+        self._host_daemons_before = {}  # {service: running before start()}
         self.admin_accepts = {self.controller_id}
         self.cluster = "vct" + uuid.uuid4().hex[:8]
 
@@ -163,6 +166,7 @@ class ClusterStack:
 
     def start(self):
         self.remove_leftovers()
+        self._host_daemons_before = {svc: _service_running(svc) for svc in HOST_DAEMONS}
         self.write_site_pillar()
         self.master = self.factories.salt_master_daemon(
             self.master_id,
@@ -253,6 +257,11 @@ class ClusterStack:
         for daemon in (self.minion, self.master):
             if daemon is not None and daemon.is_running():
                 daemon.terminate()
+        # The controller's highstate started the host's Slurm and munge
+        # daemons: stop those that were not running before this stack.
+        for svc, was_running in self._host_daemons_before.items():
+            if not was_running:
+                subprocess.run(["service", svc, "stop"], capture_output=True, check=False, timeout=120)
 
     # -- helpers for tests ----------------------------------------------------
 
@@ -263,6 +272,12 @@ class ClusterStack:
     def call(self, fun, *args, timeout=300):
         """``salt-call`` on the controller's minion."""
         return self.minion.salt_call_cli(timeout=timeout).run(fun, *args, _timeout=timeout)
+
+
+def _service_running(name):
+    """Does the host's init script report ``name`` running (``service NAME status``)?"""
+    proc = subprocess.run(["service", name, "status"], capture_output=True, check=False, timeout=60)
+    return proc.returncode == 0
 
 
 def slurm(*cmd, check=True, timeout=60):
