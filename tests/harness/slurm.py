@@ -301,7 +301,7 @@ class SlurmHarness:
 
     @property
     def munge_socket(self):
-        return os.path.join(self.munge_dir, "munge.socket.2")
+        return PrivateMunged(self.munge_dir).socket
 
     @property
     def env(self):
