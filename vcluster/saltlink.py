@@ -40,9 +40,7 @@ def _pillar_compiler(opts):
     never shared between threads.
     """
     key = (opts.get("conf_file"), opts["id"], opts.get("saltenv") or "base", opts.get("pillarenv"))
-    cache = getattr(_compilers, "by_key", None)
-    if cache is None:
-        cache = _compilers.by_key = {}
+    cache = _compilers.__dict__.setdefault("by_key", {})
     if key not in cache:
         cache[key] = salt.pillar.get_pillar(opts, {}, opts["id"], saltenv=key[2], pillarenv=key[3])
     return cache[key]

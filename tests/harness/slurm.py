@@ -342,7 +342,7 @@ class SlurmHarness:
         self._save_record()
         try:
             self._start_bridge()
-            self._start_munged(timeout)
+            PrivateMunged(self.munge_dir).start(timeout)
             self._write_conf()
             self._start_slurmctld(timeout)
         except BaseException:
@@ -398,9 +398,6 @@ class SlurmHarness:
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
         _run(["ip", "addr", "add", f"{self.address}/{self.subnet.prefixlen}", "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
-
-    def _start_munged(self, timeout):
-        PrivateMunged(self.munge_dir).start(timeout)
 
     def _write_conf(self):
         self.port = _free_port(6917)
@@ -463,7 +460,6 @@ class SlurmHarness:
         if pid:
             _kill_pids([pid], timeout)
         self._start_slurmctld(timeout)
-
 
     def log_tail(self, name, lines=5):
         """Last ``lines`` lines of a log under the harness's log directory."""
