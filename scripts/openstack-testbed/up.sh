@@ -9,8 +9,9 @@
 #
 # Idempotent: installs only what is missing (apt packages, the service
 # virtualenv VCLUSTER_OPENSTACK_VENV, default /opt/vcluster/openstack-venv);
-# when a complete testbed already runs it only prints where it is. Otherwise
-# it stops leftovers (down.sh) and starts from empty databases.
+# when a complete testbed already runs it only prints where it is and leaves
+# $TB/READY untouched. Otherwise it stops leftovers (down.sh) and starts from
+# empty databases.
 # Ends by writing $TB/clouds.yaml (clouds "vcluster-testbed" and
 # "vcluster-testbed-admin") and $TB/READY. Every wait has a deadline;
 # nothing sleeps for a fixed time. Stop it with down.sh.

@@ -13,8 +13,6 @@ import pathlib
 import secrets
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import yaml
@@ -35,15 +33,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "integration: needs real services")
 
 
-def _nova_answers():
-    """Does the testbed's Nova API answer on loopback (its version document)?"""
+def _ready_stamp(tb):
+    """``mtime_ns`` of ``tb``/READY, or None when there is none."""
     try:
-        with urllib.request.urlopen("http://127.0.0.1:8774/", timeout=3) as resp:
-            return resp.status < 500
-    except urllib.error.HTTPError as exc:  # Nova answers / with 300 Multiple Choices
-        return exc.code < 500
-    except (OSError, ValueError):
-        return False
+        return (tb / "READY").stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def testbed_dir():
@@ -56,17 +51,18 @@ def openstack_testbed():
     if os.geteuid() != 0:
         pytest.skip("the OpenStack testbed installs packages and runs daemons: run the tests as root")
     tb = testbed_dir()
-    # READY alone is not enough: one left by a machine restart has no
-    # daemons behind it, and the session would then leave the testbed
-    # that up.sh restarts running at its end.
-    already_up = (tb / "READY").exists() and _nova_answers()
+    before = _ready_stamp(tb)
     started = time.monotonic()
     proc = subprocess.run(
         ["bash", str(SCRIPTS / "up.sh")], capture_output=True, text=True, timeout=1200,
         env={**os.environ, "VCLUSTER_TESTBED_DIR": str(tb)},
     )
+    # up.sh decides whether a testbed runs (its daemons and Nova answering)
+    # and leaves READY untouched only then: a READY left by a machine
+    # restart is rewritten, and that testbed is this session's to stop.
+    already_up = proc.returncode == 0 and before is not None and _ready_stamp(tb) == before
     if proc.returncode != 0:
-        if not already_up:
+        if before is None:  # never stop what may be a developer's testbed
             subprocess.run(["bash", str(SCRIPTS / "down.sh")], capture_output=True, timeout=300,
                            env={**os.environ, "VCLUSTER_TESTBED_DIR": str(tb)})
         pytest.fail(f"openstack testbed did not start (logs kept in {tb}/log):\n{proc.stderr[-3000:]}")
