@@ -146,7 +146,7 @@ def reconcile(apply=False, grace=None, scheduled=False):
     one ``vcluster/reconcile/<kind>`` event per repair. ``grace`` (seconds)
     overrides ``vcluster:reconcile:grace`` and the profiles' ``join_timeout``
     for this run (``grace=0`` right after a crash). ``scheduled=True`` is what
-    the master's schedule calls: it runs only when
+    the master's ``vcluster_tasks`` engine runs: only when
     ``vcluster:reconcile:interval`` has passed. See docs/reconcile.md.
 
     CLI Example:
@@ -237,7 +237,7 @@ def migrate(node=None, host=None, live=True):
 
 def liveness(timeout=None):
     """
-    Check node liveness once; set dead nodes DOWN in Slurm (the master runs this on a schedule).
+    Check node liveness once; set dead nodes DOWN in Slurm (the master's vcluster_tasks engine runs this every 10 s).
 
     Slurm runs with ``SlurmdTimeout=0``: vcluster decides which nodes are dead,
     skipping nodes it suspended on purpose. See docs/operations.md.
@@ -305,8 +305,8 @@ def autoscale(scheduled=False, test=False):
     ``idle_time`` (or suspends them into the warm pool), and gives jobs
     submitted with ``--hold --comment=<job_flag>`` nodes of their own,
     retired when the job ends. ``test=True`` only reports what it would do.
-    The master's schedule calls it with ``scheduled=True``: it then runs
-    only when ``enabled`` and ``interval`` seconds have passed.
+    The master's ``vcluster_tasks`` engine runs it with ``scheduled=True``:
+    it then acts only when ``enabled`` and ``interval`` seconds have passed.
 
     CLI Example:
 

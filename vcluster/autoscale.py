@@ -1,7 +1,8 @@
 """Autoscaling from pillar ``vcluster:autoscale``: bounds, idle retire, warm pool, per-job nodes.
 
-``vcluster.autoscale`` (runner) runs :func:`run`; the master's schedule calls
-it every ``SCHEDULE_TICK`` seconds with ``scheduled=True`` and it acts only
+``vcluster.autoscale`` (runner) runs :func:`run`; the master's
+``vcluster_tasks`` engine (:mod:`vcluster.periodic`) calls it every
+``SCHEDULE_TICK`` seconds with ``scheduled=True`` and it acts only
 when ``vcluster:autoscale:enabled`` and ``interval`` seconds have passed
 since the last run, so the interval is policy, not master config.
 

@@ -4,8 +4,8 @@ Why: Slurm 22.05 marks a node DOWN when its slurmd misses pings for
 ``SlurmdTimeout`` seconds and requeues (or kills) its jobs; a virtual node
 frozen on purpose cannot answer pings. The cluster therefore runs with
 ``SlurmdTimeout=0`` (slurmctld never declares a node dead by itself) and this
-check, run by the master's scheduler every few seconds
-(:data:`vcluster.masterconf.LIVENESS_INTERVAL`), takes that job over:
+check, run by the master's ``vcluster_tasks`` engine every
+:data:`SCHEDULE_TICK` seconds (:mod:`vcluster.periodic`), takes that job over:
 
 * watched nodes: registry nodes in ``ready`` or ``draining`` (never
   ``suspending``, ``suspended``, ``resuming`` or ``migrating``: those are
@@ -38,6 +38,9 @@ from vcluster.suspend import probe, slurm_call
 log = logging.getLogger(__name__)
 
 REASON_PREFIX = "vcluster liveness"
+#: Seconds between two liveness rounds of the master's engine. A dead node
+#: is set DOWN within SCHEDULE_TICK + vcluster:liveness:timeout seconds.
+SCHEDULE_TICK = 10
 #: Registry states whose nodes are expected to answer.
 WATCHED_STATES = ("ready", "draining")
 DEAD_STATUSES = (Status.STOPPED, Status.ERROR, Status.DELETED)

@@ -47,63 +47,16 @@ def master_config(repo, site, registry, interface, master_id, controller, pool_g
             "vcluster_policy": f"L@{master_id},{controller}",
         },
         "presence_events": True,
-        # vcluster.reconcile on the master's schedule: the runner looks every
-        # tick whether vcluster:reconcile:interval (pillar) has passed, so the
-        # interval is policy, not master config (docs/reconcile.md).
-        "schedule": {RECONCILE_JOB: reconcile_schedule(), LIVENESS_JOB: liveness_schedule(),
-                     AUTOSCALE_JOB: autoscale_schedule()},
+        # liveness, autoscale and reconcile: one long-lived engine process
+        # (vcluster.periodic), not master schedule entries that fork and
+        # reload every runner module per run. Each task reads from pillar
+        # whether it is enabled and due, so intervals are policy.
+        "engines": [{TASKS_ENGINE: {}}],
     }
 
 
-#: Name of the master schedule entry that runs autoscale.
-AUTOSCALE_JOB = "vcluster-autoscale"
-
-
-def autoscale_schedule(tick=10):
-    """The schedule entry: ``vcluster.autoscale scheduled=True`` every ``tick`` seconds.
-
-    The runner itself checks ``vcluster:autoscale:enabled`` and ``interval``
-    (pillar), so turning autoscaling on or off needs no master restart.
-    """
-    return {
-        "function": "vcluster.autoscale",
-        "kwargs": {"scheduled": True},
-        "seconds": tick,
-        "maxrunning": 1,
-        "run_on_start": False,
-    }
-
-
-#: Name of the master schedule entry that runs reconcile.
-RECONCILE_JOB = "vcluster-reconcile"
-
-
-def reconcile_schedule(tick=60):
-    """The schedule entry: ``vcluster.reconcile scheduled=True`` every ``tick`` seconds."""
-    return {
-        "function": "vcluster.reconcile",
-        "kwargs": {"scheduled": True},
-        "seconds": tick,
-        "maxrunning": 1,
-        "run_on_start": False,
-    }
-
-
-#: Name of the master schedule entry that checks node liveness, and its period.
-#: A dead node is set DOWN within LIVENESS_INTERVAL + vcluster:liveness:timeout
-#: seconds (see vcluster/liveness.py, docs/operations.md).
-LIVENESS_JOB = "vcluster-liveness"
-LIVENESS_INTERVAL = 10
-
-
-def liveness_schedule(tick=LIVENESS_INTERVAL):
-    """The schedule entry: ``vcluster.liveness`` every ``tick`` seconds, one at a time."""
-    return {
-        "function": "vcluster.liveness",
-        "seconds": tick,
-        "maxrunning": 1,
-        "run_on_start": False,
-    }
+#: The master engine that runs vcluster's periodic tasks (_engines/vcluster_tasks.py).
+TASKS_ENGINE = "vcluster_tasks"
 
 
 def main(argv=None):

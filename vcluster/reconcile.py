@@ -39,8 +39,8 @@ cannot be read is reported and its checks are skipped: nothing is deleted on
 the strength of a failed listing.
 
 One reconcile applies at a time (``<registry>.reconcile.lock``); a second one
-returns at once. The master runs it on a Salt schedule (see
-:mod:`vcluster.masterconf`), every ``vcluster:reconcile:interval`` seconds.
+returns at once. The master's ``vcluster_tasks`` engine runs it (see
+:mod:`vcluster.periodic`), every ``vcluster:reconcile:interval`` seconds.
 """
 
 import contextlib
@@ -85,7 +85,7 @@ LIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED
 #: (no instance expected), or powering up (Slurm waits ResumeTimeout, then runs
 #: ResumeFailProgram and requeues its jobs itself).
 POWER_MANAGED = frozenset({"POWERED_DOWN", "POWERING_DOWN", "POWER_DOWN", "POWERING_UP", "POWER_UP"})
-#: How often the master's schedule looks whether a run is due (seconds).
+#: How often the master's ``vcluster_tasks`` engine looks whether a run is due (seconds).
 SCHEDULE_TICK = 60
 
 
@@ -555,7 +555,7 @@ def due(policy, registry, now=None):
 
 
 def scheduled(ctx):
-    """The schedule's entry point: reconcile when due, with ``vcluster:reconcile:apply``."""
+    """The periodic entry point: reconcile when due, with ``vcluster:reconcile:apply``."""
     ok, why = due(ctx.policy, ctx.registry)
     if not ok:
         return {"result": True, "skipped": True, "comment": why}

@@ -73,7 +73,9 @@ class MemoryKeys:
         self.keys = set()  # accepted
         self.pending = set()
 
-    def gen_accept(self, name):
+    def gen_accept(self, name, clear=True):
+        if clear:
+            self.delete(name)
         self.keys.add(name)
         return {"pub": "pub", "priv": "priv"}
 
@@ -381,15 +383,6 @@ def test_cloud_mode_powered_down_pool_nodes_are_expected(ctx):
     ctx.slurm.add("vn05", dynamic=False)  # a configured node of a pool name without node: set DOWN
     reconcile.reconcile(ctx, apply=True)
     assert ctx.slurm.nodes_["vn05"]["state"] == ["DOWN"]
-
-
-def test_master_config_schedules_reconcile():
-    from vcluster import masterconf
-
-    conf = masterconf.master_config("/repo", "/site", "/r.sqlite", "10.0.0.1", "m", "ctl", ["vn*"])
-    job = conf["schedule"][masterconf.RECONCILE_JOB]
-    assert job["function"] == "vcluster.reconcile" and job["kwargs"] == {"scheduled": True}
-    assert job["seconds"] == reconcile.SCHEDULE_TICK and job["maxrunning"] == 1
 
 
 def test_allocation_is_not_stuck_while_a_create_may_still_run(ctx):
