@@ -133,6 +133,10 @@ vcluster:
       # none; turn on if your states on these nodes use custom modules.
       # Default: false (saves about 1.5 s per join).
       sync_modules: false
+      # Run Salt's mine (mine.update at minion start and every
+      # mine_interval) on these nodes. vcluster's states read no mine data;
+      # turn on if your states use it. Default: false.
+      salt_mine: false
       # Most nodes of this profile at once. Default: only limits:max_nodes.
       max_nodes: 32
       # membership: dynamic    # overrides the cluster-wide mode above

@@ -34,7 +34,7 @@ def grains_for(node, profile, membership):
     }
 
 
-def minion_config(node, master, master_port=4506, publish_port=4505, sync_modules=False):
+def minion_config(node, master, master_port=4506, publish_port=4505, sync_modules=False, salt_mine=False):
     """The minion.d drop-in of a virtual node.
 
     ``sync_modules`` (the profile's) is Salt's ``autoload_dynamic_modules``:
@@ -42,6 +42,11 @@ def minion_config(node, master, master_port=4506, publish_port=4505, sync_module
     file_roots (about 20 master round trips, 1.5 s on a node's first one).
     vcluster's node states use only Salt's own modules, so it is off unless a
     site's states need its custom ones there.
+
+    ``salt_mine`` (the profile's) is Salt's ``mine_enabled``: when true, the
+    minion runs a ``mine.update`` job right at its start, alongside the
+    join's highstate, and every ``mine_interval`` after. vcluster's states
+    read no mine data, so it is off unless a site's states use the mine.
     """
     return {
         "id": node,
@@ -52,6 +57,7 @@ def minion_config(node, master, master_port=4506, publish_port=4505, sync_module
         "random_reauth_delay": 0,
         "startup_states": "",
         "autoload_dynamic_modules": bool(sync_modules),
+        "mine_enabled": bool(salt_mine),
         "log_level_logfile": "info",
     }
 
@@ -68,7 +74,8 @@ def boot_files(node, profile, membership, master, key_pair, master_pub,
     dump = lambda data: yaml.safe_dump(data, default_flow_style=False, sort_keys=True)  # noqa: E731
     return [
         BootFile(MINION_CONF, dump(minion_config(node, master, master_port, publish_port,
-                                                 sync_modules=profile.sync_modules)), 0o644),
+                                                 sync_modules=profile.sync_modules,
+                                                 salt_mine=profile.salt_mine)), 0o644),
         BootFile(GRAINS, dump(grains_for(node, profile, membership)), 0o644),
         BootFile(f"{PKI_DIR}/minion.pem", key_pair["priv"], 0o400),
         BootFile(f"{PKI_DIR}/minion.pub", key_pair["pub"], 0o644),

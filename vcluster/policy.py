@@ -247,6 +247,7 @@ class Profile:
     partition: str | None = None
     join_timeout: float = 300
     sync_modules: bool = False
+    salt_mine: bool = False
     max_nodes: int | None = None
     membership: str = "dynamic"
     resume_timeout: int | None = None  # cloud: ResumeTimeout of its partition (else power_save's)
@@ -604,6 +605,9 @@ PROFILE_KEYS = {
     # the node's highstate syncs _modules, _states, ... from file_roots
     # (Salt's autoload_dynamic_modules); vcluster's node states need none
     "sync_modules": (False, _bool),
+    # the node's minion runs Salt's mine.update at start and every
+    # mine_interval; vcluster's states read no mine data
+    "salt_mine": (False, _bool),
     "max_nodes": (None, _positive_int),
     "membership": (None, _choice(MEMBERSHIPS)),  # None: the cluster's
     "resume_timeout": (None, _positive_int),  # cloud: its partition's ResumeTimeout

@@ -36,6 +36,11 @@ def test_module_sync_on_highstate_follows_the_profile():
     assert conf["autoload_dynamic_modules"] is True
 
 
+def test_salt_mine_follows_the_profile():
+    assert yaml.safe_load(files()[bootstrap.MINION_CONF].content)["mine_enabled"] is False
+    assert yaml.safe_load(files(salt_mine=True)[bootstrap.MINION_CONF].content)["mine_enabled"] is True
+
+
 def test_keys_land_with_safe_modes_and_master_key_is_pinned():
     f = files()
     assert f["/etc/salt/pki/minion/minion.pem"].content == KEYS["priv"]

@@ -94,7 +94,7 @@ def test_defaults():
     prof = pol.profiles["small"]
     assert (prof.provider, prof.pool) == ("lxd", "p")  # the only ones
     assert (prof.cpus, prof.memory, prof.features, prof.join_timeout) == (1, 1024, ("virtual",), 300)
-    assert prof.sync_modules is False
+    assert prof.sync_modules is False and prof.salt_mine is False
     assert prof.flavor is None and prof.partition is None and prof.max_nodes is None
     assert prof.membership == "dynamic"
     assert pol.pools["p"].addresses == () and pol.pools["p"].size == 3
@@ -217,6 +217,7 @@ INVALID = [
     ("join-timeout-zero", _set("profiles:htc:join_timeout", 0), "vcluster:profiles:htc:join_timeout", "0"),
     ("join-timeout-text", _set("profiles:htc:join_timeout", "5m"), "vcluster:profiles:htc:join_timeout", "'5m'"),
     ("sync-modules-text", _set("profiles:htc:sync_modules", "yes"), "vcluster:profiles:htc:sync_modules", "'yes'"),
+    ("salt-mine-number", _set("profiles:htc:salt_mine", 1), "vcluster:profiles:htc:salt_mine", "1"),
     ("profile-max-nodes", _set("profiles:htc:max_nodes", -1), "vcluster:profiles:htc:max_nodes", "-1"),
     ("membership", _set("membership", "elastic"), "vcluster:membership", "'elastic'"),
     ("profile-membership", _set("profiles:htc:membership", "dyn"), "vcluster:profiles:htc:membership", "'dyn'"),
