@@ -18,8 +18,15 @@ log = logging.getLogger(__name__)
 class KeyStore(typing.Protocol):
     """Minion keys on the master."""
 
-    def gen_accept(self, name: str) -> dict:
-        """Generate a key pair for ``name``, accept its public key, return both."""
+    def gen_accept(self, name: str, clear: bool = True) -> dict:
+        """Generate a key pair for ``name``, accept its public key, return both.
+
+        ``clear=False`` skips deleting an older key of ``name`` first (the
+        caller knows there is none).
+        """
+
+    def all(self) -> dict:
+        """Every key the master holds: ``{name: accepted|pending|rejected|denied}``."""
 
     def delete(self, name: str) -> None:
         """Delete ``name``'s key in any state; absent keys are fine."""

@@ -135,7 +135,8 @@ def launch(ctx, prof, provider, nodes, request_id):
         ctx.node_event(n.name, "booting")
     created = []
     try:
-        specs = [_spec(ctx, prof, n, request_id) for n in nodes]
+        held = ctx.keys.all()  # one listing; only a name with a key left needs a delete first
+        specs = [_spec(ctx, prof, n, request_id, stale_key=n.name in held) for n in nodes]
         ctx.events.progress(f"creating {len(specs)} instance(s) with provider {prof.provider}",
                             nodes=[s.name for s in specs])
         instances = retry.create(ctx, prof, provider, specs)  # bounded retries, paused profiles
@@ -158,10 +159,10 @@ def launch(ctx, prof, provider, nodes, request_id):
     return None
 
 
-def _spec(ctx, prof, node, request_id):
+def _spec(ctx, prof, node, request_id, stale_key=True):
     from vcluster.providers.base import InstanceSpec
 
-    keys = ctx.keys.gen_accept(node.name)
+    keys = ctx.keys.gen_accept(node.name, clear=stale_key)
     files = bootstrap.boot_files(
         node.name, prof, ctx.policy.membership_of(prof.name), ctx.policy.master, keys,
         ctx.keys.master_pub(), master_port=ctx.master_ports[0], publish_port=ctx.master_ports[1],

@@ -118,11 +118,13 @@ class WheelKeys:
             raise VclusterError(f"the master's key store did not complete {fun}: "
                                 f"{type(exc).__name__}: {sentence(exc)}") from exc
 
-    def gen_accept(self, name):
+    def gen_accept(self, name, clear=True):
         # A pending or rejected key left by an earlier guest of this name
         # (one that re-authenticated after its key was deleted) goes first:
-        # gen_accept only writes the accepted key.
-        self.delete(name)
+        # gen_accept only writes the accepted key. clear=False: the caller
+        # listed the keys just now and this name has none.
+        if clear:
+            self.delete(name)
         keys = self._cmd("key.gen_accept", [name], {"force": True})
         if not keys or "priv" not in keys:
             raise VclusterError(f"could not generate and accept a minion key for {name}")

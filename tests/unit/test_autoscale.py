@@ -186,7 +186,7 @@ class MemoryKeys:
     def __init__(self):
         self.keys = set()
 
-    def gen_accept(self, name):
+    def gen_accept(self, name, clear=True):
         self.keys.add(name)
         return {"pub": "PUB", "priv": "PRIV"}
 
@@ -195,6 +195,9 @@ class MemoryKeys:
 
     def accepted(self):
         return set(self.keys)
+
+    def all(self):
+        return {n: "accepted" for n in self.keys}
 
     def master_pub(self):
         return "MASTER"

@@ -81,3 +81,9 @@ def test_gen_accept_clears_a_stale_key_of_any_state_first(monkeypatch):
     wheel = ListingWheel({})
     keys_with(wheel, monkeypatch).gen_accept("vn1")
     assert wheel.calls == [("key.delete", ["vn1"]), ("key.gen_accept", ["vn1"])]
+
+
+def test_gen_accept_of_a_name_known_to_have_no_key_skips_the_delete(monkeypatch):
+    wheel = ListingWheel({})
+    keys_with(wheel, monkeypatch).gen_accept("vn1", clear=False)
+    assert wheel.calls == [("key.gen_accept", ["vn1"])]
