@@ -223,22 +223,31 @@ def join(ctx, minion_id):
     ctx.node_event(node.name, "joining")
     prof = ctx.policy.profiles[node.profile]
     deadline = time.monotonic() + prof.join_timeout
+    pending = None
     try:
-        membership.prepare(ctx, node, timeout=_left(deadline))
+        pending = membership.prepare(ctx, node, timeout=_left(deadline))
         ok, summary = ctx.salt.highstate(node.name, timeout=_left(deadline))
         if not ok:
             raise VclusterError(f"highstate failed: {summary}")
-        state = membership.join(ctx, node, timeout=_left(deadline))
+        state = membership.join(ctx, node, timeout=_left(deadline), pending=pending)
         ctx.registry.transition(node.name, "ready", expect="joining", actor=ctx.actor)
     except InvalidTransition:
+        _cancel(pending)
         log.info("node %s left the joining state while being joined (expand gave up)", node.name)
         return {"result": False, "comment": f"{node.name} was failed by its expand while joining"}
     except Exception as exc:  # noqa: BLE001 - any failure fails the node
+        _cancel(pending)  # before the release: nothing of the node outlives its expand
         reason = sentence(exc)
         fail_node(ctx, node.name, reason)
         return {"result": False, "comment": f"{node.name}: {reason}"}
     ctx.node_event(node.name, "ready", slurm_state=state)
     return {"result": True, "comment": f"{node.name} is ready ({state})"}
+
+
+def _cancel(pending):
+    """Stop a registration wait that the join will not collect (a no-op once collected)."""
+    if pending is not None:
+        pending.cancel()
 
 
 def fail_node(ctx, name, reason):

@@ -30,18 +30,40 @@ UP_STATES = ("IDLE", "MIXED", "ALLOCATED", "COMPLETING")
 CLUSTER_TARGET = "G@roles:slurm-controller or G@roles:slurm-compute"
 
 
+#: States the first wait of a join accepts: usable, or to be resumed.
+REGISTERED_STATES = UP_STATES + ("DRAIN", "DOWN")
+
+
 def prepare(ctx, node, timeout):
-    """Before ``node``'s highstate: static mode declares it to slurmctld."""
-    if mode_of(ctx, node) == "static":
+    """Before ``node``'s highstate; returns the pending registration wait, or ``None``.
+
+    static: slurm.conf declaring the node is pushed to slurmctld.
+    dynamic: the node is absent from Slurm until its own slurmd registers
+    (during its highstate), so the controller starts waiting for it now
+    and the join collects the answer after the highstate, instead of
+    starting a wait then. Static and cloud nodes are declared before they
+    boot: for them a state seen this early says nothing, so they wait after.
+    """
+    mode = mode_of(ctx, node)
+    if mode == "static":
         _push_static_conf(ctx, timeout)
+    elif mode == "dynamic":
+        return ctx.slurm.watch_node_state(node.name, REGISTERED_STATES, timeout)
+    return None
 
 
-def join(ctx, node, timeout):
-    """Make ``node`` (already highstated, slurmd started) a usable Slurm node."""
+def join(ctx, node, timeout, pending=None):
+    """Make ``node`` (already highstated, slurmd started) a usable Slurm node.
+
+    ``pending`` is :func:`prepare`'s wait, collected here.
+    """
     mode = mode_of(ctx, node)
     if mode not in ("static", "dynamic", "cloud"):
         raise SlurmError(f"membership mode {mode!r} cannot join nodes through expand")
-    state = ctx.slurm.wait_node_state(node.name, UP_STATES + ("DRAIN", "DOWN"), timeout)
+    if pending is not None:
+        state = pending.result()
+    else:
+        state = ctx.slurm.wait_node_state(node.name, REGISTERED_STATES, timeout)
     if states.matches(state, UP_STATES):
         return state  # registered usable: no second round trip to the controller
     if "DRAIN" in state or "DOWN" in state:

@@ -190,9 +190,13 @@ class ControllerSlurm(_Local):
     def _slurm(self, fun, *arg, call_timeout=60, **kwarg):
         kwarg = {k: v for k, v in kwarg.items() if v is not None}
         ret = self._call(self.controller, f"slurm.{fun}", arg, kwarg, timeout=call_timeout + 15)
-        if self.controller not in ret:
+        return self._answer(fun, ret)
+
+    def _answer(self, fun, ret):
+        """The controller's return of ``slurm.<fun>`` (a full_return dict), or SlurmError."""
+        out = ret.get(self.controller)
+        if not isinstance(out, dict):
             raise SlurmError(f"the Slurm controller's minion {self.controller} did not answer slurm.{fun}")
-        out = ret[self.controller]
         if out.get("retcode", 0) != 0:
             text = out.get("ret")
             raise SlurmError(str(text).splitlines()[-1] if text else f"slurm.{fun} failed")
@@ -238,6 +242,50 @@ class ControllerSlurm(_Local):
     def wait_node_state(self, name, states, timeout):
         return self._slurm("wait_node_state", name, states=",".join(states), timeout=int(timeout),
                            call_timeout=int(timeout))
+
+    def watch_node_state(self, name, states, timeout):
+        """Start :meth:`wait_node_state` on the controller now; a :class:`PendingCall` to collect it.
+
+        The controller polls Slurm while this client does other calls (the
+        node's highstate): the client's subscription to the job keeps an
+        answer that comes meanwhile until :meth:`PendingCall.result`.
+        """
+        kwarg = {"states": ",".join(states), "timeout": int(timeout)}
+        pub = self.client.run_job(self.controller, "slurm.wait_node_state", [name], kwarg=kwarg, listen=True)
+        if not pub or self.controller not in (pub.get("minions") or []):
+            raise SlurmError(f"the Slurm controller's minion {self.controller} did not take slurm.wait_node_state")
+        return PendingCall(self, "wait_node_state", pub["jid"], int(timeout) + 15)
+
+
+class PendingCall:
+    """A ``slurm`` function running on the controller's minion; its answer collected later."""
+
+    def __init__(self, slurm, fun, jid, timeout):
+        self.slurm = slurm
+        self.fun = fun
+        self.jid = jid
+        self.timeout = timeout
+        self.done = False
+
+    def result(self):
+        """The function's return (as :meth:`ControllerSlurm._slurm` gives it), or SlurmError."""
+        self.done = True
+        ret = {}
+        for part in self.slurm.client.get_cli_event_returns(self.jid, [self.slurm.controller], self.timeout):
+            ret.update(part or {})
+            if isinstance(ret.get(self.slurm.controller), dict):
+                break
+        return self.slurm._answer(self.fun, ret)
+
+    def cancel(self):
+        """Stop the call on the controller's minion (it would poll until its own deadline)."""
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.slurm._call(self.slurm.controller, "saltutil.kill_job", [self.jid], timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the call ends at its own deadline anyway
+            log.info("could not stop slurm.%s (job %s) on %s: %s", self.fun, self.jid, self.slurm.controller, exc)
 
 
 class LocalActions(_Local):

@@ -93,6 +93,10 @@ def test_failed_highstate_releases_everything(stack, before):
     # the name is free again: a plan hands it out
     plan = stack.run("vcluster.plan", "count=1", "profile=broken").data
     assert list(plan["nodes"]) == [name]
+    # the join started waiting for the node's registration before its
+    # highstate; the failed join stopped that wait on the controller's minion
+    running = stack.call("saltutil.running").data or []
+    assert not [j for j in running if j.get("fun") == "slurm.wait_node_state" and name in j.get("arg", [])], running
 
 
 def test_unknown_minion_start_is_ignored(stack, event_listener, before):

@@ -6,6 +6,7 @@ count what is done to them.
 """
 
 import threading
+import types
 
 
 from tests.unit.test_reconcile import PILLAR, Bus, MemoryKeys, MemoryProvider, MemorySlurm
@@ -33,6 +34,10 @@ class ReadySlurm(MemorySlurm):
     def wait_node_state(self, name, states, timeout):
         self.add(name)
         return ["IDLE"]
+
+    def watch_node_state(self, name, states, timeout):
+        return types.SimpleNamespace(result=lambda: self.wait_node_state(name, states, timeout),
+                                     cancel=lambda: None)
 
 
 def maker(tmp_path, shared):
