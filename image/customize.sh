@@ -20,8 +20,8 @@ chmod 700 "$ROOTFS/etc/salt/pki/minion"
 # Salt states start these once the node has its munge key and its slurmd
 # options; until then they must not run. munge and slurmd are enabled here
 # all the same, each held back by a unit condition (munge: a non-empty key,
-# see files/; slurmd: Debian's own, a slurm.conf, which the configless
-# drop-in of the slurm.compute state lifts). Enabling is what costs on a
+# see files/; slurmd: its options file, written by the slurm.compute state,
+# whose configless drop-in files/ ships). Enabling is what costs on a
 # node (systemd-sysv-install reloads systemd twice per service, 0.6 s
 # each), and the states' `enable: True` then finds nothing to do.
 # chrony stays disabled: containers skip it, VMs get it from the states.
@@ -35,6 +35,10 @@ systemctl --root="$ROOTFS" --quiet enable systemd-networkd.service salt-minion.s
 : >"$ROOTFS/etc/machine-id"
 rm -f "$ROOTFS/var/lib/dbus/machine-id"
 ln -s /etc/machine-id "$ROOTFS/var/lib/dbus/machine-id"
+# slurmd waits for the options file Salt writes (files/: the configless
+# drop-in of the slurm.compute state); the package's empty one would let a
+# configless slurmd start with no options at boot.
+rm -f "$ROOTFS/etc/default/slurmd"
 # The munge package generated a key at install time; the cluster key comes
 # from Salt. A node must not talk munge with a key nobody else has.
 rm -f "$ROOTFS/etc/munge/munge.key"

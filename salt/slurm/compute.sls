@@ -9,8 +9,11 @@
         slurmd -Z --conf-server <controller> --conf "CPUs= RealMemory= Feature=" -N <name>
         Sizes and features come from pillar vcluster_self (or grain vcluster).
         Debian's unit refuses to start without slurm.conf, hence a systemd
-        drop-in clearing that condition. Virtual nodes run systemd; the
-        sysvinit script cannot start a configless slurmd.
+        drop-in clearing that condition (slurmd waits for its options file
+        instead). The node image ships the same drop-in byte for byte, so a
+        node's first highstate finds it in place and needs no daemon-reload.
+        Virtual nodes run systemd; the sysvinit script cannot start a
+        configless slurmd.
 
     A changed slurm.conf restarts slurmd only with static/cloud membership
     (new NodeName lines need it); otherwise slurmctld's `scontrol reconfigure`
@@ -94,9 +97,11 @@ slurm-compute-systemd-dropin-managed:
     - group: root
     - mode: '0644'
     - contents: |
-        # Managed by Salt (vcluster): configless slurmd has no local slurm.conf.
+        # Managed by Salt (vcluster): configless slurmd has no local slurm.conf;
+        # it starts once Salt wrote its options (the node image ships this file).
         [Unit]
         ConditionPathExists=
+        ConditionPathExists={{ slurm.lookup.slurmd_defaults_file }}
 
 slurm-compute-systemd-reloaded:
   cmd.run:

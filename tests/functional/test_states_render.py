@@ -326,6 +326,14 @@ def test_slurmd_options_per_node_kind(sandbox):
     assert "slurm-config-file-managed" not in rendered
     assert "slurm-compute-systemd-dropin-managed" in rendered
 
+    # the node image ships the same drop-in, so a first highstate changes
+    # nothing there and needs no daemon-reload (image/customize.sh)
+    (dropin,) = [a for a in rendered["slurm-compute-systemd-dropin-managed"]["file"] if "contents" in a]
+    (path,) = [a["name"] for a in rendered["slurm-compute-systemd-dropin-managed"]["file"] if "name" in a]
+    shipped = REPO / "image" / "files" / path.lstrip("/")
+    assert dropin["contents"] == shipped.read_text()
+    assert "ConditionPathExists=/etc/default/slurmd" in dropin["contents"].splitlines()
+
     line, rendered = options("virtual-static")
     assert line == 'SLURMD_OPTIONS="-N vnode002"'
     assert "slurm-config-file-managed" in rendered
