@@ -32,6 +32,10 @@ CLUSTER_TARGET = "G@roles:slurm-controller or G@roles:slurm-compute"
 
 #: States the first wait of a join accepts: usable, or to be resumed.
 REGISTERED_STATES = UP_STATES + ("DRAIN", "DOWN")
+#: Seconds between the controller's looks at a dynamic node that is being
+#: highstated: one ``scontrol show -o node`` costs about 5 ms there, and the
+#: node is usable at most this long before its join sees it.
+REGISTRATION_POLL = 0.2
 
 
 def prepare(ctx, node, timeout):
@@ -48,7 +52,7 @@ def prepare(ctx, node, timeout):
     if mode == "static":
         _push_static_conf(ctx, timeout)
     elif mode == "dynamic":
-        return ctx.slurm.watch_node_state(node.name, REGISTERED_STATES, timeout)
+        return ctx.slurm.watch_node_state(node.name, REGISTERED_STATES, timeout, interval=REGISTRATION_POLL)
     return None
 
 

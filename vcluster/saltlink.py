@@ -243,14 +243,14 @@ class ControllerSlurm(_Local):
         return self._slurm("wait_node_state", name, states=",".join(states), timeout=int(timeout),
                            call_timeout=int(timeout))
 
-    def watch_node_state(self, name, states, timeout):
+    def watch_node_state(self, name, states, timeout, interval=0.5):
         """Start :meth:`wait_node_state` on the controller now; a :class:`PendingCall` to collect it.
 
         The controller polls Slurm while this client does other calls (the
         node's highstate): the client's subscription to the job keeps an
         answer that comes meanwhile until :meth:`PendingCall.result`.
         """
-        kwarg = {"states": ",".join(states), "timeout": int(timeout)}
+        kwarg = {"states": ",".join(states), "timeout": int(timeout), "interval": float(interval)}
         pub = self.client.run_job(self.controller, "slurm.wait_node_state", [name], kwarg=kwarg, listen=True)
         if not pub or self.controller not in (pub.get("minions") or []):
             raise SlurmError(f"the Slurm controller's minion {self.controller} did not take slurm.wait_node_state")

@@ -23,8 +23,8 @@ class ScriptedSlurm:
         self.calls.append(("wait", name, tuple(states)))
         return self.answers.pop(0)
 
-    def watch_node_state(self, name, states, timeout):
-        self.calls.append(("watch", name, tuple(states)))
+    def watch_node_state(self, name, states, timeout, interval=0.5):
+        self.calls.append(("watch", name, tuple(states), interval))
 
         def result():
             self.calls.append(("collect", name))
@@ -69,7 +69,7 @@ def test_dynamic_node_is_waited_for_from_before_its_highstate():
     slurm = ScriptedSlurm(["IDLE"])
     ctx = ctx_with(slurm)
     pending = membership.prepare(ctx, NODE, timeout=5)
-    assert slurm.calls == [("watch", "vn1", membership.REGISTERED_STATES)]
+    assert slurm.calls == [("watch", "vn1", membership.REGISTERED_STATES, membership.REGISTRATION_POLL)]
     assert membership.join(ctx, NODE, timeout=5, pending=pending) == ["IDLE"]
     assert slurm.calls[1:] == [("collect", "vn1")]
 

@@ -35,7 +35,7 @@ class ReadySlurm(MemorySlurm):
         self.add(name)
         return ["IDLE"]
 
-    def watch_node_state(self, name, states, timeout):
+    def watch_node_state(self, name, states, timeout, interval=0.5):
         return types.SimpleNamespace(result=lambda: self.wait_node_state(name, states, timeout),
                                      cancel=lambda: None)
 
