@@ -271,10 +271,10 @@ class PendingCall:
         """The function's return (as :meth:`ControllerSlurm._slurm` gives it), or SlurmError."""
         self.done = True
         ret = {}
+        # one target: the iterator ends after its return (or its timeout)
+        # and drops the client's subscription to the job then
         for part in self.slurm.client.get_cli_event_returns(self.jid, [self.slurm.controller], self.timeout):
             ret.update(part or {})
-            if isinstance(ret.get(self.slurm.controller), dict):
-                break
         return self.slurm._answer(self.fun, ret)
 
     def cancel(self):
