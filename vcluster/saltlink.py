@@ -251,30 +251,51 @@ class ControllerSlurm(_Local):
         answer that comes meanwhile until :meth:`PendingCall.result`.
         """
         kwarg = {"states": ",".join(states), "timeout": int(timeout), "interval": float(interval)}
+        deadline = time.monotonic() + timeout
         pub = self.client.run_job(self.controller, "slurm.wait_node_state", [name], kwarg=kwarg, listen=True)
         if not pub or self.controller not in (pub.get("minions") or []):
             raise SlurmError(f"the Slurm controller's minion {self.controller} did not take slurm.wait_node_state")
-        return PendingCall(self, "wait_node_state", pub["jid"], int(timeout) + 15)
+
+        def again():
+            return self.wait_node_state(name, states, max(1, int(deadline - time.monotonic())))
+
+        return PendingCall(self, "wait_node_state", pub["jid"], again)
+
+
+#: Seconds :meth:`PendingCall.result` waits for an answer before it asks the
+#: controller's minion whether it still runs the call (Salt's find_job).
+PENDING_CHECK = 5
 
 
 class PendingCall:
-    """A ``slurm`` function running on the controller's minion; its answer collected later."""
+    """A ``slurm`` function running on the controller's minion; its answer collected later.
 
-    def __init__(self, slurm, fun, jid, timeout):
+    A minion that was reconnecting when the call was published (right after
+    a master restart, say) never got it, and a call killed on the minion
+    never answers: when the minion runs no such job and no answer came,
+    :meth:`result` makes the call again (``again``), with the time left.
+    """
+
+    def __init__(self, slurm, fun, jid, again):
         self.slurm = slurm
         self.fun = fun
         self.jid = jid
-        self.timeout = timeout
+        self.again = again
         self.done = False
 
     def result(self):
         """The function's return (as :meth:`ControllerSlurm._slurm` gives it), or SlurmError."""
         self.done = True
         ret = {}
-        # one target: the iterator ends after its return (or its timeout)
-        # and drops the client's subscription to the job then
-        for part in self.slurm.client.get_cli_event_returns(self.jid, [self.slurm.controller], self.timeout):
+        # one target: the iterator ends after its return, or once the minion
+        # says (find_job, every PENDING_CHECK s) that it no longer runs the job
+        for part in self.slurm.client.get_cli_event_returns(self.jid, [self.slurm.controller], PENDING_CHECK):
             ret.update(part or {})
+        out = ret.get(self.slurm.controller)
+        if not isinstance(out, dict) or out.get("out") == "no_return" or out.get("failed"):
+            log.warning("the controller's minion %s returned nothing for slurm.%s (job %s): asking again",
+                        self.slurm.controller, self.fun, self.jid)
+            return self.again()
         return self.slurm._answer(self.fun, ret)
 
     def cancel(self):

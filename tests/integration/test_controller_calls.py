@@ -1,0 +1,78 @@
+"""Calls started on the controller's minion now and collected later (the join's early wait).
+
+Real components: the stack's salt-master, the controller's minion and its
+``slurm`` module, the host's slurmctld. The node waited for is a real Slurm
+node, made with ``scontrol create`` while the wait runs.
+"""
+
+import time
+
+import pytest
+import salt.config
+
+from tests.integration.stack import slurm
+from vcluster import saltlink
+
+pytestmark = [pytest.mark.integration]
+
+NODE = "tnode16"  # a pool name no other test of this module uses
+
+
+@pytest.fixture
+def ctx(stack):
+    c = saltlink.context(salt.config.master_config(stack.master.config_file), actor="test")
+    yield c
+    c.close()
+    slurm("scontrol", "delete", f"nodename={NODE}", check=False)
+
+
+def create_node():
+    slurm("scontrol", "create", f"NodeName={NODE}", "CPUs=1", "RealMemory=100", "State=FUTURE")
+
+
+def running_waits(stack):
+    jobs = stack.call("saltutil.running").data or []
+    return [j for j in jobs if j.get("fun") == "slurm.wait_node_state" and NODE in j.get("arg", [])]
+
+
+def test_answer_is_collected_after_other_calls_on_the_same_client(stack, ctx):
+    pending = ctx.slurm.watch_node_state(NODE, ["FUTURE"], timeout=60, interval=0.2)
+    assert NODE not in {n["name"] for n in ctx.slurm.nodes()}  # another call on the same client
+    create_node()
+    deadline = time.monotonic() + 30
+    while running_waits(stack):  # the controller saw the node and returned, while nobody listened
+        assert time.monotonic() < deadline, "the wait did not end on the controller"
+        time.sleep(0.5)
+    assert ctx.slurm.nodes()  # and more traffic on the client before the collection
+    assert pending.result() == ["FUTURE"]
+    pending.cancel()  # collected: a no-op
+    assert running_waits(stack) == []
+
+
+def test_a_call_lost_on_the_controller_is_made_again(stack, ctx, caplog):
+    pending = ctx.slurm.watch_node_state(NODE, ["FUTURE"], timeout=60, interval=0.2)
+    # a wait the minion never answers: killed there (as one published while the
+    # minion reconnected is never run)
+    deadline = time.monotonic() + 30
+    while not running_waits(stack):
+        assert time.monotonic() < deadline, "the wait never ran on the controller"
+        time.sleep(0.2)
+    stack.call("saltutil.kill_job", pending.jid)
+    while running_waits(stack):
+        assert time.monotonic() < deadline, "the wait was not killed"
+        time.sleep(0.2)
+    create_node()
+    assert pending.result() == ["FUTURE"]
+    assert "returned nothing for slurm.wait_node_state" in caplog.text
+
+
+def test_a_cancelled_wait_is_gone_from_the_controller(stack, ctx):
+    pending = ctx.slurm.watch_node_state(NODE, ["FUTURE"], timeout=60, interval=0.2)
+    deadline = time.monotonic() + 30
+    while not running_waits(stack):
+        assert time.monotonic() < deadline, "the wait never ran on the controller"
+        time.sleep(0.2)
+    pending.cancel()
+    while running_waits(stack):
+        assert time.monotonic() < deadline, "the cancelled wait still runs"
+        time.sleep(0.2)
