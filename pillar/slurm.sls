@@ -29,7 +29,8 @@ slurm:
     # vcluster suspends virtual nodes with their jobs (LXD freeze, Nova
     # suspend). Slurm would mark a frozen node DOWN after SlurmdTimeout and
     # requeue its job; so slurmctld's own check is off (0) and vcluster owns
-    # node liveness: vcluster.liveness, on the master's schedule, sets nodes
+    # node liveness: vcluster.liveness, run every 10 s by the master's
+    # vcluster_tasks engine, sets nodes
     # DOWN whose minion or slurmd is gone, skipping the ones it suspended
     # (pillar vcluster:liveness, docs/operations.md).
     SlurmdTimeout: 0

@@ -35,18 +35,17 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """One periodic task: every ``interval`` seconds, ``call(ctx)`` as ``actor``."""
+    """One periodic task: every ``interval`` seconds, ``call(ctx)``; ``name`` is also its actor."""
 
     name: str
     interval: float
-    actor: str
     call: typing.Callable
 
 
 TASKS = (
-    Task("liveness", liveness.SCHEDULE_TICK, "liveness", lambda ctx: liveness.check(ctx)),
-    Task("autoscale", autoscale.SCHEDULE_TICK, "autoscale", lambda ctx: autoscale.run(ctx, scheduled=True)),
-    Task("reconcile", reconcile.SCHEDULE_TICK, "reconcile", lambda ctx: reconcile.run(ctx, scheduled=True)),
+    Task("liveness", liveness.SCHEDULE_TICK, lambda ctx: liveness.check(ctx)),
+    Task("autoscale", autoscale.SCHEDULE_TICK, lambda ctx: autoscale.run(ctx, scheduled=True)),
+    Task("reconcile", reconcile.SCHEDULE_TICK, lambda ctx: reconcile.run(ctx, scheduled=True)),
 )
 
 
@@ -54,7 +53,7 @@ def run_once(task, make_context):
     """One run of ``task`` with a context of its own; its return, or ``None`` if it failed (logged)."""
     ctx = None
     try:
-        ctx = make_context(task.actor)
+        ctx = make_context(task.name)
         ret = task.call(ctx)
     except VclusterError as exc:
         log.warning("vcluster %s: %s", task.name, exc)

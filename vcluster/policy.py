@@ -136,9 +136,9 @@ class AutoscaleProfile:
 
 @dataclasses.dataclass(frozen=True)
 class Autoscale:
-    """The ``vcluster.autoscale`` runner and its master schedule."""
+    """The ``vcluster.autoscale`` runner and its periodic run (the ``vcluster_tasks`` engine)."""
 
-    enabled: bool = False  # False: no schedule; the runner only reports
+    enabled: bool = False  # False: no periodic run; the runner only reports
     interval: int = 60  # seconds between scheduled runs
     job_flag: str = "vcluster-own"  # sbatch --comment=<flag>[:<profile>] asks for own nodes
     profiles: FrozenMap = dataclasses.field(default_factory=FrozenMap)

@@ -24,7 +24,7 @@ from tests.integration.stack import ClusterStack, job_states, node_info, sbatch,
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LIVENESS_TIMEOUT = 5  # seconds (pillar vcluster:liveness:timeout)
-SCHEDULE = 10  # vcluster.masterconf.LIVENESS_INTERVAL
+SCHEDULE = 10  # vcluster.liveness.SCHEDULE_TICK
 HOST = socket.gethostname()  # Slurm's bare-metal node, the LXD server and the controller
 
 

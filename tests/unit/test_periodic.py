@@ -52,10 +52,10 @@ def test_tasks_call_each_module_as_its_runner_would(monkeypatch):
     monkeypatch.setattr(autoscale, "run", lambda ctx, scheduled: called.append(("autoscale", scheduled)) or {})
     monkeypatch.setattr(reconcile, "run", lambda ctx, scheduled: called.append(("reconcile", scheduled)) or {})
     tasks = {t.name: t for t in periodic.TASKS}
-    assert {n: (t.interval, t.actor) for n, t in tasks.items()} == {
-        "liveness": (liveness.SCHEDULE_TICK, "liveness"),
-        "autoscale": (autoscale.SCHEDULE_TICK, "autoscale"),
-        "reconcile": (reconcile.SCHEDULE_TICK, "reconcile"),
+    assert {n: t.interval for n, t in tasks.items()} == {
+        "liveness": liveness.SCHEDULE_TICK,
+        "autoscale": autoscale.SCHEDULE_TICK,
+        "reconcile": reconcile.SCHEDULE_TICK,
     }
     for task in periodic.TASKS:
         task.call("ctx")
@@ -69,11 +69,11 @@ def test_run_once_closes_its_context_and_survives_failures(caplog):
         made.append((actor, Ctx()))
         return made[-1][1]
 
-    ok = periodic.Task("t", 10, "tester", lambda ctx: {"result": True, "comment": "fine"})
+    ok = periodic.Task("tester", 10, lambda ctx: {"result": True, "comment": "fine"})
     assert periodic.run_once(ok, make) == {"result": True, "comment": "fine"}
-    refused = periodic.Task("t", 10, "tester", lambda ctx: (_ for _ in ()).throw(VclusterError("no controller")))
+    refused = periodic.Task("tester", 10, lambda ctx: (_ for _ in ()).throw(VclusterError("no controller")))
     assert periodic.run_once(refused, make) is None
-    broken = periodic.Task("t", 10, "tester", lambda ctx: 1 / 0)
+    broken = periodic.Task("tester", 10, lambda ctx: 1 / 0)
     assert periodic.run_once(broken, make) is None
     assert [a for a, _ in made] == ["tester"] * 3 and all(c.closed for _, c in made)
     assert "no controller" in caplog.text and "ZeroDivisionError" in caplog.text
@@ -83,13 +83,13 @@ def test_run_once_without_a_context_reports_why():
     def make(actor):
         raise VclusterError("pillar vcluster is missing for the master")
 
-    assert periodic.run_once(periodic.Task("t", 10, "a", lambda ctx: {}), make) is None
+    assert periodic.run_once(periodic.Task("t", 10, lambda ctx: {}), make) is None
 
 
 def test_loop_runs_every_interval_from_one_interval_after_start():
     fake = FakeTime(waits=3)
     runs = []
-    task = periodic.Task("t", 10, "a", lambda ctx: runs.append(fake.now))
+    task = periodic.Task("t", 10, lambda ctx: runs.append(fake.now))
     periodic.loop(task, lambda actor: Ctx(), fake, clock=fake.clock)
     assert runs == [1010.0, 1020.0, 1030.0]
     assert fake.waits == [10.0, 10.0, 10.0, 10.0]
@@ -103,7 +103,7 @@ def test_a_long_run_skips_the_ticks_it_overran():
         runs.append(fake.now)
         fake.now += 25  # 2.5 intervals
 
-    periodic.loop(periodic.Task("t", 10, "a", slow), lambda actor: Ctx(), fake, clock=fake.clock)
+    periodic.loop(periodic.Task("t", 10, slow), lambda actor: Ctx(), fake, clock=fake.clock)
     # started at 1010, ended at 1035: next tick 1040, not a burst at 1020 and 1030
     assert runs == [1010.0, 1040.0]
     assert fake.waits[1] == pytest.approx(5.0)
@@ -119,7 +119,7 @@ def test_serve_runs_each_task_in_its_own_thread_until_stopped():
             seen[name] = threading.current_thread().name
             both.wait()  # each blocks until the other ran: they run at once
             stop.set()
-        return periodic.Task(name, 0.001, name, call)
+        return periodic.Task(name, 0.001, call)
 
     runner = threading.Thread(target=periodic.serve, args=(lambda actor: Ctx(), stop, [task("a"), task("b")]))
     runner.start()
