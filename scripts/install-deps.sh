@@ -5,13 +5,16 @@
 #
 # env: PYTHON (python3)  the Python 3.11+ that creates the virtualenv
 #      VCLUSTER_VENV (/opt/vcluster/venv)
-#      VCLUSTER_EXTRAS (test,openstack,opennebula)
+#      VCLUSTER_EXTRAS (test,lxd,openstack,opennebula)
+#      VCLUSTER_SALT_VERSION (3008.3)  the Salt that CI runs; the package
+#                                      accepts the 3008 series (pyproject.toml)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 VENV=${VCLUSTER_VENV:-/opt/vcluster/venv}
-EXTRAS=${VCLUSTER_EXTRAS:-test,openstack,opennebula}
+EXTRAS=${VCLUSTER_EXTRAS:-test,lxd,openstack,opennebula}
+SALT_VERSION=${VCLUSTER_SALT_VERSION:-3008.3}
 
 PACKAGES=(
     # Slurm and what a Slurm node needs
@@ -58,12 +61,13 @@ if [ "$have_base" != "$want_base" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
 fi
 
-# Re-install only when setup.py, the extras, the repo path or the Python changed.
+# Re-install only when pyproject.toml, the extras, the Salt version, the repo
+# path or the Python changed.
 stamp_file=$VENV/.vcluster-install
-stamp=$( { cat "$REPO/setup.py"; echo "$REPO $EXTRAS $want_base"; } | sha256sum | cut -d' ' -f1)
+stamp=$( { cat "$REPO/pyproject.toml"; echo "$REPO $EXTRAS $SALT_VERSION $want_base"; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ] || ! "$VENV/bin/python" -c 'import vcluster' 2>/dev/null; then
-    log "pip install -e ${REPO}[${EXTRAS}]"
-    "$VENV/bin/python" -m pip install --quiet -e "${REPO}[${EXTRAS}]"
+    log "pip install -e ${REPO}[${EXTRAS}] salt==${SALT_VERSION}"
+    "$VENV/bin/python" -m pip install --quiet -e "${REPO}[${EXTRAS}]" "salt==${SALT_VERSION}"
     echo "$stamp" >"$stamp_file"
 else
     log "virtualenv up to date"
