@@ -1,7 +1,8 @@
 """Salt-backed implementations of the engine's interfaces (master side).
 
-Only the runner imports this: it needs the master's ``opts``. Keys go
-through the wheel client (the master's key cache), Slurm through the
+Only the runner imports this: it needs the master's ``opts``. Keys are
+listed and deleted through the wheel client and generated in this process
+(the private key never rides a wheel return), Slurm through the
 controller minion's ``slurm`` execution module, states through the local
 client, events through the master event bus.
 """
@@ -13,8 +14,11 @@ import time
 
 import salt.client
 import salt.config
+import salt.cache
+import salt.crypt
 import salt.pillar
 import salt.utils.event
+import salt.utils.verify
 import salt.wheel
 
 from vcluster import policy as _policy
@@ -84,6 +88,10 @@ WHEEL_BACKOFF = 1.0
 WHEEL_DEADLINE = 30
 
 
+#: Smallest RSA key size of a generated minion key (Salt's own minimum and default).
+KEY_SIZE = 2048
+
+
 #: Salt's key directories (as ``key.list_all`` names them) and their states.
 KEY_STATES = {
     "minions": "accepted",
@@ -94,7 +102,17 @@ KEY_STATES = {
 
 
 class WheelKeys:
-    """Minion keys through the wheel client (honours ``keys.cache_driver``).
+    """Minion keys: listed and deleted through the wheel client, generated here.
+
+    A new node's key pair is generated in this process (Salt's own
+    :func:`salt.crypt.gen_keys`) and its public key written to the master's
+    key store through Salt's ``keys`` cache with the master's
+    ``keys.cache_driver`` (``localfs_key``: ``<pki_dir>/minions/<id>``, owned
+    by the master's user), exactly what ``wheel.key.gen_accept`` stores. The
+    private key goes only to the caller (the node's boot files): Salt's wheel
+    client publishes every return on the master event bus
+    (``salt/wheel/<jid>/ret``), where ``key.gen_accept`` would show it to
+    every subscriber.
 
     A wheel call can fail for a moment while the master is busy (seen under
     load: an exception inside the client before the call even ran); each
@@ -106,6 +124,7 @@ class WheelKeys:
         self.opts = opts
         self.wheel = salt.wheel.WheelClient(opts)
         self._master_pub = None
+        self._cache = None
 
     def _cmd(self, fun, arg=(), kwarg=None):
         def once():
@@ -119,16 +138,40 @@ class WheelKeys:
                                 f"{type(exc).__name__}: {sentence(exc)}") from exc
 
     def gen_accept(self, name, clear=True):
+        """Generate ``name``'s key pair here, accept its public key: ``{"pub", "priv"}``.
+
+        No wheel, runner or event carries the pair; only the public key is
+        stored on the master.
+        """
         # A pending or rejected key left by an earlier guest of this name
         # (one that re-authenticated after its key was deleted) goes first:
-        # gen_accept only writes the accepted key. clear=False: the caller
-        # listed the keys just now and this name has none.
+        # the store below only writes the accepted key. clear=False: the
+        # caller listed the keys just now and this name has none.
         if clear:
             self.delete(name)
-        keys = self._cmd("key.gen_accept", [name], {"force": True})
-        if not keys or "priv" not in keys:
-            raise VclusterError(f"could not generate and accept a minion key for {name}")
-        return keys
+        priv, pub = self._generate(name)
+        self._store_accepted(name, pub)
+        return {"pub": pub, "priv": priv}
+
+    def _generate(self, name):
+        if not isinstance(name, str) or not salt.utils.verify.valid_id(self.opts, name):
+            raise VclusterError(f"{name!r} is not a valid minion id for a key")
+        keysize = max(KEY_SIZE, int(self.opts.get("keysize") or KEY_SIZE))
+        try:
+            priv, pub = salt.crypt.gen_keys(keysize)
+        except Exception as exc:  # noqa: BLE001 - one sentence, never the key
+            raise VclusterError(f"could not generate a minion key for {name}: {type(exc).__name__}") from None
+        return priv, pub
+
+    def _store_accepted(self, name, pub):
+        """Write ``pub`` as ``name``'s accepted key, as Salt's own key store does."""
+        try:
+            if self._cache is None:
+                self._cache = salt.cache.Cache(self.opts, driver=self.opts["keys.cache_driver"])
+            self._cache.store("keys", name, {"pub": pub, "state": "accepted"})
+        except Exception as exc:  # noqa: BLE001 - one sentence, never the key
+            raise VclusterError(f"could not accept a minion key for {name} in the master's key store "
+                                f"({self.opts.get('keys.cache_driver')}): {sentence(exc)}") from None
 
     def delete(self, name):
         self._cmd("key.delete", [name])

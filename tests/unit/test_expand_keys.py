@@ -1,7 +1,12 @@
-"""Expand's key handling: one listing per call, a delete only where a stale key is left."""
+"""Expand's key handling: one listing per call, a delete only where a stale key is left,
+and the private key of a new node reaches its boot files and nothing else."""
+
+import logging
+import os
 
 from tests.unit.test_reconcile import PILLAR, Bus, MemoryKeys, MemoryProvider, MemorySlurm
-from vcluster import engine
+from tests.unit.test_wheel_keys import bus, body, master_opts  # noqa: F401 - fixtures
+from vcluster import engine, saltlink
 from vcluster.context import Context
 from vcluster.policy import load
 from vcluster.registry import Registry
@@ -39,3 +44,62 @@ def test_expand_lists_keys_once_and_clears_only_a_stale_one(tmp_path):
     assert keys.calls == [("all",), ("gen_accept", first, False), ("gen_accept", second, True),
                           ("delete", second)]
     assert keys.pending == set() and keys.keys == {first, second}
+
+
+class SpecKeepingProvider(MemoryProvider):
+    def __init__(self):
+        super().__init__()
+        self.specs = []
+
+    def create(self, specs):
+        self.specs.extend(specs)
+        return super().create(specs)
+
+
+class RecordingBus(Bus):
+    def progress(self, message, **data):
+        self.events.append(("progress", {"message": message, **data}))
+
+
+def test_expand_hands_the_private_key_to_the_boot_files_only(tmp_path, master_opts, bus, caplog):
+    """Salt's real key store and wheel client on a temporary master (see
+    test_wheel_keys): the new node's private key is in its boot files and
+    nowhere else this process produced: no master-bus event (recorded at
+    ``fire_event``), no vcluster event or progress message, no log record,
+    not in the expand's return, not in the registry file."""
+    caplog.set_level(logging.DEBUG)
+    keys = saltlink.WheelKeys(master_opts)
+    keys.master_pub = lambda: "MASTER PUBLIC KEY"  # no master runs here to ask (key.master_key_str)
+    events = RecordingBus()
+    ctx = Context(policy=load(PILLAR), registry=Registry(tmp_path / "r.sqlite"), keys=keys,
+                  slurm=MemorySlurm(), salt=None, events=events)
+    provider = ctx._providers["lxd"] = SpecKeepingProvider()
+    try:
+        ret = engine.expand(ctx, "htc", 2, wait=False)
+        listing = keys.all()
+    finally:
+        ctx.close()
+
+    # wait=False: the nodes are booting (no guest joins here), their keys accepted
+    assert {v["state"] for v in ret["nodes"].values()} == {"booting"}, ret
+    assert listing == {n: "accepted" for n in ret["nodes"]}
+    pems = {}
+    for spec in provider.specs:
+        files = {f.path: f for f in spec.boot_files}
+        pem = files["/etc/salt/pki/minion/minion.pem"]
+        assert pem.mode == 0o400 and pem.content.startswith("-----BEGIN RSA PRIVATE KEY-----")
+        assert files["/etc/salt/pki/minion/minion.pub"].content == open(
+            os.path.join(master_opts["pki_dir"], "minions", spec.name), encoding="utf-8").read()
+        assert pem.content not in repr(spec)  # BootFile hides its content from repr
+        pems[spec.name] = pem.content
+    assert sorted(pems) == sorted(ret["nodes"]) and len(set(pems.values())) == 2
+    seen = {
+        "master bus": repr(bus),
+        "vcluster events": repr(events.events),
+        "log": "\n".join(r.getMessage() for r in caplog.records),
+        "return": repr(ret),
+        "registry": open(tmp_path / "r.sqlite", "rb").read().decode("latin-1"),
+    }
+    for where, text in seen.items():
+        for pem in pems.values():
+            assert not any(line in text for line in body(pem)), f"a private key in the {where}"

@@ -1,10 +1,22 @@
-"""WheelKeys: bounded retries around the master's wheel client.
+"""WheelKeys: bounded retries around the master's wheel client; keys made in-process.
 
-The wheel client needs a running master; here a stand-in that fails a given
-number of times replaces it (the integration tests use the real one).
+Retries: a stand-in wheel that fails a given number of times replaces the
+real one (the integration tests use the real one with a running master).
+Key generation: Salt's real wheel client and real ``keys`` cache on a
+master configuration in a temporary directory. No master runs here, so the
+master event bus is replaced by a recorder of every ``fire_event`` call (a
+publish to the bus is exactly such a call): it shows that Salt's own
+``key.gen_accept`` publishes the private key, and that ours publishes none.
 """
 
+import getpass
+import os
+
 import pytest
+import salt.config
+import salt.utils.event
+import salt.wheel
+from cryptography.hazmat.primitives import serialization
 
 from vcluster import saltlink
 from vcluster.errors import VclusterError
@@ -65,8 +77,6 @@ class ListingWheel:
         self.calls.append((fun, list(arg)))
         if fun == "key.list_all":
             return self.listing
-        if fun == "key.gen_accept":
-            return {"priv": "PRIVATE", "pub": "PUBLIC"}
         return {}
 
 
@@ -77,13 +87,138 @@ def test_all_keys_carry_their_state(monkeypatch):
         "a": "accepted", "b": "accepted", "c": "pending", "d": "rejected", "e": "denied"}
 
 
-def test_gen_accept_clears_a_stale_key_of_any_state_first(monkeypatch):
-    wheel = ListingWheel({})
-    keys_with(wheel, monkeypatch).gen_accept("vn1")
-    assert wheel.calls == [("key.delete", ["vn1"]), ("key.gen_accept", ["vn1"])]
+@pytest.fixture
+def master_opts(tmp_path):
+    """A master's opts in ``tmp_path`` (its pki and cache dirs as the master makes them)."""
+    root = tmp_path / "m"
+    opts = salt.config.apply_master_config(
+        {"root_dir": str(root), "pki_dir": str(root / "pki"), "cachedir": str(root / "cache"),
+         "sock_dir": str(root / "sock"), "log_file": str(root / "master.log"), "user": getpass.getuser(),
+         "id": "unit_master"},
+        salt.config.DEFAULT_MASTER_OPTS.copy())
+    for sub in ("pki/minions", "pki/minions_pre", "pki/minions_rejected", "pki/minions_denied", "cache/proc"):
+        (root / sub).mkdir(parents=True)
+    return opts
 
 
-def test_gen_accept_of_a_name_known_to_have_no_key_skips_the_delete(monkeypatch):
+@pytest.fixture
+def bus(monkeypatch):
+    """Every event anything in this process fires on the master bus: ``[(tag, data)]``."""
+    fired = []
+
+    def record(self, data, tag, timeout=1000):
+        fired.append((tag, repr(data)))
+        return True
+
+    monkeypatch.setattr(salt.utils.event.SaltEvent, "fire_event", record)
+    return fired
+
+
+def body(pem):
+    """The base64 lines of a PEM block (what a leak would carry, however escaped)."""
+    return [line for line in pem.splitlines() if line and not line.startswith("-----")]
+
+
+def leaked(fired, pem):
+    return [tag for tag, data in fired if any(line in data for line in body(pem))]
+
+
+def test_salts_own_wheel_gen_accept_publishes_the_private_key(master_opts, bus):
+    # Why vcluster does not use it: the very recorder the next test relies on
+    # sees the private key in the wheel's return event.
+    wheel = salt.wheel.WheelClient(master_opts)
+    try:
+        ret = wheel.cmd("key.gen_accept", ["vn0"], {"force": True}, print_event=False)
+    finally:
+        wheel.destroy()
+    assert ret["priv"].startswith("-----BEGIN RSA PRIVATE KEY-----")
+    assert any(tag.startswith("salt/wheel/") and tag.endswith("/ret") for tag in leaked(bus, ret["priv"]))
+
+
+def test_gen_accept_generates_here_and_publishes_no_private_key(master_opts, bus):
+    keys = saltlink.WheelKeys(master_opts)  # the real wheel client (for the delete and the listing)
+    try:
+        pair = keys.gen_accept("vn1")
+        listing = keys.all()
+    finally:
+        keys.close()
+    assert any(tag.startswith("salt/wheel/") for tag, _ in bus)  # the recorder saw the wheel's delete
+    assert leaked(bus, pair["priv"]) == []
+    stored = os.path.join(master_opts["pki_dir"], "minions", "vn1")
+    assert open(stored, encoding="utf-8").read() == pair["pub"]
+    assert os.stat(stored).st_mode & 0o077 == 0  # 0600, as Salt's key store writes it
+    assert listing == {"vn1": "accepted"}
+    # the pair matches, and the master holds no private key of the node
+    priv = serialization.load_pem_private_key(pair["priv"].encode(), None)
+    assert priv.key_size >= saltlink.KEY_SIZE
+    assert priv.public_key().public_bytes(serialization.Encoding.PEM,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo).decode() == pair["pub"]
+    for top, _, files in os.walk(master_opts["root_dir"]):
+        for name in files:
+            text = open(os.path.join(top, name), "rb").read().decode(errors="replace")
+            assert not any(line in text for line in body(pair["priv"])), os.path.join(top, name)
+
+
+def test_gen_accept_replaces_a_pending_or_denied_key_of_the_name(master_opts, bus):
+    old = saltlink.WheelKeys(master_opts)
+    stale = old._generate("vn2")[1]
+    old.close()
+    for directory in ("minions_pre", "minions_denied"):
+        with open(os.path.join(master_opts["pki_dir"], directory, "vn2"), "w", encoding="utf-8") as f:
+            f.write(stale)
+    keys = saltlink.WheelKeys(master_opts)
+    try:
+        assert keys.all() == {"vn2": "pending"}
+        pair = keys.gen_accept("vn2")
+        assert keys.all() == {"vn2": "accepted"}
+        assert pair["pub"] != stale
+        keys.delete("vn2")
+        assert keys.all() == {}
+    finally:
+        keys.close()
+
+
+def test_gen_accept_honours_the_keys_cache_driver(master_opts, bus):
+    # Salt 3008 keeps keys in its "keys" cache bank; another driver than the
+    # pki-directory shim (here the memory-mapped one Salt ships) stores them
+    # elsewhere, and Salt's key listing follows.
+    master_opts["keys.cache_driver"] = "mmap_key"
+    keys = saltlink.WheelKeys(master_opts)
+    try:
+        pair = keys.gen_accept("vn3", clear=False)
+        assert keys.all() == {"vn3": "accepted"}
+    finally:
+        keys.close()
+    assert not os.path.exists(os.path.join(master_opts["pki_dir"], "minions", "vn3"))
+    banked = {}
+    for top, _, files in os.walk(master_opts["pki_dir"]):
+        for name in files:
+            banked[name] = open(os.path.join(top, name), "rb").read().decode("latin-1")
+    assert any(body(pair["pub"])[1] in text for text in banked.values()), sorted(banked)
+    assert leaked(list(banked.items()), pair["priv"]) == []
+
+
+def test_gen_accept_refuses_an_invalid_minion_id_in_one_sentence(master_opts):
+    keys = saltlink.WheelKeys(master_opts)
+    try:
+        with pytest.raises(VclusterError, match=r"^'\.\./x' is not a valid minion id for a key$"):
+            keys.gen_accept("../x", clear=False)
+    finally:
+        keys.close()
+    assert os.listdir(os.path.join(master_opts["pki_dir"], "minions")) == []
+
+
+def test_gen_accept_clears_a_stale_key_of_any_state_first(monkeypatch, master_opts):
     wheel = ListingWheel({})
-    keys_with(wheel, monkeypatch).gen_accept("vn1", clear=False)
-    assert wheel.calls == [("key.gen_accept", ["vn1"])]
+    keys = keys_with(wheel, monkeypatch)
+    keys.opts, keys._cache = master_opts, None
+    keys.gen_accept("vn1")
+    assert wheel.calls == [("key.delete", ["vn1"])]  # and no wheel call generates the key
+
+
+def test_gen_accept_of_a_name_known_to_have_no_key_skips_the_delete(monkeypatch, master_opts):
+    wheel = ListingWheel({})
+    keys = keys_with(wheel, monkeypatch)
+    keys.opts, keys._cache = master_opts, None
+    keys.gen_accept("vn1", clear=False)
+    assert wheel.calls == []
