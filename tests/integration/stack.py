@@ -87,6 +87,7 @@ class ClusterStack:
     def write_site_pillar(self):
         """The site files the stack script writes in production."""
         self.site.mkdir(parents=True, exist_ok=True)
+        self.site.chmod(0o700)  # as scripts/stack.sh: the site pillar may hold credentials
         gw = self.network["gateway"]
         site = {
             "slurm": {
