@@ -67,9 +67,12 @@ EOF
 
 write_salt_config() {
     mkdir -p /etc/salt/master.d /etc/salt/minion.d
-    "$BIN/python" -m vcluster.masterconf --repo "$REPO" --site "$SITE" --registry "$REGISTRY" \
-        --interface "$ADDRESS" --master-id "$MASTER_ID" --controller "$HOST" \
-        --pool-glob 'vnode*' >/etc/salt/master.d/vcluster.conf
+    # What vcluster adds to this master (here: a master of its own); refused,
+    # with the key named, where it would replace a setting of /etc/salt/master.
+    "$BIN/python" -m vcluster.masterconf --check /etc/salt/master --write /etc/salt/master.d/vcluster.conf \
+        --repo "$REPO" --site "$SITE" --registry "$REGISTRY" --interface "$ADDRESS" \
+        --master-id "$MASTER_ID" --controller "$HOST" --pool-glob 'vnode*' >/dev/null ||
+        die "the master configuration (see above)"
     cat >/etc/salt/minion.d/vcluster.conf <<EOF
 # Written by scripts/stack.sh: this host is the Slurm controller and a
 # bare-metal compute node, configured by the same states as virtual nodes.

@@ -26,7 +26,7 @@ import uuid
 
 import yaml
 
-from vcluster.masterconf import master_config
+from vcluster.masterconf import addition, master_config
 from vcluster.slurm.parse import parse_record
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -133,10 +133,11 @@ class ClusterStack:
             secrets.chmod(0o600)
 
     def master_config(self):
-        conf = master_config(
+        # what vcluster adds to a master with no settings of its own (as stack.sh)
+        conf, _, _ = addition({}, master_config(
             REPO, self.site, self.registry, self.network["gateway"], self.master_id,
             self.controller_id, [f"{POOL_PREFIX}*"],
-        )
+        ))
         conf["log_level_logfile"] = os.environ.get("VCLUSTER_TEST_LOG_LEVEL", "info")
         return conf
 
