@@ -174,6 +174,23 @@ class Node:
         return data
 
 
+def _create_private(path):
+    """Create the registry file (and missing parent directories) for the master's user only.
+
+    The registry names every node, address and instance, and its audit log
+    who did what: 0600 in a 0700 directory when vcluster creates them.
+    SQLite creates the ``-wal`` and ``-shm`` files with the database file's
+    mode. An existing file keeps its mode (the site chose it).
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+
+
 class Registry:
     """The registry in one SQLite file; open one per process (or thread).
 
@@ -194,7 +211,7 @@ class Registry:
         self._db = None
         try:
             if not memory:
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                _create_private(self.path)
             if lock_file and not memory:
                 self._lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._db = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000, isolation_level=None)
