@@ -66,6 +66,38 @@ def nodes(names=None, conf=None):
         return [n.to_dict() for n in _slurm(conf).nodes(names)]
 
 
+def liveness_scan(nodes, wait=2, conf=None):  # pylint: disable=redefined-outer-name
+    """
+    Slurm's view of ``nodes`` and whether their slurmd listens, in one call.
+
+    For vcluster's liveness check (master side): one ``scontrol show node``
+    and a TCP SYN probe (no connection reaches slurmd, nothing in its log)
+    of every named node at once from this host, the controller.
+
+    nodes
+        Hostlist (or comma-separated names) to look at; names Slurm does not
+        know are left out.
+
+    wait
+        Seconds to wait for the silent ones (default 2).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.liveness_scan nodes='vn[1-4],gpu1'
+    """
+    try:
+        wait = float(wait)
+    except (TypeError, ValueError):
+        raise CommandExecutionError(f"wait must be a number of seconds, got {wait!r}") from None
+    if not 0 < wait <= 60:
+        raise CommandExecutionError(f"wait must be more than 0 and at most 60 seconds, got {wait!r}")
+    with _errors():
+        scan = _slurm(conf).liveness_scan(nodes, wait)
+    return {"nodes": [n.to_dict() for n in scan["nodes"]], "slurmd": scan["slurmd"]}
+
+
 def node(name, conf=None):
     """
     Show one node as a dict, or None when Slurm does not know it.

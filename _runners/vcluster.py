@@ -235,23 +235,29 @@ def migrate(node=None, host=None, live=True):
     return _run(_suspend.migrate, node, host=host, live=live)
 
 
-def liveness(timeout=None):
+def liveness(timeout=None, test=False):
     """
-    Check node liveness once; set dead nodes DOWN in Slurm (the master's vcluster_tasks engine runs this every 10 s).
+    Check node liveness once; set nodes whose slurmd is gone DOWN in Slurm (the master's vcluster_tasks engine runs this every 10 s).
 
-    Slurm runs with ``SlurmdTimeout=0``: vcluster decides which nodes are dead,
-    skipping nodes it suspended on purpose. See docs/operations.md.
+    Slurm runs with ``SlurmdTimeout=0``: vcluster decides which nodes are dead
+    from one scan of every watched slurmd by the controller, skipping nodes it
+    suspended on purpose. A node whose minion is silent but whose slurmd
+    answers is only reported (``minion_silent``), never set DOWN.
+    ``timeout`` (seconds) bounds the Salt probe of the nodes the scan flags;
+    ``test=True`` says which nodes would be set DOWN or resumed and changes
+    nothing. See docs/operations.md.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run vcluster.liveness
+        salt-run vcluster.liveness test=True
         salt-run vcluster.liveness timeout=5
     """
     from vcluster import liveness as _liveness
 
-    return _run(_liveness.check, timeout=timeout, actor="liveness")
+    return _run(_liveness.check, timeout=timeout, test=test, actor="liveness")
 
 
 def on_slurm_event(minion_id=None, line=None):

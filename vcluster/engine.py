@@ -431,7 +431,20 @@ def status(ctx):
             "jobs": sorted(jobs.get(n.name, [])),
             "reason": n.reason,
         }
-    return {"result": True, "nodes": out, "count": len(out)}
+    return {"result": True, "nodes": out, "count": len(out), "warnings": _minion_warnings(ctx, nodes, slurm)}
+
+
+def _minion_warnings(ctx, nodes, slurm):
+    """A warning naming the watched nodes whose minion is not connected (liveness keeps them up)."""
+    from vcluster import liveness  # pylint: disable=import-outside-toplevel
+
+    watched = [n.name for n in nodes if n.state in liveness.WATCHED_STATES]
+    watched += _try(lambda: liveness.watched_baremetal(ctx, slurm), default=[])
+    silent = liveness.silent_minions(ctx, watched)
+    if not silent:
+        return []
+    return [f"the minion of {', '.join(silent)} is not connected to the master: Salt cannot reach "
+            f"{'it' if len(silent) == 1 else 'them'}; liveness keeps such a node up while its slurmd answers"]
 
 
 # reconcile lives in vcluster/reconcile.py (it imports this module lazily)

@@ -282,6 +282,16 @@ class ControllerSlurm(_Local):
             raise SlurmError(f"Slurm did not take the new address {address} of {name}: {text or 'no answer'}")
         return True
 
+    def liveness_scan(self, names, wait):
+        """Slurm's view of ``names`` and a SYN probe of their slurmds, from the controller: one call."""
+        from vcluster.slurm import hostlist  # pylint: disable=import-outside-toplevel
+
+        try:
+            nodes = hostlist.collect(sorted(names))
+        except SlurmError:
+            nodes = ",".join(sorted(names))
+        return self._slurm("liveness_scan", nodes=nodes, wait=wait, call_timeout=int(wait) + 30)
+
     def wait_node_state(self, name, states, timeout):
         return self._slurm("wait_node_state", name, states=",".join(states), timeout=int(timeout),
                            call_timeout=int(timeout))
@@ -400,6 +410,18 @@ class LocalActions(_Local):
             if isinstance(data, dict) and "retcode" in data:
                 out[name] = data["retcode"] == 0
         return out
+
+
+    def present(self, names):
+        """Those of ``names`` whose minion holds a connection to the master's publish port.
+
+        Salt's own ``connected_ids`` (what ``manage.present`` uses): the
+        master's TCP connections matched against cached grains; no job is
+        published, nothing reaches a minion.
+        """
+        import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+        return set(salt.utils.minions.CkMinions(self.opts).connected_ids(subset=list(names)))
 
 
 def summarize(ret, expected=None):

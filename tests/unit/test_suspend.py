@@ -1,4 +1,4 @@
-"""vcluster.suspend, vcluster.liveness, vcluster.preempt against fakes of Slurm, Salt and a provider.
+"""vcluster.suspend, vcluster.preempt against fakes of Slurm, Salt and a provider.
 
 The registry and the policy are the real ones; Slurm, the minions and the
 provider are small in-memory stand-ins that record what was asked of them.
@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from vcluster import liveness, preempt, reconcile
+from vcluster import preempt, reconcile
 from vcluster import policy as _policy
 from vcluster import suspend as sus
 from vcluster.context import Context
@@ -287,56 +287,6 @@ def test_migrate_failure_restores_state(env):
     with pytest.raises(Exception, match="cannot migrate vn2: LXD needs CRIU"):
         sus.migrate(ctx, "vn2", host="h2")
     assert ctx.registry.get("vn2").state == "suspended"
-
-
-def test_liveness_downs_dead_skips_suspended_and_brings_back(env):
-    ctx = env({"liveness": {"timeout": 1}})
-    sus.suspend(ctx, "vn1")
-    del ctx.salt.alive["vn1"]  # frozen on purpose: silent but not dead
-    del ctx.salt.alive["vn2"]  # minion gone
-    ctx.provider("lxd").status["vn3"] = Status.STOPPED  # killed behind vcluster's back
-    ctx.salt.alive["ctl"] = True
-    ctx.slurm.nodes_["ctl"] = {"state": ["IDLE"], "reason": ""}
-    ret = liveness.check(ctx)
-    assert sorted(ret["down"]) == ["vn2", "vn3"], ret
-    assert ctx.slurm.nodes_["vn2"]["state"] == ["DOWN"]
-    assert ctx.slurm.nodes_["vn2"]["reason"].startswith(liveness.REASON_PREFIX)
-    assert ctx.slurm.nodes_["vn1"]["state"] == ["IDLE", "DRAIN"]
-    assert "vcluster/node/vn3/down" in ctx.events.fired
-    # vn2 answers again: vcluster lifts its own DOWN
-    ctx.salt.alive["vn2"] = True
-    ret = liveness.check(ctx)
-    assert ret["up"] == ["vn2"] and ctx.slurm.nodes_["vn2"]["state"] == ["IDLE"]
-    assert "vn3" in ret["already_down"]
-
-
-def test_liveness_leaves_pool_names_without_registry_row_alone(env):
-    """A pool name in Slurm whose key is accepted but which vcluster does not
-    hold yet (being created) is not bare metal: it is never probed or set DOWN."""
-    ctx = env({"liveness": {"timeout": 1}})
-    ctx.slurm.nodes_["vn4"] = {"state": ["IDLE", "CLOUD"], "reason": ""}
-    ctx.keys.accepted = lambda: {"ctl", "vn1", "vn2", "vn3", "vn4"}
-    ret = liveness.check(ctx)
-    assert ret["down"] == {} and ret["watched"] == 3, ret
-    assert ctx.slurm.nodes_["vn4"]["state"] == ["IDLE", "CLOUD"]
-
-
-def test_liveness_skips_a_node_that_changed_while_it_probed(env):
-    """The probe was published before the node (re)joined: no verdict this round."""
-    ctx = env({"liveness": {"timeout": 1}})
-    del ctx.salt.alive["vn2"]
-
-    def slow_probe(names, timeout):
-        ctx.registry.update("vn2", host="h1")  # e.g. a join finishing meanwhile
-        return {n: ctx.salt.alive[n] for n in names if n in ctx.salt.alive}
-
-    ctx.salt.probe = slow_probe
-    ret = liveness.check(ctx)
-    assert ret["down"] == {} and ret["skipped"] == ["vn2"], ret
-    assert ctx.slurm.nodes_["vn2"]["state"] == ["IDLE"]
-    ctx.salt.probe = FakeSalt(ctx.salt.alive).probe
-    ret = liveness.check(ctx)  # the next round judges it
-    assert list(ret["down"]) == ["vn2"], ret
 
 
 PREEMPTION = {"preemption": {"enabled": True, "partitions": ["batch"], "preemptible": ["htc"]},

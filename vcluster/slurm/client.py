@@ -31,7 +31,7 @@ import time
 
 from vcluster.errors import SlurmError
 from vcluster.slurm import conf as _conf
-from vcluster.slurm import hostlist, parse, states
+from vcluster.slurm import hostlist, parse, reach, states
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ NEEDS_REASON = ("DRAIN", "DOWN", "FAIL")
 LIVE_JOB_STATES = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING",
                    "REQUEUED", "RESIZING", "STOPPED", "SIGNALING", "STAGE_OUT")
 
+
+#: Node states in which Slurm expects no answer from slurmd (not yet there,
+#: or powered down by power saving): :meth:`Slurm.liveness_scan` skips them.
+UNPROBED_STATES = ("FUTURE", "POWERED_DOWN", "POWERING_DOWN", "POWERING_UP", "REBOOT_ISSUED")
 
 #: ``scontrol: error: `` and the like, dropped from messages.
 _PREFIX = re.compile(r"^[a-z]+: (?:error|fatal): ")
@@ -116,6 +120,40 @@ class Slurm:
                 return []
             raise SlurmError(f"scontrol show node failed: {_message(rc, out, err)}")
         return parse.nodes_from_scontrol(out)
+
+    def liveness_scan(self, names, wait=2.0):
+        """One look at the slurmds of ``names`` (a hostlist or list): Slurm's view and a SYN probe.
+
+        Returns ``{"nodes": [Node of names that Slurm knows], "slurmd":
+        {name: verdict}}``, verdicts from :func:`vcluster.slurm.reach.probe`
+        (``listening``, ``refused``, ``silent``, ``unresolved``), or
+        ``skipped`` for nodes Slurm itself does not expect to answer
+        (:data:`UNPROBED_STATES`). One ``scontrol show node``, one ``scontrol
+        show config`` and one probe of every named node at once, whatever
+        their number. A node's ``Port=`` (shown only when it differs from
+        ``SlurmdPort``) wins over the cluster's.
+        """
+        wanted = set(hostlist.expand(names))
+        _, out, _ = self.run("scontrol", "-F", "show", "-o", "node")
+        found = [n for n in parse.nodes_from_scontrol(out) if n.name in wanted]
+        ports = {r["NodeName"]: r["Port"] for r in parse.parse_records(out, "NodeName") if r.get("Port")}
+        default = self.slurmd_port()
+        targets, verdicts = {}, {}
+        for node in found:
+            if any(w in node.state for w in UNPROBED_STATES):
+                verdicts[node.name] = "skipped"
+            else:
+                targets[node.name] = (node.addr or node.hostname or node.name, int(ports.get(node.name, default)))
+        verdicts.update(reach.probe(targets, wait))
+        return {"nodes": found, "slurmd": verdicts}
+
+    def slurmd_port(self):
+        """``SlurmdPort`` of the running configuration (``scontrol show config``)."""
+        _, out, _ = self.run("scontrol", "show", "config")
+        match = re.search(r"^SlurmdPort\s*=\s*(\d+)", out, re.MULTILINE)
+        if not match:
+            raise SlurmError("scontrol show config printed no SlurmdPort")
+        return int(match.group(1))
 
     def node(self, name):
         """The Node called ``name``, or None when Slurm does not know it."""
