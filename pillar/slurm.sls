@@ -31,7 +31,7 @@ slurm:
     # requeue its job; so slurmctld's own check is off (0) and vcluster owns
     # node liveness: vcluster.liveness, run every 10 s by the master's
     # vcluster_tasks engine, sets nodes
-    # DOWN whose minion or slurmd is gone, skipping the ones it suspended
+    # DOWN whose slurmd no longer answers, skipping the ones it suspended
     # (pillar vcluster:liveness, docs/operations.md).
     SlurmdTimeout: 0
     ReturnToService: 2

@@ -156,9 +156,10 @@ vcluster:
   # Shown with their defaults; uncomment to change them.
   # liveness:
   #   enabled: true        # false: the scheduled check only reports
-  #   timeout: 30          # seconds a watched minion may take to answer
+  #   timeout: 30          # seconds a flagged node's minion may take to answer (a
+  #                        # silent minion alone never sets a node DOWN: slurmd decides)
   #   baremetal: true      # also watch bare-metal Slurm nodes that are minions
-  #   resume: true         # undo vcluster's own DOWN once the node answers again
+  #   resume: true         # undo vcluster's own DOWN once its slurmd answers again
   # suspend:
   #   mode: suspend        # suspend | pause (LXD: both freeze)
   #   resume_timeout: 120  # seconds for minion and slurmd after the provider resume

@@ -153,9 +153,9 @@ class Liveness:
     """How vcluster, not slurmctld, decides that a node is dead (see docs/operations.md)."""
 
     enabled: bool = True  # False: the scheduled check only reports
-    timeout: float = 30  # seconds a watched minion may take to answer the check
+    timeout: float = 30  # seconds a flagged node's minion may take to answer the closer look
     baremetal: bool = True  # also watch Slurm nodes that are minions but not vcluster nodes
-    resume: bool = True  # undo vcluster's own DOWN once the node answers again
+    resume: bool = True  # undo vcluster's own DOWN once the node's slurmd answers again
 
 
 @dataclasses.dataclass(frozen=True)
