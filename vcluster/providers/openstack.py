@@ -225,17 +225,19 @@ def cloud_config(spec, launch_index=None, minion_start=DEFAULT_MINION_START):
     return "#cloud-config\n" + yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)
 
 
-def batch_user_data(specs, minion_start=DEFAULT_MINION_START):
+def batch_user_data(specs, minion_start=DEFAULT_MINION_START, texts=None):
     """User data bytes for a batch: a single cloud-config, or a multi-part archive by launch index.
 
     The archive is gzip-compressed (cloud-init detects it) when that is what
-    makes it fit Nova's limit.
+    makes it fit Nova's limit. ``texts`` may give the parts'
+    :func:`cloud_config` texts already made (``texts[i]`` for launch index
+    ``i``).
     """
     if len(specs) == 1:
-        return cloud_config(specs[0], minion_start=minion_start).encode()
+        return (texts[0] if texts else cloud_config(specs[0], minion_start=minion_start)).encode()
     archive = email.mime.multipart.MIMEMultipart("mixed")
     for index, spec in enumerate(specs):
-        text = cloud_config(spec, index, minion_start)
+        text = texts[index] if texts else cloud_config(spec, index, minion_start)
         charset = "us-ascii" if text.isascii() else "utf-8"  # us-ascii parts stay readable (7bit)
         part = email.mime.text.MIMEText(text, "cloud-config", charset)
         part.add_header("Launch-Index", str(index))
@@ -311,25 +313,41 @@ def plan_batches(specs, keys, max_batch=50, multi_create=True, minion_start=DEFA
             groups[key] = []
             order.append(key)
         groups[key].append(i)
-    part_size = {}
+    texts = {}  # (spec index, launch index) -> its cloud-config, made once
+
+    def text(i, index):
+        if (i, index) not in texts:
+            texts[i, index] = cloud_config(specs[i], index, minion_start)
+        return texts[i, index]
+
+    def fits(members):
+        data = batch_user_data([specs[j] for j in members], minion_start,
+                               texts=[text(j, index) for index, j in enumerate(members)])
+        return encoded_size(data) <= USER_DATA_LIMIT
+
     for key in order:
-        current, estimate = [], 0
-        for i in groups[key]:
-            if i not in part_size:  # a part's text plus generous MIME headers
-                part_size[i] = len(cloud_config(specs[i], len(current), minion_start).encode()) + 400
-            candidate = current + [i]
-            estimate += part_size[i]
-            too_big = False
-            if len(candidate) > 1 and encoded_size(b"x" * estimate) > USER_DATA_LIMIT:
-                # past the plain-text estimate: build it (gzip may still make it fit)
-                too_big = encoded_size(batch_user_data([specs[j] for j in candidate], minion_start)) > USER_DATA_LIMIT
-            if current and (len(candidate) > max_batch or too_big):
-                batches.append(current)
-                current, estimate = [i], part_size[i]
-            else:
-                current = candidate
-        if current:
-            batches.append(current)
+        members = groups[key]
+        start = 0
+        while start < len(members):
+            rest = members[start:start + max_batch]
+            # the longest prefix whose plain text (parts plus generous MIME headers) fits: no archive built
+            count, estimate = 0, 0
+            for index, i in enumerate(rest):
+                estimate += len(text(i, index).encode()) + 400
+                if count and 4 * ((estimate + 2) // 3) > USER_DATA_LIMIT:
+                    break
+                count += 1
+            # gzip may fit more: the longest prefix that does, by bisection (a few archives per
+            # batch, not one per added part: that was quadratic in the batch size)
+            low, high = count, len(rest)
+            while low < high:
+                mid = (low + high + 1) // 2
+                if fits(rest[:mid]):
+                    low = mid
+                else:
+                    high = mid - 1
+            batches.append(rest[:low])
+            start += low
     return batches
 
 

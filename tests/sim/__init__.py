@@ -1,0 +1,1 @@
+"""A simulated site for measuring vcluster's control plane at scale (see :mod:`tests.sim.site`)."""
