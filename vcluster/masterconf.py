@@ -345,9 +345,11 @@ class Plan:
         self.target = os.path.abspath(target)
         if self.target == self.master_file:
             raise Refused(f"{self.target} is the site's master file: vcluster writes a file of its own beside it")
+        if os.path.exists(self.target) and not _ours(self.target):
+            raise Refused(f"{self.target} exists and was not written by vcluster.masterconf: it is the site's file, "
+                          f"choose another --write path")
         self.site, self.before, self.sources = read(self.master_file, target=self.target)
-        want = build(self.before["id"])
-        self.want = want
+        self.want = want = build(self.before["id"])
         self.content, self.added, self.unions = addition(self.site, want, self.sources)
         self.notes = []
         if self.unions:
@@ -400,8 +402,8 @@ class Plan:
         return "\n".join(lines) + "\n"
 
     def write(self):
-        """Write the file; a file there that vcluster did not write is the site's and stays."""
-        if os.path.exists(self.target) and not _ours(self.target):
+        """Write the file (atomically; a site's file of that name was refused when planning)."""
+        if os.path.exists(self.target) and not _ours(self.target):  # appeared since
             raise Refused(f"{self.target} exists and was not written by vcluster.masterconf: it is the site's file, "
                           f"choose another --write path")
         os.makedirs(os.path.dirname(self.target), exist_ok=True)

@@ -201,9 +201,9 @@ def test_never_overwrites_a_site_file_of_the_same_name(tmp_path):
     master = site_master(tmp_path)
     theirs = master.parent / "master.d" / "vcluster.conf"
     theirs.write_text("worker_threads: 3\n")
-    p = plan(master)  # the file is left out of the reading, then kept
     with pytest.raises(Refused, match="was not written by vcluster.masterconf"):
-        p.write()
+        plan(master)  # --check says so already
+    assert masterconf.main(["--check", str(master), "--controller", CTL, "--write", str(theirs)]) == 1
     assert theirs.read_text() == "worker_threads: 3\n"
 
 
