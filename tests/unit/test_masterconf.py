@@ -98,7 +98,7 @@ def test_the_written_file_holds_the_sites_entries_plus_vclusters(tmp_path):
     assert "worker_threads" not in p.content and "interface" not in p.content and "id" not in p.content
     assert sorted(p.unions) == sorted(["file_roots", "pillar_roots", "reactor", "engines", "nodegroups",
                                        "ext_pillar"])
-    assert f"holds the site's entries plus vcluster's" in p.notes[0] and str(master) in p.notes[0]
+    assert "holds the site's entries plus vcluster's" in p.notes[0] and str(master) in p.notes[0]
     # the file carries the union, the site's entries first
     assert p.content["file_roots"] == {"base": settings["file_roots"]["base"] + [loader.data_dir("salt")],
                                        "dev": settings["file_roots"]["dev"]}
