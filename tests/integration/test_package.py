@@ -240,6 +240,11 @@ def test_master_runs_plan_from_the_installed_package_only(venv, work):
         assert ret["profile"] == "htc" and ret["provider"] == "lxd" and ret["count"] == 1
         assert ret["nodes"] == {"vnode001": "10.77.0.100"}  # the example pillar's pool, from the package
         assert ret["comment"] == "would create 1 node(s) of profile htc"
+        # the master's engine, found only through the entry point's dirs in site-packages
+        deadline = time.monotonic() + 60
+        while "vcluster_tasks: liveness every" not in (work / "master.log").read_text():
+            assert time.monotonic() < deadline, "the vcluster_tasks engine did not start"
+            time.sleep(0.2)
         bad = subprocess.run([str(venv["python"]), "-I", "-c", salt.format("salt-run", "salt_run"), "-c", str(etc),
                               "--out=json", "vcluster.plan", "count=1", "profile=nope"],
                              capture_output=True, text=True, cwd=work, env={"PATH": "/usr/bin:/bin"}, timeout=300)
