@@ -452,7 +452,9 @@ class SimKeys(saltlink.WheelKeys):
 
     Key pairs are not generated (an RSA key costs tens of milliseconds of
     CPU and says nothing about how calls grow): :meth:`gen_accept` counts
-    one key, records it accepted and returns placeholder text.
+    one key, records it accepted and returns random text of a 2048-bit
+    key pair's PEM size, so that user data (Nova's 64 KiB limit) is as
+    large and as incompressible as with real keys.
     """
 
     def __init__(self, salt):  # pylint: disable=super-init-not-called - no master opts here
@@ -466,8 +468,16 @@ class SimKeys(saltlink.WheelKeys):
             self.delete(name)
         self.salt.generated += 1
         self.salt.keys[name] = "accepted"
-        return {"pub": f"-----BEGIN PUBLIC KEY-----\nsim {name}\n-----END PUBLIC KEY-----\n",
-                "priv": f"-----BEGIN RSA PRIVATE KEY-----\nsim {name}\n-----END RSA PRIVATE KEY-----\n"}
+        return {"pub": _pem("PUBLIC KEY", 294), "priv": _pem("RSA PRIVATE KEY", 1192)}
+
+
+def _pem(kind, size):
+    """PEM-armoured random bytes: the size of a real key's PEM (2048-bit RSA: 294 / 1192 DER bytes)."""
+    import base64
+    import textwrap
+
+    body = "\n".join(textwrap.wrap(base64.b64encode(os.urandom(size)).decode(), 64))
+    return f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----\n"
 
 
 class SimController(saltlink.ControllerSlurm):
