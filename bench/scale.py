@@ -15,7 +15,10 @@ transport and provider, all counting their calls. Measured per size:
   provider's answer) with a provider that creates ``max_batch`` instances
   per call;
 * ``expand_256_openstack``: the same through the real OpenStack provider
-  over a simulated Nova compute API.
+  over a simulated Nova compute API;
+* ``autoscale_retire_1pct``: an autoscale pass that acts: 1 % of the
+  nodes idle past ``idle_time`` and no job pending for them, retired (its
+  calls grow with the nodes acted on, not with the site).
 
 ``seconds`` is vcluster's own time (the wall time less the time the
 simulated Slurm spent printing); ``calls`` counts Salt publishes and wheel
@@ -38,6 +41,7 @@ import pstats
 import subprocess
 import sys
 import tempfile
+import time
 import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -86,7 +90,23 @@ def operations(site):
         "liveness": lambda: LIVENESS.check(ctx),
         "expand_256_sim": lambda: engine.expand(ctx, "htc", EXPAND, wait=False),
         "expand_256_openstack": lambda: engine.expand(ctx, "os", EXPAND, wait=False),
+        "autoscale_retire_1pct": lambda: retire_idle(site),
     }
+
+
+def retire_idle(site):
+    """An autoscale pass that acts: 1 % of the nodes idle past ``idle_time``, no job pending for them."""
+    for job in site.slurm.jobs.values():
+        if job["state"] == "PENDING":
+            job["reason"] = "Dependency"  # not for more nodes: autoscale may retire
+    site.slurm.changed()
+    state = autoscale.load_state(site.policy.registry)
+    idle = sorted(n for n, v in site.slurm.nodes.items() if v["state"] == ["IDLE"] and n.startswith("vn"))
+    long_ago = time.time() - 3600
+    state["idle_since"] = {n: long_ago for n in idle[: max(1, site.size // 100)]}
+    state["last_run"] = None
+    autoscale.save_state(site.policy.registry, state)
+    return autoscale.run(site.ctx)
 
 
 def _summary(name, ret):
@@ -103,6 +123,9 @@ def _summary(name, ret):
         return {"result": ret.get("result"), "actions": acts}
     if name == "liveness":
         return {"result": ret.get("result"), "watched": ret.get("watched"), "down": len(ret.get("down") or {})}
+    if name == "autoscale_retire_1pct":
+        acts = (ret.get("actions") or {}).get("htc") or {}
+        return {"result": ret.get("result"), "retired": len(acts.get("retire") or []), "comment": ret.get("comment")}
     if name.startswith("expand"):
         states = {}
         for node in (ret.get("nodes") or {}).values():
@@ -118,7 +141,7 @@ def run_size(size, max_batch, profile=None, repeat=1):
         try:
             for name, call in operations(site).items():
                 best = None
-                runs = 1 if name.startswith("expand") else repeat
+                runs = repeat if name in TICKS else 1
                 for _ in range(runs):
                     prof = cProfile.Profile() if profile == name else None
                     try:

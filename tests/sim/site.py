@@ -107,6 +107,7 @@ class SlurmSim:
         self._cache = {}
         self._next_job = 1
         self.slurmd_port = 6818
+        self.version = "22.05.8"  # the release the output templates were captured from
 
     # -- state -------------------------------------------------------------------------
 
@@ -234,12 +235,16 @@ class SlurmSim:
     def _run(self, argv):
         words = [a for a in argv[1:] if not a.startswith("-")]
         verb = " ".join([argv[0]] + [w for w in words[:2] if "=" not in w and not w[:1].isdigit()])
+        if not words and "--version" in argv:
+            verb += " --version"
         self.commands[verb] += 1
+        if "--version" in argv[1:] or argv[1:] == ["-V"]:
+            return 0, f"slurm {self.version}\n", ""
         if argv[0] == "squeue":
             return 0, self.squeue_json(), ""
         if argv[0] == "sinfo":
             return 0, self.sinfo_json(), ""
-        if argv[0] != "scontrol":
+        if argv[0] != "scontrol" or not words:
             return self._unsupported(argv)
         if words[:2] == ["show", "node"]:
             if len(words) > 2:
@@ -326,8 +331,12 @@ def _load_slurm_module(runner):
     module.__salt__ = {"config.get": lambda key, default=None, **_: default}
     client = module._client  # noqa: SLF001 - the module's own client class, with our runner
 
+    known = {}  # the module keeps the release it read in __context__: one per site here
+
     def _slurm(conf=None):
-        return client.Slurm(conf=conf, runner=runner)
+        slurm = client.Slurm(conf=conf, runner=runner, release=known.get(conf))
+        known[conf] = slurm.release
+        return slurm
 
     module._slurm = _slurm  # noqa: SLF001
     return module
