@@ -35,9 +35,17 @@ def __virtual__():
 
 
 def _slurm(conf=None):
+    """A client whose Slurm release is read once per ``__context__`` (``scontrol --version``).
+
+    An unsupported release raises SlurmError (one sentence) here, at the
+    first call, before any other command runs.
+    """
     if conf is None:
         conf = __salt__["config.get"]("slurm:conf", None) or None
-    return _client.Slurm(conf=conf)
+    known = __context__.setdefault("vcluster.slurm.release", {})
+    client = _client.Slurm(conf=conf, release=known.get(conf or ""))
+    known[conf or ""] = client.release
+    return client
 
 
 @contextlib.contextmanager
@@ -46,6 +54,26 @@ def _errors():
         yield
     except SlurmError as exc:
         raise CommandExecutionError(str(exc)) from exc
+
+
+def version(conf=None):
+    """
+    The Slurm release of the controller's commands and what vcluster chooses for it.
+
+    Returns ``{"version": "24.11.5", "series": "24.11", ...}`` with the row of
+    ``vcluster.slurm.versions.RELEASES`` (data_parser, output shapes and the
+    behaviour columns, see docs/slurm-versions.md). An unsupported release
+    fails with one sentence naming it and the supported ones.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.version
+    """
+    with _errors():
+        client = _slurm(conf)
+        return {"version": client.version(), **client.release.to_dict()}
 
 
 def nodes(names=None, conf=None):

@@ -36,7 +36,8 @@ def test_conf_argument_overrides_config(slurm, slurm_cluster, slurm_node, tmp_pa
     assert slurm.node(name, conf=slurm_cluster.conf)["name"] == name
     broken = tmp_path / "slurm.conf"
     broken.write_text("ClusterName=x\nBogusKey=1\n")
-    with pytest.raises(CommandExecutionError, match="scontrol show node failed: .*unrecognized key: BogusKey"):
+    # the first command with a conf is scontrol --version (read once per context)
+    with pytest.raises(CommandExecutionError, match="scontrol --version failed: .*unrecognized key: BogusKey"):
         slurm.node(name, conf=str(broken))
 
 

@@ -34,6 +34,7 @@ import collections
 import contextlib
 import copy
 import importlib.util
+import inspect
 import ipaddress
 import itertools
 import json
@@ -332,8 +333,11 @@ def _load_slurm_module(runner):
     client = module._client  # noqa: SLF001 - the module's own client class, with our runner
 
     known = {}  # the module keeps the release it read in __context__: one per site here
+    takes_release = "release" in inspect.signature(client.Slurm).parameters
 
     def _slurm(conf=None):
+        if not takes_release:  # a client that does not read Slurm's version
+            return client.Slurm(conf=conf, runner=runner)
         slurm = client.Slurm(conf=conf, runner=runner, release=known.get(conf))
         known[conf] = slurm.release
         return slurm

@@ -1,4 +1,11 @@
-"""vcluster.slurm.client.Slurm with a recorded command runner (real 22.05 outputs)."""
+"""vcluster.slurm.client.Slurm with a recorded command runner.
+
+Every test runs against the real outputs of Slurm 22.05 and of 24.11
+(tests/unit/data/slurm/<release>/), including what ``scontrol --version``
+printed there. The runner stands in for the commands because the unit tests
+run without a controller; tests/functional/test_slurm_version.py drives a
+real one.
+"""
 
 import json
 import pathlib
@@ -6,25 +13,45 @@ import pathlib
 import pytest
 
 from vcluster.errors import SlurmError
+from vcluster.slurm import versions
 from vcluster.slurm.client import Slurm
 
 DATA = pathlib.Path(__file__).parent / "data" / "slurm"
-ERRORS = json.loads((DATA / "errors.json").read_text(encoding="utf-8"))
+CAPTURED = ("22.05", "24.11")
+RELEASE = {"name": CAPTURED[0]}
+VERSION = ("scontrol", "--version")
 
 
-def read(name):
-    return (DATA / name).read_text(encoding="utf-8")
+@pytest.fixture(autouse=True, params=CAPTURED)
+def release(request):
+    """Runs each test once per captured release."""
+    RELEASE["name"] = request.param
+    return request.param
+
+
+def read(name, release=None):
+    return (DATA / (release or RELEASE["name"]) / name).read_text(encoding="utf-8")
 
 
 class Runner:
-    """Answers commands from a {tuple(argv): (rc, out, err)} table and records calls."""
+    """Answers commands from a {tuple(argv): (rc, out, err)} table and records calls.
+
+    ``scontrol --version`` is answered with the release's recorded output
+    unless the table says otherwise, and counted in ``version_calls``
+    rather than in ``calls``.
+    """
 
     def __init__(self, answers=None):
         self.answers = dict(answers or {})
+        self.answers.setdefault(VERSION, (0, read("scontrol_version.txt"), ""))
         self.calls = []
+        self.version_calls = 0
 
     def __call__(self, argv, env, timeout, stdin=None):
-        self.calls.append((argv, env.get("SLURM_CONF"), stdin))
+        if tuple(argv) == VERSION:
+            self.version_calls += 1
+        else:
+            self.calls.append((argv, env.get("SLURM_CONF"), stdin))
         key = tuple(argv)
         if key not in self.answers:
             raise AssertionError(f"unexpected command {argv}")
@@ -33,7 +60,7 @@ class Runner:
 
 
 def recorded(key):
-    e = ERRORS[key]
+    e = json.loads(read("errors.json"))[key]
     return e["rc"], e["stdout"], e["stderr"]
 
 
@@ -43,7 +70,7 @@ SHOW_NODES = ("scontrol", "-F", "show", "-o", "node")
 def test_nodes_and_conf_env():
     runner = Runner({SHOW_NODES: (0, read("scontrol_show_node_future.txt"), "")})
     slurm = Slurm(conf="/tmp/x/slurm.conf", runner=runner)
-    assert len(slurm.nodes()) == 9
+    assert len(slurm.nodes()) == (9 if RELEASE["name"] == "22.05" else 11)  # + cl1, cl2
     assert runner.calls[0][1] == "/tmp/x/slurm.conf"
 
 
@@ -268,3 +295,78 @@ def test_missing_binary():
     with pytest.raises(SlurmError, match="scontrol-does-not-exist is not installed"):
         from vcluster.slurm.client import subprocess_runner
         subprocess_runner(["scontrol-does-not-exist"], {}, 5)
+
+
+# -- the Slurm version: read once, refused when unsupported, behaviour by version --------
+
+
+def test_version_is_read_once_per_client(release):
+    runner = Runner({SHOW_NODES: (0, read("scontrol_show_node_future.txt"), ""),
+                     ("squeue", "--all", "--json"): (0, read("squeue.json"), "")})
+    slurm = Slurm(runner=runner)
+    slurm.nodes()
+    slurm.jobs()
+    slurm.nodes()
+    assert runner.version_calls == 1
+    assert slurm.release is versions.RELEASES[release]
+    assert slurm.version() == read("meta.json").split('"version": "')[1].split('"')[0].split()[-1]
+
+
+def test_known_release_is_not_read_again(release):
+    runner = Runner({("squeue", "--all", "--json"): (0, read("squeue.json"), "")})
+    assert Slurm(runner=runner, release=release).job_count() == 8
+    assert runner.version_calls == 0
+
+
+def test_the_parser_follows_the_version(release):
+    """24.11 output read as 22.05 (or the reverse) is refused, not misread."""
+    other = "24.11" if release == "22.05" else "22.05"
+    runner = Runner({("squeue", "--all", "--json"): (0, read("squeue.json", other), "")})
+    with pytest.raises(SlurmError, match=f"printed Slurm {other} output, but the controller's Slurm is {release}"):
+        Slurm(runner=runner).jobs()
+
+
+@pytest.mark.parametrize("text, sentence", [
+    ("slurm 21.08.8\n", "Slurm 21.08.8 is not supported: vcluster supports 22.05, 23.02, 23.11, 24.05, "
+                        "24.11, 25.05 and 25.11 (see docs/slurm-versions.md)"),
+    ("slurm 26.05.0\n", "Slurm 26.05.0 is not supported: "),
+    ("garbage\n", "cannot read a Slurm version from 'garbage'"),
+])
+def test_unsupported_version_is_refused_at_the_first_call(text, sentence):
+    runner = Runner({VERSION: (0, text, ""), ("squeue", "--all", "--json"): (0, read("squeue.json"), "")})
+    slurm = Slurm(runner=runner)
+    with pytest.raises(SlurmError) as exc:
+        slurm.job_count()
+    assert str(exc.value).startswith(sentence) and "\n" not in str(exc.value)
+    assert runner.calls == []  # nothing ran but scontrol --version
+    with pytest.raises(SlurmError):
+        slurm.submit(wrap="true")
+    assert runner.calls == []
+
+
+def test_version_command_failure_is_reported():
+    runner = Runner({VERSION: (1, "", "scontrol: fatal: Could not establish a configuration source\n")})
+    with pytest.raises(SlurmError, match="scontrol --version failed: Could not establish a configuration source"):
+        Slurm(runner=runner).nodes()
+
+
+@pytest.mark.parametrize("version, state, reason, argv", [
+    ("22.05.8", "POWER_DOWN_FORCE", None, ("scontrol", "update", "nodename=cl1", "state=POWER_DOWN_FORCE")),
+    ("23.11.10", "POWER_UP", None, ("scontrol", "update", "nodename=cl1", "state=POWER_UP")),
+    ("24.05.8", "POWER_UP", None, ("scontrol", "power", "up", "cl1")),
+    ("24.11.5", "POWER_DOWN_FORCE", None, ("scontrol", "power", "down", "force", "cl1")),
+    ("24.11.5", "POWER_DOWN_ASAP", "x", ("scontrol", "update", "nodename=cl1", "state=POWER_DOWN_ASAP",
+                                         "reason=x")),
+    ("25.05.8", "POWER_DOWN", "x", ("scontrol", "power", "down", "cl1", "Reason=x")),
+    ("24.11.5", "DRAIN", "x", ("scontrol", "update", "nodename=cl1", "state=DRAIN", "reason=x")),
+])
+def test_power_commands_by_version(version, state, reason, argv):
+    runner = Runner({VERSION: (0, f"slurm {version}\n", ""), argv: (0, "", "")})
+    Slurm(runner=runner)._update_node("cl1", state, reason)  # noqa: SLF001
+    assert [tuple(c[0]) for c in runner.calls] == [argv]
+
+
+def test_existing_node_create_differs_by_version(release):
+    """22.05 exits 0 on an existing node, 24.11 exits 1: the client checks first either way."""
+    rc = json.loads(read("errors.json"))["create_node_exists"]["rc"]
+    assert rc == (0 if release == "22.05" else 1)

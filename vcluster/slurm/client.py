@@ -5,7 +5,14 @@
 raises :class:`vcluster.errors.SlurmError` with the command's own message when
 one fails. The command runner can be replaced for unit tests.
 
-Measured on Slurm 22.05.8:
+Version: before its first command a client reads the Slurm version once
+(``scontrol --version``: the commands it runs print the output it parses)
+and picks the :class:`~vcluster.slurm.versions.Release` whose output shapes
+and behaviour apply; an unsupported version is refused with one sentence
+before anything else runs. ``release=`` skips the read (the Salt module
+keeps the release it read in ``__context__``).
+
+Measured on Slurm 22.05.8 (and the same on 24.11.5 unless said):
 
 * ``scontrol show node`` hides FUTURE nodes; ``scontrol -F show node`` lists
   them with the others, so every node lookup uses ``-F``.
@@ -13,14 +20,19 @@ Measured on Slurm 22.05.8:
   later ``slurmd -Z -N X`` (with or without ``--conf``) brings to IDLE; the
   controller's definition wins over the slurmd's ``--conf``. Without
   ``NodeAddr=`` the address is the node name, which must then resolve.
-  On an existing node ``scontrol create`` exits 0 and changes nothing, so
-  :meth:`Slurm.create_node` checks first.
+  On an existing node ``scontrol create`` exits 0 and changes nothing
+  (24.11: exits 1, "Node already exists"), so :meth:`Slurm.create_node`
+  checks first.
 * ``scontrol delete nodename=X`` refuses busy nodes ("Requested nodes are
   busy"), and says "Invalid node name specified" for unknown ones.
 * ``state=resume`` on a node that is neither drained nor down fails with
   "Invalid node state specified"; ``state=idle`` clears DRAIN but marks the
   node NOT_RESPONDING until its next ping, so resume is the way back.
-* ``squeue --json`` ignores squeue's filters; filtering happens here.
+* ``squeue --json`` ignores squeue's filters before 24.05 and applies them
+  from 24.05 (finished jobs are then not listed); filtering happens here.
+* A node whose only job is suspended shows IDLE in 22.05 and MIXED in 24.11.
+* Power saving: ``state=POWER_UP|POWER_DOWN...`` updates become
+  ``scontrol power up|down [asap|force]`` from 24.05 (see :meth:`Slurm.update_node`).
 """
 
 import logging
@@ -31,7 +43,7 @@ import time
 
 from vcluster.errors import SlurmError
 from vcluster.slurm import conf as _conf
-from vcluster.slurm import hostlist, parse, reach, states
+from vcluster.slurm import hostlist, parse, reach, states, versions
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +54,10 @@ NODE_UPDATE_STATES = ("RESUME", "DRAIN", "UNDRAIN", "DOWN", "IDLE", "FUTURE", "F
 
 #: Drain reason of a node vcluster holds (suspended with its jobs).
 HOLD_REASON = "vcluster suspend"
+
+#: ``state=`` values that are ``scontrol power ...`` words from 24.05.
+POWER_WORDS = {"POWER_UP": ("up",), "POWER_DOWN": ("down",), "POWER_DOWN_ASAP": ("down", "asap"),
+               "POWER_DOWN_FORCE": ("down", "force")}
 
 #: Node states Slurm only accepts together with a reason.
 NEEDS_REASON = ("DRAIN", "DOWN", "FAIL")
@@ -82,14 +98,20 @@ class Slurm:
 
     ``conf`` is the path of a slurm.conf to use instead of the default (sets
     ``SLURM_CONF``). ``runner(argv, env, timeout, stdin)`` returns ``(rc, out, err)``.
+    ``release``: the controller's release when already known (a
+    :class:`~vcluster.slurm.versions.Release` or version string); read on
+    first use otherwise.
     """
 
-    def __init__(self, conf=None, runner=None, timeout=60, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, conf=None, runner=None, timeout=60, clock=time.monotonic, sleep=time.sleep,
+                 release=None):
         self.conf = conf
         self.runner = runner or subprocess_runner
         self.timeout = timeout
         self.clock = clock
         self.sleep = sleep
+        self._release = versions.release(release) if release is not None else None
+        self._version = None
 
     @property
     def env(self):
@@ -99,8 +121,31 @@ class Slurm:
             env["SLURM_CONF"] = self.conf
         return env
 
+    def version(self):
+        """The Slurm version of the commands this client runs (``'24.11.5'``), read once."""
+        if self._version is None:
+            _, out, _ = self._run("scontrol", "--version")
+            major, minor, micro = versions.parse_version(out)
+            self._version = f"{major}.{minor:02d}.{micro}"
+        return self._version
+
+    @property
+    def release(self):
+        """The :class:`~vcluster.slurm.versions.Release` of this controller; SlurmError if unsupported."""
+        if self._release is None:
+            self._release = versions.release(self.version())
+        return self._release
+
     def run(self, *argv, ok=(0,), stdin=None):
-        """Run a Slurm command; return ``(rc, out, err)``; raise SlurmError unless rc in ``ok``."""
+        """Run a Slurm command; return ``(rc, out, err)``; raise SlurmError unless rc in ``ok``.
+
+        The first command of a client reads the Slurm version first, so an
+        unsupported Slurm is refused before anything runs.
+        """
+        self.release  # noqa: B018 - reads and checks the version once
+        return self._run(*argv, ok=ok, stdin=stdin)
+
+    def _run(self, *argv, ok=(0,), stdin=None):
         argv = [str(a) for a in argv]
         rc, out, err = self.runner(argv, self.env, self.timeout, stdin)
         if rc not in ok:
@@ -119,7 +164,7 @@ class Slurm:
             if "not found" in (out + err):
                 return []
             raise SlurmError(f"scontrol show node failed: {_message(rc, out, err)}")
-        return parse.nodes_from_scontrol(out)
+        return parse.nodes_from_scontrol(out, self.release)
 
     def liveness_scan(self, names, wait=2.0):
         """One look at the slurmds of ``names`` (a hostlist or list): Slurm's view and a SYN probe.
@@ -164,7 +209,7 @@ class Slurm:
     def jobs(self, nodes=None, states=None):
         """Jobs from ``squeue --json``, only those on ``nodes`` / in ``states`` when given."""
         _, out, _ = self.run("squeue", "--all", "--json")
-        jobs = parse.jobs_from_squeue_json(out)
+        jobs = parse.jobs_from_squeue_json(out, self.release)
         if nodes:
             wanted = set(hostlist.expand(nodes))
             jobs = [j for j in jobs if wanted & set(j.nodes)]
@@ -181,13 +226,13 @@ class Slurm:
             if "Invalid job id" in (out + err):
                 return None
             raise SlurmError(f"scontrol show job {job_id} failed: {_message(rc, out, err)}")
-        jobs = parse.jobs_from_scontrol(out)
+        jobs = parse.jobs_from_scontrol(out, self.release)
         return jobs[0] if jobs else None
 
     def partitions(self):
         """All partitions; list of Partition."""
         _, out, _ = self.run("scontrol", "show", "-o", "partition")
-        return parse.partitions_from_scontrol(out)
+        return parse.partitions_from_scontrol(out, self.release)
 
     def job_count(self, nodes=None, states=LIVE_JOB_STATES):
         """How many jobs are on ``nodes`` (all nodes by default) in ``states`` (live ones)."""
@@ -220,7 +265,12 @@ class Slurm:
         return True
 
     def update_node(self, name, state=None, reason=None):
-        """``scontrol update nodename=NAME state=STATE reason=REASON``; return the node after."""
+        """``scontrol update nodename=NAME state=STATE reason=REASON``; return the node after.
+
+        POWER_UP / POWER_DOWN[_ASAP|_FORCE] run ``scontrol power up|down
+        [asap|force] NAME`` where the release has it (24.05+; with a reason
+        only from 25.05, which takes ``Reason=`` there), else the update.
+        """
         self._update_node(name, state, reason)
         return self.node(name)
 
@@ -234,6 +284,11 @@ class Slurm:
                 raise SlurmError(f"node state {state!r} is invalid: use one of {', '.join(NODE_UPDATE_STATES)}")
             if state in NEEDS_REASON and not reason:
                 raise SlurmError(f"setting node {name} to {state} needs a reason")
+            release = self.release
+            if state in POWER_WORDS and release.power_command and (not reason or release.key >= (25, 5)):
+                power = ["scontrol", "power", *POWER_WORDS[state], name]
+                self.run(*power, *([f"Reason={reason}"] if reason else []))
+                return
             argv.append(f"state={state}")
         if reason:
             argv.append(f"reason={reason}")
@@ -271,7 +326,12 @@ class Slurm:
             self.sleep(min(interval, left))
 
     def reconfigure(self):
-        """``scontrol reconfigure``: slurmctld and every slurmd re-read slurm.conf."""
+        """``scontrol reconfigure``: slurmctld and every slurmd re-read slurm.conf.
+
+        From 23.11 this starts new daemons, which also take a changed node
+        list (``release.reconfigure_changes_nodes``); before, a NodeName
+        change needs a slurmctld restart.
+        """
         self.run("scontrol", "reconfigure")
         return True
 

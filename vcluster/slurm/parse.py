@@ -1,9 +1,24 @@
-"""Parsers of Slurm 22.05 output into plain dataclasses.
+"""Parsers of Slurm output (22.05 to 25.11) into plain dataclasses.
 
 Sources: ``scontrol show -o node|job|partition`` (one ``Key=Value`` record per
-line), ``squeue --json`` and ``sinfo --json`` (OpenAPI v0.0.38 schema). Each
-record type has a ``to_dict()`` for Salt returns. Output that cannot be read
-raises :class:`vcluster.errors.SlurmError`.
+line; the keys vcluster reads are the same in every supported release) and
+``squeue --json`` / ``sinfo --json``, whose shape depends on the release's
+data_parser (v0.0.38 in 22.05 ... v0.0.44 in 25.11; see
+:mod:`vcluster.slurm.versions`):
+
+* ``job_state``: one word up to 23.02, a list of words from 23.11
+  (``["PENDING", "REQUEUED"]``); :attr:`Job.state` is always the one word
+  ``scontrol`` shows (:func:`vcluster.slurm.states.job_state`).
+* Numbers (``priority``, ``cpus``, ``node_count``, ``array_job_id``...) are
+  plain from 22.05 and ``{"set", "infinite", "number"}`` objects from 23.02.
+* ``sinfo --json`` has a ``nodes`` list (one record per node) in 22.05 and a
+  ``sinfo`` list (one record per node group and partition) from 23.02.
+
+The JSON parsers take the :class:`~vcluster.slurm.versions.Release` the
+client read from the controller; without one they use the release the
+output names in its ``meta``. Output of another shape than the release's
+is refused. Each record type has a ``to_dict()`` for Salt returns. Output
+that cannot be read raises :class:`vcluster.errors.SlurmError`.
 """
 
 import dataclasses
@@ -11,7 +26,7 @@ import json
 import re
 
 from vcluster.errors import SlurmError
-from vcluster.slurm import hostlist, states
+from vcluster.slurm import hostlist, states, versions
 
 #: Start of a ``Key=`` in a ``scontrol -o`` line (keys like ``CPUs/Task``, ``ReqB:S:C:T``).
 _KEY = re.compile(r"(?:^|(?<=\s))([A-Za-z][A-Za-z0-9_:/]*)=")
@@ -70,6 +85,8 @@ class Job:
     array_job_id: int = 0
     array_tasks: str = ""  # "1-3" for pending tasks, "2" for one task, "" if no array
     cpus: int = 0
+    node_count: int = 0
+    comment: str = ""
 
     def to_dict(self):
         """Plain dict (Salt return)."""
@@ -102,7 +119,17 @@ def _null(value):
 
 
 def _int(value, what, default=0):
-    """``'500'`` -> 500; null-like values -> ``default``; garbage -> SlurmError."""
+    """``'500'`` -> 500; null-like values -> ``default``; garbage -> SlurmError.
+
+    Also reads data_parser number objects (23.02+): ``{"set": true,
+    "infinite": false, "number": 5}`` -> 5; unset or infinite -> ``default``.
+    """
+    if isinstance(value, dict):
+        if "number" not in value or "set" not in value:
+            raise SlurmError(f"{what} should be a number, got {value!r}")
+        if not value.get("set") or value.get("infinite"):
+            return default
+        value = value["number"]
     if isinstance(value, bool):
         raise SlurmError(f"{what} should be a number, got {value!r}")
     if isinstance(value, int):
@@ -112,6 +139,8 @@ def _int(value, what, default=0):
     text = str(value).strip()
     if text.endswith("M") and text[:-1].isdigit():
         text = text[:-1]
+    if re.fullmatch(r"\d+-\d+", text):  # NumNodes=1-1 (min-max) of a pending job
+        text = text.split("-", 1)[0]
     try:
         return int(text)
     except ValueError:
@@ -170,7 +199,7 @@ def parse_records(text, first_key):
     return records
 
 
-def nodes_from_scontrol(text):
+def nodes_from_scontrol(text, release=None):  # noqa: ARG001 - same keys in every release
     """``scontrol show -o node`` -> list of :class:`Node`."""
     out = []
     for r in parse_records(text, "NodeName"):
@@ -199,7 +228,7 @@ def _user(value):
     return _text(value).split("(", 1)[0]
 
 
-def jobs_from_scontrol(text):
+def jobs_from_scontrol(text, release=None):  # noqa: ARG001 - same keys in every release
     """``scontrol show -o job`` -> list of :class:`Job`."""
     out = []
     for r in parse_records(text, "JobId"):
@@ -215,11 +244,13 @@ def jobs_from_scontrol(text):
             array_job_id=_int(r.get("ArrayJobId"), f"job {jid} ArrayJobId"),
             array_tasks=_text(r.get("ArrayTaskId")),
             cpus=_int(r.get("NumCPUs"), f"job {jid} NumCPUs"),
+            node_count=_int(r.get("NumNodes"), f"job {jid} NumNodes"),
+            comment=_text(r.get("Comment")),
         ))
     return out
 
 
-def partitions_from_scontrol(text):
+def partitions_from_scontrol(text, release=None):  # noqa: ARG001 - same keys in every release
     """``scontrol show -o partition`` -> list of :class:`Partition`."""
     out = []
     for r in parse_records(text, "PartitionName"):
@@ -239,18 +270,39 @@ def partitions_from_scontrol(text):
 
 # -- squeue / sinfo --json -------------------------------------------------------
 
-def _json(text, key, command):
+def _load(text, command):
     try:
         data = json.loads(text)
     except (TypeError, ValueError) as exc:
         raise SlurmError(f"{command} did not print JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise SlurmError(f"{command} JSON has no {key!r} list")
+    if not isinstance(data, dict):
+        raise SlurmError(f"{command} JSON is not an object")
     errors = data.get("errors") or []
     if errors:
         first = errors[0]
-        text = first.get("description") or first.get("error") if isinstance(first, dict) else first
+        text = (first.get("description") or first.get("error")) if isinstance(first, dict) else first
         raise SlurmError(f"{command} reported an error: {text}")
+    return data
+
+
+def _release_of(data, release, command):
+    """The release whose shape ``data`` must have: ``release``, checked against the output's own meta."""
+    try:
+        found = versions.detect_json(data)
+    except SlurmError as exc:
+        raise SlurmError(f"{command} output: {exc}") from None
+    if release is None:
+        return found
+    release = versions.release(release)
+    if found is not None and found.series != release.series:
+        raise SlurmError(f"{command} printed Slurm {found.series} output, but the controller's "
+                         f"Slurm is {release.series}")
+    return release
+
+
+def _list_of(data, key, command):
+    if not isinstance(data.get(key), list):
+        raise SlurmError(f"{command} JSON has no {key!r} list")
     return data[key]
 
 
@@ -260,40 +312,135 @@ def _field(obj, key, command):
     return obj[key]
 
 
-def jobs_from_squeue_json(text):
-    """``squeue --json`` -> list of :class:`Job`."""
+def _job_state(value, release, jid):
+    """``(state word, all words)`` of a ``job_state`` as ``release`` prints it."""
+    as_list = isinstance(value, list)
+    if release is not None and as_list != release.job_state_list:
+        shape = "a list" if release.job_state_list else "one word"
+        raise SlurmError(f"squeue --json gave job {jid} the job_state {value!r}, but Slurm "
+                         f"{release.series} prints {shape}")
+    words = [str(w).strip().upper() for w in (value if as_list else [value]) if str(w or "").strip()]
+    if not words:
+        raise SlurmError(f"squeue --json gave job {jid} an empty job_state")
+    return states.job_state(words), words
+
+
+def jobs_from_squeue_json(text, release=None):
+    """``squeue --json`` -> list of :class:`Job`.
+
+    ``release``: the :class:`~vcluster.slurm.versions.Release` (or version
+    string) of the controller; without it, the one the output names.
+    """
+    command = "squeue --json"
+    data = _load(text, command)
+    release = _release_of(data, release, command)
     out = []
-    for j in _json(text, "jobs", "squeue --json"):
-        jid = _int(_field(j, "job_id", "squeue --json"), "job_id")
-        array_task = j.get("array_task_id")
+    for j in _list_of(data, "jobs", command):
+        jid = _int(_field(j, "job_id", command), "job_id")
+        state, _ = _job_state(_field(j, "job_state", command), release, jid)
+        array_task = _int(j.get("array_task_id"), f"job {jid} array_task_id", None)
         out.append(Job(
-            id=jid, name=_text(j.get("name")), state=_field(j, "job_state", "squeue --json"),
+            id=jid, name=_text(j.get("name")), state=state,
             nodes=hostlist.expand(_text(j.get("nodes"))), partition=_text(j.get("partition")),
             user=_text(j.get("user_name")), priority=_int(j.get("priority"), f"job {jid} priority"),
             reason=_text(j.get("state_reason")),
             array_job_id=_int(j.get("array_job_id"), f"job {jid} array_job_id"),
             array_tasks=_text(j.get("array_task_string")) or ("" if array_task is None else str(array_task)),
             cpus=_int(j.get("cpus"), f"job {jid} cpus"),
+            node_count=_int(j.get("node_count"), f"job {jid} node_count"),
+            comment=_text(j.get("comment")),
         ))
     return out
 
 
-def nodes_from_sinfo_json(text):
-    """``sinfo --json`` -> list of :class:`Node` (sinfo does not list FUTURE nodes)."""
-    out = []
-    for n in _json(text, "nodes", "sinfo --json"):
-        name = _field(n, "name", "sinfo --json")
-        words, dynamic = states.split(_field(n, "state", "sinfo --json"), n.get("state_flags") or ())
-        out.append(Node(
-            name=name, state=words, dynamic=dynamic, addr=_text(n.get("address")),
-            hostname=_text(n.get("hostname")), cpus=_int(n.get("cpus"), f"{name} cpus"),
-            cpus_alloc=_int(n.get("alloc_cpus"), f"{name} alloc_cpus"),
-            memory=_int(n.get("real_memory"), f"{name} real_memory"),
-            memory_alloc=_int(n.get("alloc_memory"), f"{name} alloc_memory"),
-            features=_list(n.get("features")), active_features=_list(n.get("active_features")),
-            gres=_text(n.get("gres")), reason=_text(n.get("reason")),
-            reason_user=_text(n.get("reason_set_by_user")),
-            partitions=[str(p) for p in n.get("partitions") or []],
-            version=_text(n.get("slurmd_version")),
-        ))
-    return out
+def nodes_from_sinfo_json(text, release=None):
+    """``sinfo --json`` -> list of :class:`Node` (sinfo does not list FUTURE nodes).
+
+    From 23.02 sinfo prints node groups: a node in several partitions
+    appears once per partition (merged here), and one record may hold
+    nodes whose features, CPUs or memory differ (24.11 put vn1 with
+    ``htc`` and vn8-vn9 with ``mpi`` in one record naming ``htc``). So a
+    group of several nodes gives only names, state and partitions; the
+    other fields come from one-node groups only (``scontrol show node``
+    has them for every node). 24.11 prints no addresses
+    (``hostnames``/``addresses`` are empty lists).
+    """
+    command = "sinfo --json"
+    data = _load(text, command)
+    release = _release_of(data, release, command)
+    key = release.sinfo_key if release is not None else ("sinfo" if "sinfo" in data else "nodes")
+    records = _list_of(data, key, command)
+    if key == "nodes":
+        return [_sinfo_node(n, command) for n in records]
+    merged = {}
+    for group in records:
+        for node in _sinfo_group(group, command):
+            if node.name in merged:
+                for part in node.partitions:
+                    if part not in merged[node.name].partitions:
+                        merged[node.name].partitions.append(part)
+            else:
+                merged[node.name] = node
+    return list(merged.values())
+
+
+def _sinfo_node(n, command):
+    """One record of 22.05's ``nodes`` list."""
+    name = _field(n, "name", command)
+    words, dynamic = states.split(_field(n, "state", command), n.get("state_flags") or ())
+    return Node(
+        name=name, state=words, dynamic=dynamic, addr=_text(n.get("address")),
+        hostname=_text(n.get("hostname")), cpus=_int(n.get("cpus"), f"{name} cpus"),
+        cpus_alloc=_int(n.get("alloc_cpus"), f"{name} alloc_cpus"),
+        memory=_int(n.get("real_memory"), f"{name} real_memory"),
+        memory_alloc=_int(n.get("alloc_memory"), f"{name} alloc_memory"),
+        features=_list(n.get("features")), active_features=_list(n.get("active_features")),
+        gres=_text(n.get("gres")), reason=_text(n.get("reason")),
+        reason_user=_text(n.get("reason_set_by_user")),
+        partitions=[str(p) for p in n.get("partitions") or []],
+        version=_text(n.get("slurmd_version")),
+    )
+
+
+def _sub(obj, key, command):
+    value = _field(obj, key, command)
+    if not isinstance(value, dict):
+        raise SlurmError(f"{command} entry has {key!r} that is not an object: {str(value)[:80]}")
+    return value
+
+
+def _sinfo_group(g, command):
+    """The nodes of one record of the ``sinfo`` list (23.02+)."""
+    group = _sub(g, "nodes", command)
+    names = group.get("nodes")
+    if isinstance(names, str):
+        names = hostlist.expand(names)
+    if not names:
+        return []  # a partition without nodes
+    raw = _field(_sub(g, "node", command), "state", command)
+    words, dynamic = states.split("+".join(raw) if isinstance(raw, list) else raw)
+    cpus, memory = _sub(g, "cpus", command), _sub(g, "memory", command)
+    part = (g.get("partition") or {}).get("name")
+    partitions = [str(part)] if part else []
+    if len(names) > 1:
+        return [Node(name=name, state=list(words), dynamic=dynamic, partitions=list(partitions))
+                for name in names]
+    features, gres, reason = g.get("features") or {}, g.get("gres") or {}, g.get("reason") or {}
+    text = _text(reason.get("description"))
+    name = names[0]
+
+    def first(values):
+        return _text(values[0]) if isinstance(values, list) and values else ""
+
+    return [Node(
+        name=name, state=words, dynamic=dynamic,
+        addr=first(group.get("addresses")), hostname=first(group.get("hostnames")),
+        cpus=_int(cpus.get("total"), f"{name} cpus"),
+        cpus_alloc=_int(cpus.get("allocated"), f"{name} cpus allocated"),
+        memory=_int(memory.get("minimum"), f"{name} memory"),
+        memory_alloc=_int(memory.get("allocated"), f"{name} memory allocated"),
+        features=_list(features.get("total")), active_features=_list(features.get("active")),
+        gres=_text(gres.get("total")), reason=text,
+        reason_user=_text(reason.get("user")) if text else "",
+        partitions=partitions,
+    )]

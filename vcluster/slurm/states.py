@@ -6,9 +6,14 @@ dynamic-node markers (``DYNAMIC_NORM``, ``DYNAMIC_FUTURE``) are not state
 words; parsers report them as ``Node.dynamic``. The words ``DRAINED`` and
 ``DRAINING`` (sinfo's names) are derived from base state + ``DRAIN``, and
 ``ABSENT`` stands for a node Slurm does not know.
+
+Node state words are the same from 22.05 to 25.11 (25.05 added the flags
+``BLOCKED`` and ``EXTERNAL``). Job states are one word in ``scontrol`` and
+in 22.05/23.02's ``squeue --json``, a list (base state, then flags) from
+23.11; :func:`job_state` turns the list into the word scontrol shows.
 """
 
-#: Base states of Slurm 22.05.
+#: Base node states (22.05 to 25.11).
 BASE_STATES = ("IDLE", "ALLOCATED", "MIXED", "DOWN", "ERROR", "FUTURE", "UNKNOWN")
 
 #: Base states in which a node can run work.
@@ -17,7 +22,13 @@ USABLE = ("IDLE", "ALLOCATED", "MIXED")
 #: Flags that stop a usable base state from counting as that state.
 BLOCKING_FLAGS = ("DRAIN", "FAIL", "NOT_RESPONDING", "POWERED_DOWN", "POWERING_DOWN",
                   "POWER_DOWN", "POWERING_UP", "MAINTENANCE", "REBOOT_REQUESTED",
-                  "REBOOT_ISSUED", "INVALID_REG")
+                  "REBOOT_ISSUED", "INVALID_REG", "BLOCKED")
+
+#: Job state flags in the order Slurm's ``job_state_string()`` lets them
+#: stand for the whole state (src/common/slurm_protocol_defs.c).
+JOB_FLAG_PRECEDENCE = ("COMPLETING", "STAGE_OUT", "CONFIGURING", "RESIZING", "REQUEUED",
+                       "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT", "STOPPED", "REVOKED",
+                       "RESV_DEL_HOLD", "SIGNALING")
 
 #: Markers of dynamic nodes; not state words.
 DYNAMIC_MARKERS = ("DYNAMIC_NORM", "DYNAMIC_FUTURE")
@@ -100,3 +111,20 @@ def matches(words, states):
 def usable(words):
     """Whether the node can take new work (IDLE/MIXED/ALLOCATED, no blocking flag)."""
     return matches(words, USABLE)
+
+
+def job_state(words):
+    """The one word ``scontrol`` shows for a job whose ``job_state`` list is ``words``.
+
+    ``["RUNNING"]`` -> ``RUNNING``; ``["CANCELLED", "COMPLETING"]`` ->
+    ``COMPLETING``; ``["PENDING", "REQUEUED"]`` -> ``REQUEUED``: a flag of
+    :data:`JOB_FLAG_PRECEDENCE` wins over the base state, as in Slurm's
+    ``job_state_string()``. A string is returned upper-cased as it is.
+    """
+    if isinstance(words, str):
+        return words.strip().upper()
+    words = [str(w).strip().upper() for w in words if str(w).strip()]
+    for flag in JOB_FLAG_PRECEDENCE:
+        if flag in words:
+            return flag
+    return words[0] if words else ""
