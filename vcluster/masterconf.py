@@ -286,7 +286,7 @@ def addition(site, want, sources=None):
     sources = sources or {}
     content, added, unions = {}, {}, []
     for key, value in want.items():
-        if key not in site:
+        if site.get(key) is None:  # not set, or an empty "engines:" line
             content[key] = added[key] = value
             continue
         have = site[key]
@@ -311,7 +311,9 @@ def addition(site, want, sources=None):
 
 
 def _holds(after, before):
-    """True when ``after`` keeps everything of ``before`` (dict keys, list items, scalars)."""
+    """True when ``after`` keeps everything of ``before`` (dict keys, list items, scalars; None is nothing)."""
+    if before is None:
+        return True
     if isinstance(before, dict) and isinstance(after, dict):
         return all(k in after and _holds(after[k], v) for k, v in before.items())
     if isinstance(before, list) and isinstance(after, list):

@@ -149,6 +149,17 @@ def test_site_keys_in_master_d_are_kept_too(tmp_path):
     assert opts["engines"] == [{"webhook": {"port": 8080}}, {"vcluster_tasks": {}}]
 
 
+def test_empty_keys_of_the_site_are_filled(tmp_path):
+    master = site_master(tmp_path)
+    master.write_text("engines:\nreactor:\nnodegroups:\nfile_roots:\n  base:\n")
+    p = plan(master)
+    assert p.content["engines"] == [{"vcluster_tasks": {}}] and len(p.content["reactor"]) == 3
+    p.write()
+    opts = salt_reads(master)
+    assert opts["engines"] == [{"vcluster_tasks": {}}]
+    assert opts["file_roots"]["base"] == [loader.data_dir("salt")]
+
+
 def test_the_masters_own_id_goes_into_the_policy_nodegroup(tmp_path):
     master = site_master(tmp_path, id="salt01_master", interface="192.0.2.10")
     p = plan(master)
