@@ -254,24 +254,23 @@ def _controller_cmd(ctx, argv, timeout=60):
     return data.get("stdout") or ""
 
 
-def flagged_jobs(squeue_json, flag, per_job_profiles):
+def flagged_jobs(jobs, flag, per_job_profiles):
     """Held pending jobs whose comment is ``flag`` or ``flag:<profile>``: ``[{id, user, count, profile}]``.
 
-    A job naming a profile without ``per_job: true`` is listed with
-    ``error`` set (and left held).
+    ``jobs`` are the job dicts of ``slurm.jobs`` (the controller's
+    version-aware parser: ``state``, ``comment``, ``node_count``, ``user``,
+    ``reason``). A job naming a profile without ``per_job: true`` is listed
+    with ``error`` set (and left held).
     """
     out = []
     default = per_job_profiles[0] if per_job_profiles else None
-    for job in json.loads(squeue_json or "{}").get("jobs", []):
+    for job in jobs:
         comment = str(job.get("comment") or "").strip()
-        if job.get("job_state") != "PENDING" or not (comment == flag or comment.startswith(flag + ":")):
+        if job.get("state") != "PENDING" or not (comment == flag or comment.startswith(flag + ":")):
             continue
         profile = comment.split(":", 1)[1] if ":" in comment else default
-        count = job.get("node_count")
-        if isinstance(count, dict):
-            count = count.get("number")
-        item = {"id": str(job.get("job_id")), "user": job.get("user_name"), "count": max(1, int(count or 1)),
-                "profile": profile, "held": str(job.get("state_reason")) in ("JobHeldUser", "JobHeldAdmin")}
+        item = {"id": str(job.get("id")), "user": job.get("user"), "count": max(1, int(job.get("node_count") or 1)),
+                "profile": profile, "held": str(job.get("reason")) in ("JobHeldUser", "JobHeldAdmin")}
         if profile not in per_job_profiles:
             item["error"] = (f"job {item['id']} asks for per-job nodes of profile {profile!r}, "
                              f"which has no per_job: true in vcluster:autoscale:profiles")
@@ -279,20 +278,15 @@ def flagged_jobs(squeue_json, flag, per_job_profiles):
     return out
 
 
-def _per_job(ctx, state, jobs, test):
-    """Flagged jobs still to serve, and served jobs that ended."""
+def _per_job(ctx, state, jobs, test):  # noqa: ARG001 - same signature for run()
+    """Flagged jobs still to serve, and served jobs that ended (from the one job listing of this run)."""
     scale = ctx.policy.autoscale
     profiles = sorted(n for n, p in scale.profiles.items() if p.per_job)
     live = {str(j["id"]) for j in jobs if j.get("state") in LIVE}
     ended = sorted(j for j in state.get("jobs", {}) if j not in live)
     if not profiles:
         return {"serve": [], "ended": ended}
-    try:
-        text = _controller_cmd(ctx, ["squeue", "--json", "--states=PENDING"])
-    except VclusterError as exc:
-        log.warning("per-job autoscaling skipped: %s", exc)
-        return {"serve": [], "ended": ended}
-    serve = [j for j in flagged_jobs(text, scale.job_flag, profiles) if j["id"] not in state.get("jobs", {})]
+    serve = [j for j in flagged_jobs(jobs, scale.job_flag, profiles) if j["id"] not in state.get("jobs", {})]
     return {"serve": serve, "ended": ended}
 
 

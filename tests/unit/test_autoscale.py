@@ -7,6 +7,7 @@ Slurm; Salt itself is tested in tests/integration/test_cloud_mode.py.
 import contextlib
 import copy
 import json
+import pathlib
 import re
 
 import pytest
@@ -16,6 +17,9 @@ from vcluster.context import Context
 from vcluster.errors import PolicyError
 from vcluster.providers.base import Instance, Provider, Status
 from vcluster.registry import Registry
+from vcluster.slurm import parse
+
+DATA_SLURM = pathlib.Path(__file__).parent / "data" / "slurm"
 
 BASE = {
     "cluster": "unit",
@@ -496,18 +500,28 @@ def test_schedule_due():
 
 
 def test_flagged_jobs():
-    text = json.dumps({"jobs": [
-        {"job_id": 7, "job_state": "PENDING", "comment": "vcluster-own", "node_count": {"number": 2},
-         "user_name": "alice", "state_reason": "JobHeldUser"},
-        {"job_id": 8, "job_state": "PENDING", "comment": "vcluster-own:burst", "node_count": 1,
-         "user_name": "bob", "state_reason": "JobHeldUser"},
-        {"job_id": 9, "job_state": "PENDING", "comment": "other", "node_count": 1},
-        {"job_id": 10, "job_state": "RUNNING", "comment": "vcluster-own", "node_count": 1},
-    ]})
-    jobs = autoscale.flagged_jobs(text, "vcluster-own", ["htc"])
-    assert [(j["id"], j["count"], j["profile"], j["held"]) for j in jobs] == [
+    jobs = [
+        {"id": 7, "state": "PENDING", "comment": "vcluster-own", "node_count": 2, "user": "alice",
+         "reason": "JobHeldUser"},
+        {"id": 8, "state": "PENDING", "comment": "vcluster-own:burst", "node_count": 1, "user": "bob",
+         "reason": "JobHeldUser"},
+        {"id": 9, "state": "PENDING", "comment": "other", "node_count": 1},
+        {"id": 10, "state": "RUNNING", "comment": "vcluster-own", "node_count": 1},
+    ]
+    flagged = autoscale.flagged_jobs(jobs, "vcluster-own", ["htc"])
+    assert [(j["id"], j["count"], j["profile"], j["held"]) for j in flagged] == [
         ("7", 2, "htc", True), ("8", 1, "burst", True)]
-    assert "error" not in jobs[0] and "per_job: true" in jobs[1]["error"]
+    assert "error" not in flagged[0] and "per_job: true" in flagged[1]["error"]
+
+
+@pytest.mark.parametrize("release", ["22.05", "23.02", "23.11", "24.05", "24.11", "25.05", "25.11"])
+def test_flagged_jobs_from_every_releases_squeue(release):
+    """The held job of the fixtures carries --comment=vcluster-own:htc, through the version-aware parser."""
+    text = (DATA_SLURM / release / "squeue.json").read_text(encoding="utf-8")
+    ids = json.loads((DATA_SLURM / release / "meta.json").read_text(encoding="utf-8"))["jobs"]
+    jobs = [j.to_dict() for j in parse.jobs_from_squeue_json(text, release)]
+    assert autoscale.flagged_jobs(jobs, "vcluster-own", ["htc"]) == [
+        {"id": str(ids["held"]), "user": "root", "count": 1, "profile": "htc", "held": True}]
 
 
 def test_state_file_round_trip(tmp_path):
