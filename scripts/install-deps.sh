@@ -61,10 +61,10 @@ if [ "$have_base" != "$want_base" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
 fi
 
-# Re-install only when pyproject.toml, the extras, the Salt version, the repo
-# path or the Python changed.
+# Re-install only when pyproject.toml or setup.py, the extras, the Salt
+# version, the repo path or the Python changed.
 stamp_file=$VENV/.vcluster-install
-stamp=$( { cat "$REPO/pyproject.toml"; echo "$REPO $EXTRAS $SALT_VERSION $want_base"; } | sha256sum | cut -d' ' -f1)
+stamp=$( { cat "$REPO/pyproject.toml" "$REPO/setup.py"; echo "$REPO $EXTRAS $SALT_VERSION $want_base"; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp" ] || ! "$VENV/bin/python" -c 'import vcluster' 2>/dev/null; then
     log "pip install -e ${REPO}[${EXTRAS}] salt==${SALT_VERSION}"
     "$VENV/bin/python" -m pip install --quiet -e "${REPO}[${EXTRAS}]" "salt==${SALT_VERSION}"
