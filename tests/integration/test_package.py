@@ -39,7 +39,7 @@ import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 #: The library, data trees and module directories of the checkout, and where the wheel puts them
-#: (a new subpackage of vcluster/ missing from pyproject.toml's list fails here).
+#: (a file setup.py's layout leaves out fails here).
 TREES = {"vcluster": "vcluster", "salt": "vcluster/share/salt", "reactor": "vcluster/share/reactor", "pillar": "vcluster/share/pillar",
          "_modules": "vcluster/saltext/modules", "_states": "vcluster/saltext/states",
          "_runners": "vcluster/saltext/runners", "_pillar": "vcluster/saltext/pillar",
