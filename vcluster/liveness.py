@@ -262,6 +262,11 @@ def _closer_look(ctx, flagged, verdicts, timeout, wait, report):
         minion = minions.get(name)
         if minion is False:
             dead[name] = "its slurmd is not running"
+        elif now == reach.UNRESOLVED:
+            # no IPv4 address for the controller to probe (an IPv6-only
+            # node, say): the scan cannot judge, and a silent minion alone
+            # is no reason; only a minion that sees no slurmd is
+            log.warning("liveness: cannot probe %s's slurmd (its address has no IPv4 address)", name)
         elif minion is True:
             dead[name] = f"{slurmd}, though its minion sees slurmd running"
         else:

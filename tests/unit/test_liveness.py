@@ -217,6 +217,17 @@ def test_a_slurmd_back_at_the_second_look_is_alive(env):
     assert ret["down"] == {} and ret["flagged"] == ["vn3"] and downs(ctx) == [], ret
 
 
+def test_an_address_the_controller_cannot_probe_is_judged_by_the_minion_only(env):
+    """No IPv4 address to probe: only a minion that sees no slurmd makes the node dead."""
+    ctx = env()
+    for name in ("vn1", "vn2", "vn3"):
+        ctx.slurm.slurmd[name] = "unresolved"
+    ctx.salt.alive["vn1"] = False  # no slurmd: dead
+    del ctx.salt.alive["vn2"]  # silent minion: no verdict
+    ret = liveness.check(ctx)  # vn3: minion sees slurmd: alive
+    assert ret["down"] == {"vn1": "vcluster liveness: its slurmd is not running"}, ret
+
+
 def test_frozen_nodes_are_neither_scanned_nor_set_down(env):
     ctx = env()
     ctx.registry.transition("vn1", "suspending", expect="ready")
