@@ -31,6 +31,10 @@ SILENT = "silent"
 UNRESOLVED = "unresolved"
 
 _SYN, _RST, _ACK = 0x02, 0x04, 0x10
+#: SYNs sent between two reads of the answers.
+BATCH = 128
+#: Receive buffer asked for the raw socket (bytes).
+RECEIVE_BUFFER = 4 << 20
 
 
 def _checksum(data):
@@ -67,8 +71,9 @@ def _source(dst, port):
 def probe(targets, wait=2.0, clock=time.monotonic):
     """``{name: verdict}`` for ``targets`` ``{name: (host, port)}``, within ``wait`` seconds.
 
-    Every SYN goes out at once (re-sent to the silent ones at a third and two
-    thirds of ``wait``); the call returns as soon as every target answered.
+    The SYNs go out back to back, the answers read every :data:`BATCH` SYNs
+    (re-sent to the silent ones at a third and two thirds of ``wait``); the
+    call returns as soon as every target answered.
     """
     out = {}
     pending = {}  # (ip, port) -> [names]
@@ -98,47 +103,53 @@ def probe(targets, wait=2.0, clock=time.monotonic):
                 reserved[src] = (hold, hold.getsockname()[1])
             sources[(ip, port)] = src
         seq = random.getrandbits(32)
+        ours = {port for _, port in reserved.values()}
+        try:  # room for many answers at once (capped by net.core.rmem_max)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        except OSError:
+            pass
+
+        def receive(timeout):
+            """Read answers until none is waiting (after ``timeout`` seconds at most for the first)."""
+            while pending:
+                ready, _, _ = select.select([raw], [], [], max(0.0, timeout))
+                if not ready:
+                    return
+                timeout = 0
+                packet = raw.recv(65535)
+                ihl = (packet[0] & 0x0F) * 4
+                if len(packet) < ihl + 14:
+                    continue
+                sport, dport, _seq, ack, _off, flags = struct.unpack("!HHIIBB", packet[ihl:ihl + 14])
+                if dport not in ours or not flags & _ACK or ack != (seq + 1) & 0xFFFFFFFF:
+                    continue
+                verdict = LISTENING if flags & _SYN else REFUSED if flags & _RST else None
+                names = pending.pop((socket.inet_ntoa(packet[12:16]), sport), None) if verdict else None
+                for name in names or ():
+                    out[name] = verdict
 
         def send(keys):
-            for ip, port in keys:
+            # in batches, reading answers in between: a burst of thousands of
+            # answers would overflow the socket's buffer
+            for i, (ip, port) in enumerate(keys):
+                if (ip, port) not in pending:
+                    continue
                 src = sources[(ip, port)]
                 try:
                     raw.sendto(_syn(src, ip, reserved[src][1], port, seq), (ip, 0))
                 except OSError:
                     pass  # unreachable at once, or no buffer now: silent unless a resend answers
+                if i % BATCH == BATCH - 1:
+                    receive(0)
 
         start = clock()
         send(list(pending))
-        resends = [start + wait / 3, start + 2 * wait / 3]
-        ours = {port for _, port in reserved.values()}
-        while pending:
-            now = clock()
-            if now >= start + wait:
+        for resend_at in (start + wait / 3, start + 2 * wait / 3, start + wait):
+            while pending and clock() < resend_at:
+                receive(resend_at - clock())
+            if not pending or resend_at >= start + wait:
                 break
-            if resends and now >= resends[0]:
-                resends.pop(0)
-                send(list(pending))
-            timeout = min([start + wait] + resends[:1]) - now
-            ready, _, _ = select.select([raw], [], [], max(0.0, timeout))
-            if not ready:
-                continue
-            packet = raw.recv(65535)
-            ihl = (packet[0] & 0x0F) * 4
-            if len(packet) < ihl + 14:
-                continue
-            sport, dport, _seq, ack, _off, flags = struct.unpack("!HHIIBB", packet[ihl:ihl + 14])
-            if dport not in ours or not flags & _ACK or ack != (seq + 1) & 0xFFFFFFFF:
-                continue
-            key = (socket.inet_ntoa(packet[12:16]), sport)
-            names = pending.pop(key, None)
-            if names is None:
-                continue
-            verdict = LISTENING if flags & _SYN else REFUSED if flags & _RST else None
-            if verdict is None:
-                pending[key] = names
-                continue
-            for name in names:
-                out[name] = verdict
+            send(list(pending))
     finally:
         raw.close()
         for hold, _port in reserved.values():
