@@ -91,3 +91,13 @@ def test_liveness_scan_probes_only_named_nodes_that_slurm_expects_to_answer(list
     assert [n.name for n in scan["nodes"]] == ["a", "b", "c"]
     assert scan["slurmd"] == {"a": "listening", "b": "refused", "c": "skipped"}
     assert len(seen) == 2
+
+
+def test_thousands_of_answers_at_once_are_all_read(listener):
+    """A raw socket's default buffer keeps a few hundred answers; the probe reads as it sends."""
+    port = listener.getsockname()[1]
+    targets = {f"n{i}": (f"127.0.{i // 250}.{i % 250 + 1}", closed_port()) for i in range(4000)}
+    targets["up"] = ("127.0.0.1", port)
+    ret = reach.probe(targets, 2)
+    assert ret.pop("up") == "listening"
+    assert set(ret.values()) == {"refused"} and len(ret) == 4000
