@@ -18,6 +18,11 @@ slurm-config-directory:
 slurm-config-file-managed:
   test.fail_without_changes:
     - comment: {{ ("the vcluster policy is invalid, slurm.conf not written: " ~ cloud_error) | yaml_dquote }}
+{%- elif slurm.events.error %}
+
+slurm-config-file-managed:
+  test.fail_without_changes:
+    - comment: {{ (slurm.events.error ~ "; slurm.conf not written") | yaml_dquote }}
 {%- elif slurm.controller.get("host") and slurm.controller.get("address") %}
 
 slurm-config-file-managed:

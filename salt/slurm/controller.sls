@@ -6,7 +6,12 @@
     over it makes slurmctld drop the connection: the node set is kept in a
     file of its own, which the service `watch`es. The queue survives a
     restart: state is in StateSaveLocation and slurmctld is never started
-    with -c. #}
+    with -c.
+
+    The same holds for vcluster's hooks (PrologSlurmctld, JobCompType,
+    JobCompLoc: slurm:events in map.jinja): 22.05 loads the prep and
+    jobcomp plugins once, so `scontrol reconfigure` neither starts nor
+    stops running a hook. They are kept in a watched file too. #}
 {%- from tpldir ~ "/map.jinja" import slurm with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set declared = slurm.nodes.keys() | list %}
@@ -52,6 +57,14 @@ slurm-controller-node-set-managed:
     - require:
       - file: slurm-controller-statesave-directory
 
+slurm-controller-hooks-managed:
+  file.managed:
+    - name: {{ slurm.config.StateSaveLocation }}/vcluster-hooks
+    - contents: {{ (slurm.events.config | dictsort | map("join", "=") | join("\n")) | json }}
+    - mode: '0644'
+    - require:
+      - file: slurm-controller-statesave-directory
+
 slurm-controller-service-running:
   service.running:
     - name: {{ slurm.lookup.controller_service }}
@@ -60,12 +73,30 @@ slurm-controller-service-running:
       - pkg: slurm-controller-package-installed
       - file: slurm-controller-statesave-directory
       - service: munge-service-running
-      # PrologSlurmctld/EpilogSlurmctld must exist before slurmctld runs a job
+      # the hooks slurm.conf names must exist before slurmctld runs a job
+{%- if "PrologSlurmctld" in slurm.events.config %}
       - file: slurm-events-prolog-managed
-      - file: slurm-events-epilog-managed
+{%- endif %}
+{%- if "JobCompLoc" in slurm.events.config %}
+      - file: slurm-events-jobcomp-managed
+{%- endif %}
       - slurm-config-file-managed
     - watch:
       - file: slurm-controller-node-set-managed
+      - file: slurm-controller-hooks-managed
+
+# Hook scripts slurm.conf no longer names (and the EpilogSlurmctld of
+# earlier releases) go once slurmctld runs without them: a missing
+# PrologSlurmctld would fail, and requeue, every job.
+{%- for kind, key, path in [("prolog", "PrologSlurmctld", slurm.events.prolog), ("jobcomp", "JobCompLoc", slurm.events.jobcomp), ("epilog", "", slurm.events.epilog)] if key not in slurm.events.config %}
+
+slurm-controller-unused-{{ kind }}-absent:
+  file.absent:
+    - name: {{ path }}
+    - require:
+      - service: slurm-controller-service-running
+      - cmd: slurm-controller-answering
+{%- endfor %}
 
 # After a restart the init script returns before slurmctld answers: wait
 # for it (bounded) so that what follows talks to the new daemon.
@@ -74,6 +105,7 @@ slurm-controller-answering:
     - name: timeout 120 sh -c 'until {{ slurm.lookup.scontrol }} ping >/dev/null 2>&1; do sleep 0.5; done'
     - onchanges:
       - file: slurm-controller-node-set-managed
+      - file: slurm-controller-hooks-managed
     - require:
       - service: slurm-controller-service-running
 

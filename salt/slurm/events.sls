@@ -1,29 +1,31 @@
-{#- slurm.events: Slurm job start/end -> Salt event, for vcluster preemption.
+{#- slurm.events: vcluster's hooks in slurmctld, each one only while a
+    feature needs it (map.jinja decides; slurm.conf.jinja names them):
 
-    slurmctld runs PrologSlurmctld/EpilogSlurmctld as SlurmUser, which cannot
-    reach Salt (the minion's key and sockets are root's) and must hold no
-    credential. So the scripts only append a line to a spool file that
-    SlurmUser owns; the controller minion's vcluster_slurm_events engine
-    (root) wakes on inotify when it grows and fires vcluster/slurm/job on
-    the master, where the reactor calls vcluster.on_slurm_event. No sudo
-    rule, no helper running as root, no polling of Slurm.
+    - preemption (vcluster:preemption): job start and end -> Salt event.
+      PrologSlurmctld (start) and the jobcomp/script program (end) run as
+      SlurmUser, which cannot reach Salt (the minion's key and sockets are
+      root's) and must hold no credential. So they only append a line to a
+      spool file that SlurmUser owns; the controller minion's
+      vcluster_slurm_events engine (root) wakes on inotify when it grows and
+      fires vcluster/slurm/job on the master, where the reactor calls
+      vcluster.on_slurm_event. No sudo rule, no helper running as root, no
+      polling of Slurm. The end is not an EpilogSlurmctld: that one delays
+      the start of every next job of the cluster (docs/operations.md).
+    - power saving (cloud profiles): PrologSlurmctld holds jobs of cloud
+      partitions until their nodes registered; the waiting jobs share one
+      poller (power_dir).
 
-    The spool file grows by one short line per job of a preempting
-    partition; the engine starts over when it is truncated or replaced. #}
+    The spool file grows by one short line per event of a preempting
+    partition; the engine starts over when it is truncated or replaced.
+    With no such feature nothing here is installed, and slurm.conf names no
+    hook (controller.sls removes the scripts once slurmctld runs without
+    them). #}
 {%- from tpldir ~ "/map.jinja" import slurm with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set events = slurm.events %}
-{%- set preemption = salt["pillar.get"]("vcluster:preemption", {}) or {} %}
-{%- set partitions = ((preemption.get("partitions") or []) | select("match", "^[A-Za-z0-9_.-]+$") | list) if preemption.get("enabled") else [] %}
-{#- Cloud membership: the prolog also holds a job on nodes Slurm is powering
-    up until they registered (see the script), at most ResumeTimeout. #}
-{%- set cloud = salt["pillar.get"]("vcluster_cloud", {}) or {} %}
-{%- set power_partitions = [] %}
-{%- set power_waits = [(cloud.get("power_save") or {}).get("resume_timeout") or 600] %}
-{%- for c in (cloud.get("profiles") or {}).values() %}
-{%-   do power_partitions.append(c.partition if c.partition and c.partition is match("^[A-Za-z0-9_.-]+$") else "*") %}
-{%-   if c.get("resume_timeout") %}{% do power_waits.append(c.resume_timeout) %}{% endif %}
-{%- endfor %}
+{%- set partitions = events.preempt_partitions %}
+{%- set hooks = events.config %}
+{%- if partitions %}
 
 slurm-events-spool-directory:
   file.directory:
@@ -41,13 +43,24 @@ slurm-events-spool-file:
     - mode: '0640'
     - replace: False
     - contents: |
-        # vcluster Slurm job events, appended by {{ events.prolog }} and {{ events.epilog }}
+        # vcluster Slurm job events, appended by {{ events.prolog }} and {{ events.jobcomp }}
     - require:
       - file: slurm-events-spool-directory
+{%- endif %}
+{%- if events.power_partitions %}
 
-{%- for kind, path in [("start", events.prolog), ("end", events.epilog)] %}
+slurm-events-power-directory:
+  file.directory:
+    - name: {{ events.power_dir }}
+    - user: {{ slurm.lookup.user }}
+    - group: {{ slurm.lookup.group }}
+    - mode: '0750'
+    - makedirs: True
+{%- endif %}
 
-slurm-events-{{ "prolog" if kind == "start" else "epilog" }}-managed:
+{%- for kind, path, key in [("start", events.prolog, "PrologSlurmctld"), ("end", events.jobcomp, "JobCompLoc")] if key in hooks %}
+
+slurm-events-{{ "prolog" if kind == "start" else "jobcomp" }}-managed:
   file.managed:
     - name: {{ path }}
     - source: salt://{{ tplroot }}/files/slurmctld-event.sh.jinja
@@ -56,8 +69,9 @@ slurm-events-{{ "prolog" if kind == "start" else "epilog" }}-managed:
         kind: {{ kind }}
         spool: {{ events.spool }}
         partitions: {{ partitions | json }}
-        power_partitions: {{ power_partitions | unique | list | json }}
-        power_wait: {{ power_waits | max | int }}
+        power_partitions: {{ (events.power_partitions if kind == "start" else []) | json }}
+        power_wait: {{ events.power_wait }}
+        power_dir: {{ events.power_dir }}
     - user: root
     - group: root
     - mode: '0755'
