@@ -156,7 +156,8 @@ def check(ctx, timeout=None, test=False):
             report["up"].append(name)
             ctx.node_event(name, "up")
 
-    _minions(ctx, watched - set(dead), report, fire=not test)
+    # silent minions matter only where slurmd answers (a dead node is reported as dead)
+    _minions(ctx, {n for n in watched - set(dead) if verdicts.get(n) == reach.LISTENING}, report, fire=not test)
     return _finish(report)
 
 

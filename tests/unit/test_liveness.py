@@ -367,3 +367,13 @@ def test_status_warns_about_silent_minions(env):
     ctx.salt.connected -= {"vn2", "h1"}
     warnings = engine.status(ctx)["warnings"]
     assert len(warnings) == 1 and warnings[0].startswith("the minion of h1, vn2 is not connected"), warnings
+
+
+def test_a_down_node_with_a_silent_minion_is_not_reported_as_a_silent_minion(env):
+    ctx = env()
+    ctx.slurm.nodes_["vn1"] = {"state": ["DOWN"], "reason": "vcluster liveness: its slurmd is not running"}
+    ctx.slurm.slurmd["vn1"] = "silent"
+    ctx.salt.connected.discard("vn1")
+    ret = liveness.check(ctx)
+    assert ret["minion_silent"] == [] and ret["flagged"] == [] and ret["up"] == [], ret
+    assert not [t for t in ctx.events.fired if t.endswith("minion-silent")]
