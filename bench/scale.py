@@ -51,6 +51,7 @@ from vcluster import autoscale, engine, liveness, reconcile  # noqa: E402
 
 GOAL_SECONDS = 2.0
 TICKS = ("status", "reconcile", "autoscale", "liveness")
+OPERATIONS = TICKS + ("autoscale_retire_1pct", "expand_256_sim", "expand_256_openstack")
 EXPAND = 256
 
 
@@ -136,7 +137,7 @@ def _summary(name, ret):
     return {}
 
 
-def run_size(size, max_batch, profile=None, repeat=1):
+def run_size(size, max_batch, profile=None, repeat=1, profile_sort="cumulative"):
     with tempfile.TemporaryDirectory(prefix="vcluster-scale-") as tmp:
         site = Site(tmp, size, max_batch=max_batch)
         out = {}
@@ -159,7 +160,9 @@ def run_size(size, max_batch, profile=None, repeat=1):
                         if prof:
                             prof.disable()
                             text = io.StringIO()
-                            pstats.Stats(prof, stream=text).sort_stats(os.environ.get("SCALE_SORT", "cumulative")).print_stats(int(os.environ.get("SCALE_LINES", "30")))
+                            stats = pstats.Stats(prof, stream=text)
+                            stats.sort_stats(profile_sort)
+                            stats.print_stats(30)
                             sys.stderr.write(f"== profile of {name} at {size} nodes ==\n{text.getvalue()}\n")
                     m["returned"] = _summary(name, ret)
                     every.append({"seconds": m["seconds"], "calls": m["calls"], "returned": m["returned"]})
@@ -199,9 +202,9 @@ def goals(results, sizes, max_batch):
         item = top.get(op) or {}
         checks[f"{op}_under_{GOAL_SECONDS:g}s_at_{sizes[-1]}"] = "seconds" in item and item["seconds"] < GOAL_SECONDS
         per_size = [results[str(s)].get(op, {}).get("calls") for s in sizes]
+        kinds = ("salt", "slurm", "provider")
         checks[f"{op}_calls_constant"] = all(per_size) and all(
-            {k: c[k] for k in ("salt", "slurm", "provider")} == {k: per_size[0][k] for k in ("salt", "slurm", "provider")}
-            for c in per_size)
+            {k: c[k] for k in kinds} == {k: per_size[0][k] for k in kinds} for c in per_size)
     for size in sizes:
         item = results[str(size)].get("liveness") or {}
         downs = [r["returned"].get("down") for r in item.get("runs", [item]) if "returned" in r]
@@ -220,7 +223,10 @@ def main(argv=None):
     parser.add_argument("--sizes", default="100,1000,10000", help="comma-separated node counts")
     parser.add_argument("--max-batch", type=int, default=50, help="instances per provider create call")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each tick operation (best kept)")
-    parser.add_argument("--profile", default=None, help="an operation to profile (cProfile, on stderr)")
+    parser.add_argument("--profile", default=None, choices=sorted(OPERATIONS),
+                        help="an operation to profile (cProfile, 30 lines on stderr)")
+    parser.add_argument("--profile-sort", default="cumulative", choices=("cumulative", "tottime"),
+                        help="order of the profile's lines")
     args = parser.parse_args(argv)
     try:
         sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -228,9 +234,13 @@ def main(argv=None):
             raise ValueError
     except ValueError:
         parser.error(f"--sizes must be node counts of at least 20, got {args.sizes!r}")
+    if args.max_batch < 1:
+        parser.error(f"--max-batch must be a positive number of instances, got {args.max_batch}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be a positive number of runs, got {args.repeat}")
     global LIVENESS, LIVENESS_SOURCE  # noqa: PLW0603 - chosen once per run
     LIVENESS, LIVENESS_SOURCE = committed_liveness()
-    results = {str(s): run_size(s, args.max_batch, args.profile, args.repeat) for s in sizes}
+    results = {str(s): run_size(s, args.max_batch, args.profile, args.repeat, args.profile_sort) for s in sizes}
     report = {
         "bench": "scale",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

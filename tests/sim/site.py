@@ -59,7 +59,7 @@ from vcluster.suspend import WARM_REASON
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 #: Output captured from Slurm 22.05.8 (the per-version directory when there is one).
-DATA = next(p for p in (REPO / "tests" / "unit" / "data" / "slurm" / "22.05", REPO / "tests" / "unit" / "data" / "slurm")
+DATA = next(p for p in (REPO / "tests/unit/data/slurm/22.05", REPO / "tests/unit/data/slurm")
             if (p / "scontrol_show_node.txt").exists())
 CONTROLLER = "ctl"
 CLUSTER = "sim"
@@ -640,8 +640,9 @@ class NovaSim:
 class _NovaConn:
     def __init__(self, compute):
         self.compute = compute
-        self.image = types.SimpleNamespace(find_image=lambda name, ignore_missing=True: types.SimpleNamespace(id="img"))
-        self.network = types.SimpleNamespace(find_network=lambda name, ignore_missing=True: types.SimpleNamespace(id="net"))
+        found = types.SimpleNamespace
+        self.image = found(find_image=lambda name, ignore_missing=True: found(id="img"))
+        self.network = found(find_network=lambda name, ignore_missing=True: found(id="net"))
 
     def close(self):
         pass
