@@ -5,6 +5,7 @@ runs the real commands through a runner that only records them, so the
 test sees how often ``scontrol --version`` runs and what is parsed.
 """
 
+import os
 import subprocess
 
 import pytest
@@ -91,7 +92,7 @@ def test_salt_module_refuses_an_unsupported_version_in_one_sentence(slurm_loader
     fake.chmod(0o755)
     slurm_loaders.context.clear()
     mp = pytest.MonkeyPatch()
-    mp.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+    mp.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     try:
         with pytest.raises(CommandExecutionError) as exc:
             slurm_loaders.modules.slurm.nodes()
