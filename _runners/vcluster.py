@@ -93,12 +93,13 @@ def plan(count=None, profile=None):
     return _run(engine.plan, profile, count)
 
 
-def retire(nodes=None, force=False, wait=600):
+def retire(nodes=None, force=False, wait=600, test=False):
     """
     Drain ``nodes`` (a hostlist), wait for their jobs, and remove them.
 
     With ``force=True`` running jobs are requeued instead of waited for.
-    Nodes still busy after ``wait`` seconds stay draining.
+    Nodes still busy after ``wait`` seconds stay draining. ``test=True``
+    says what would be done to each node and changes nothing.
 
     CLI Example:
 
@@ -106,37 +107,133 @@ def retire(nodes=None, force=False, wait=600):
 
         salt-run vcluster.retire nodes='vnode[001-002]'
         salt-run vcluster.retire nodes=vnode003 force=True
+        salt-run vcluster.retire nodes='vnode[001-002]' test=True
     """
-    return _run(engine.retire, nodes, force=force, wait=wait)
+    return _run(engine.retire, nodes, force=force, wait=wait, test=test)
 
 
-def shrink(count=None, profile=None, force=False, wait=600):
+def shrink(count=None, profile=None, force=False, wait=600, test=False):
     """
     Retire ``count`` nodes of ``profile``, idle nodes first.
+
+    ``test=True`` says which nodes would go and how, and changes nothing.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run vcluster.shrink count=2 profile=htc
+        salt-run vcluster.shrink count=2 profile=htc test=True
     """
-    return _run(engine.shrink, count, profile, force=force, wait=wait)
+    return _run(engine.shrink, count, profile, force=force, wait=wait, test=test)
+
+
+def _table(ret, rows):
+    """``ret`` shaped for Salt's ``table`` outputter: only lists (it prints nothing else).
+
+    ``rows`` (a header and one list of strings per row) under ``table``;
+    the comment and warnings, one sentence per row, under ``summary``;
+    ``retcode`` kept for salt-run's exit status.
+    """
+    out = {"table": rows, "summary": [ret.get("comment") or ""] + list(ret.get("warnings") or [])}
+    if "retcode" in ret:
+        out["retcode"] = ret["retcode"]
+    return out
+
+
+def _wants_table():
+    """Whether salt-run was asked for ``--out=table``."""
+    return __opts__.get("output") == "table"
 
 
 def status():
     """
-    List virtual nodes: address, profile, instance, vcluster and Slurm state, jobs.
+    List virtual nodes: vcluster state, Slurm state, instance status, live jobs, address, profile, host, reason.
+
+    ``result`` is False, and ``unknown`` names the part, when Slurm or a
+    provider could not be asked: those columns then read ``unknown``, never
+    ``absent``. ``jobs`` lists the jobs alive in Slurm on each node. With
+    ``--out=table`` the nodes come as one table.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run vcluster.status
+        salt-run vcluster.status --out=table
     """
-    return _run(engine.status)
+    ret = _run(engine.status)
+    if _wants_table() and "nodes" in ret:
+        return _table(ret, engine.status_rows(ret))
+    return ret
 
 
-def reconcile(apply=False, grace=None, scheduled=False):
+def history(node=None, since=None, limit=None):
+    """
+    Print the registry's audit log: every lifecycle transition, oldest first.
+
+    ``node`` keeps one node's; ``since`` the ones from then on (an age such
+    as ``2h``, ``30m``, ``1d``, an ISO 8601 time, UTC unless it says, or a
+    Unix time); ``limit`` the newest N (default 50). The registry is read
+    read-only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vcluster.history
+        salt-run vcluster.history node=vnode001
+        salt-run vcluster.history since=2h limit=200 --out=table
+    """
+    from vcluster import history as _history
+
+    def read(pol):
+        return _history.history(pol.registry, node=node, since=since, limit=limit)
+
+    ret = _run_policy(read)
+    if _wants_table() and "events" in ret:
+        return _table(ret, _history.rows(ret))
+    return ret
+
+
+def metrics(path=None):
+    """
+    vcluster's metrics in the Prometheus text format; written atomically to ``path`` when given.
+
+    Nodes by state and profile, expand and join durations, failures and
+    suspended seconds, from the registry (see docs/operations.md). A
+    ``path`` must end in ``.prom``, for node_exporter's textfile collector.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vcluster.metrics
+        salt-run vcluster.metrics path=/var/lib/node_exporter/textfile/vcluster.prom
+    """
+    from vcluster import metrics as _metrics
+
+    def export(pol):
+        return _metrics.export(pol.registry, path=path, profiles=sorted(pol.profiles))
+
+    return _run_policy(export)
+
+
+def _run_policy(func):
+    """Run ``func(policy)`` for calls that need only the policy (no Salt client, no provider)."""
+    try:
+        from vcluster import saltlink
+
+        ret = func(saltlink.load_policy(__opts__))
+    except VclusterError as exc:
+        ret = {"result": False, "comment": str(exc)}
+    if ret.get("result") is False:
+        __context__["retcode"] = 1
+        ret["retcode"] = 1
+    return ret
+
+
+def reconcile(apply=False, grace=None, scheduled=False, test=False):
     """
     Compare registry, provider instances, minion keys and Slurm; report orphans.
 
@@ -147,7 +244,9 @@ def reconcile(apply=False, grace=None, scheduled=False):
     overrides ``vcluster:reconcile:grace`` and the profiles' ``join_timeout``
     for this run (``grace=0`` right after a crash). ``scheduled=True`` is what
     the master's ``vcluster_tasks`` engine runs: only when
-    ``vcluster:reconcile:interval`` has passed. See docs/reconcile.md.
+    ``vcluster:reconcile:interval`` has passed. ``test=True`` says what each
+    repair would do and changes nothing (not even the schedule's last-run
+    stamp). See docs/reconcile.md.
 
     CLI Example:
 
@@ -155,10 +254,12 @@ def reconcile(apply=False, grace=None, scheduled=False):
 
         salt-run vcluster.reconcile
         salt-run vcluster.reconcile apply=True
+        salt-run vcluster.reconcile apply=True test=True
     """
     from vcluster import reconcile as _reconcile
 
-    return _run(_reconcile.run, apply=apply, grace=grace, scheduled=scheduled, actor="reconcile")
+    return _run(_reconcile.run, apply=apply, grace=grace, scheduled=scheduled, test=test,
+                actor="reconcile")
 
 
 def on_minion_start(minion_id=None):
@@ -176,7 +277,7 @@ def on_minion_start(minion_id=None):
     return _run(engine.join, minion_id, actor="reactor")
 
 
-def suspend(nodes=None, mode=None):
+def suspend(nodes=None, mode=None, test=False):
     """
     Suspend ``nodes`` (a hostlist) with their running jobs.
 
@@ -184,6 +285,7 @@ def suspend(nodes=None, mode=None):
     jobs, then suspends the instance (``mode``: ``suspend`` or ``pause``;
     default ``vcluster:suspend:mode``; LXD freezes either way). The jobs are
     neither requeued nor killed; ``vcluster.resume`` continues them.
+    ``test=True`` says what would be done and changes nothing.
 
     CLI Example:
 
@@ -191,19 +293,21 @@ def suspend(nodes=None, mode=None):
 
         salt-run vcluster.suspend nodes='vnode[001-002]'
         salt-run vcluster.suspend nodes=vnode003 mode=pause
+        salt-run vcluster.suspend nodes=vnode003 test=True
     """
     from vcluster import suspend as _suspend
 
-    return _run(_suspend.suspend, nodes, mode=mode)
+    return _run(_suspend.suspend, nodes, mode=mode, test=test)
 
 
-def resume(nodes=None, host=None, timeout=None):
+def resume(nodes=None, host=None, timeout=None, test=False):
     """
     Resume suspended ``nodes`` and their jobs, optionally on another ``host``.
 
     Resumes the instance, waits until its minion answers and slurmd runs
     (``timeout`` seconds, default ``vcluster:suspend:resume_timeout``),
     resumes the jobs vcluster suspended and lifts vcluster's drain.
+    ``test=True`` says what would be done and changes nothing.
 
     CLI Example:
 
@@ -211,28 +315,31 @@ def resume(nodes=None, host=None, timeout=None):
 
         salt-run vcluster.resume nodes='vnode[001-002]'
         salt-run vcluster.resume nodes=vnode003 host=compute2
+        salt-run vcluster.resume nodes=vnode003 test=True
     """
     from vcluster import suspend as _suspend
 
-    return _run(_suspend.resume, nodes, host=host, timeout=timeout)
+    return _run(_suspend.resume, nodes, host=host, timeout=timeout, test=test)
 
 
-def migrate(node=None, host=None, live=True):
+def migrate(node=None, host=None, live=True, test=False):
     """
     Move ``node`` to hypervisor ``host`` (default: the provider's choice), jobs included.
 
     Ready nodes stay ready (live migration), suspended nodes stay suspended.
-    The registry and Slurm (NodeAddr) follow the node.
+    The registry and Slurm (NodeAddr) follow the node. ``test=True`` says
+    what would be done and changes nothing.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run vcluster.migrate node=vnode001 host=compute2
+        salt-run vcluster.migrate node=vnode001 host=compute2 test=True
     """
     from vcluster import suspend as _suspend
 
-    return _run(_suspend.migrate, node, host=host, live=live)
+    return _run(_suspend.migrate, node, host=host, live=live, test=test)
 
 
 def liveness(timeout=None, test=False):

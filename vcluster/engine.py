@@ -287,7 +287,7 @@ def _release(ctx, name, reason, delete_instance=True):
 
 # -- retire and shrink --------------------------------------------------------
 
-def retire(ctx, nodes, force=False, wait=600):
+def retire(ctx, nodes, force=False, wait=600, test=False):
     """Drain ``nodes``, wait for their jobs, remove them everywhere.
 
     ``force=True`` requeues the jobs still running instead of waiting (the
@@ -296,10 +296,13 @@ def retire(ctx, nodes, force=False, wait=600):
     A ``suspended`` node is retired as it is (instance deleted frozen) when
     it holds no job, a warm-pool node for instance; one with suspended jobs
     is refused: resume it first, its jobs would have nowhere to go.
+    ``test=True`` validates the same way, reads Slurm's jobs and says what
+    would be done to each node; it changes nothing.
     """
     names = node_names(nodes)
     force = flag(force, "force")
     wait = whole_seconds(wait, "wait")
+    test = flag(test, "test")
     found = {}
     for name in names:
         node = ctx.registry.get(name)
@@ -312,6 +315,8 @@ def retire(ctx, nodes, force=False, wait=600):
     if holding:
         raise PolicyError(f"suspended node(s) {hostlist.collect_hostlist(sorted(holding))} hold suspended jobs; "
                           f"resume them first (vcluster.resume), then retire")
+    if test:
+        return _retire_plan(ctx, found, force, wait)
 
     result = {}
     for name, node in found.items():
@@ -359,6 +364,43 @@ def retire(ctx, nodes, force=False, wait=600):
     return {"result": not draining, "comment": comment, "nodes": result}
 
 
+def _retire_plan(ctx, found, force, wait):
+    """What :func:`retire` would do to ``found`` nodes (``test=True``); reads Slurm's jobs only."""
+    draining = [n for n, node in found.items() if node.state in ("ready", "draining")]
+    jobs = _live_jobs(ctx, draining)
+    plan = {}
+    for name, node in found.items():
+        what = f"instance {node.instance_id}" if node.instance_id else "no instance"
+        if node.state == "failed":
+            plan[name] = f"would release {name} (failed: {node.reason or 'no reason kept'}), deleting {what}"
+        elif node.state == "suspended":
+            plan[name] = f"would delete the frozen {what} of {name} (it holds no job) and release it"
+        elif jobs.get(name):
+            ids = ", ".join(str(j) for j in jobs[name])
+            if force:
+                plan[name] = f"would drain {name}, requeue its job(s) {ids}, then delete {what} and release it"
+            else:
+                plan[name] = (f"would drain {name} and wait up to {wait} s for its job(s) {ids} to end, "
+                              f"then delete {what} and release it")
+        else:
+            plan[name] = f"would drain {name} (no job runs on it), delete {what} and release it"
+    comment = f"would retire {len(found)} node(s): " + "; ".join(plan[n] for n in found)
+    return {"result": None, "test": True, "comment": comment, "nodes": plan}
+
+
+def _live_jobs(ctx, names):
+    """``{node: [job id, ...]}`` of the jobs holding ``names`` in Slurm; one call, none for no names."""
+    out = {}
+    if not names:
+        return out
+    for job in ctx.slurm.jobs(nodes=list(names)):
+        if job.get("state") in LIVE_JOB_STATES:
+            for n in job.get("nodes", []):
+                if n in names:
+                    out.setdefault(n, []).append(job["id"])
+    return out
+
+
 def _busy_nodes(ctx, names):
     busy = set()
     for job in ctx.slurm.jobs(nodes=names):
@@ -387,9 +429,10 @@ def _remove(ctx, node, expect="draining"):
     ctx.node_event(node.name, "released", reason="retired")
 
 
-def shrink(ctx, count, profile, force=False, wait=600):
-    """Retire ``count`` nodes of ``profile``, idle ones first."""
+def shrink(ctx, count, profile, force=False, wait=600, test=False):
+    """Retire ``count`` nodes of ``profile``, idle ones first; ``test=True`` says which and how."""
     count = positive_int(count, "count")
+    test = flag(test, "test")
     prof = ctx.policy.profile(profile)
     candidates = [n for n in ctx.registry.nodes(profile=prof.name) if n.state in RETIRABLE]
     busy = _busy_nodes(ctx, [n.name for n in candidates]) if candidates else set()
@@ -397,11 +440,12 @@ def shrink(ctx, count, profile, force=False, wait=600):
     held = _suspended_with_jobs(ctx, candidates, busy)
     candidates = [n for n in candidates if n.name not in held]
     if not candidates:
-        return {"result": True, "comment": f"profile {prof.name} has no node to retire", "nodes": {}}
+        return {"result": None if test else True, "comment": f"profile {prof.name} has no node to retire",
+                "nodes": {}, **({"test": True} if test else {})}
     order = {"failed": 0, "ready": 1, "suspended": 2, "draining": 3}
     candidates.sort(key=lambda n: (n.name in busy, order.get(n.state, 9), n.name))
     chosen = [n.name for n in candidates[:count]]
-    ret = retire(ctx, chosen, force=force, wait=wait)
+    ret = retire(ctx, chosen, force=force, wait=wait, test=test)
     if len(chosen) < count:
         ret["comment"] += f"; profile {prof.name} had only {len(chosen)} retirable node(s)"
     return ret
@@ -409,29 +453,102 @@ def shrink(ctx, count, profile, force=False, wait=600):
 
 # -- status and reconcile ----------------------------------------------------
 
+#: Slurm job states in which a job is alive on its nodes (status's ``jobs``):
+#: ``squeue`` also lists jobs that ended within ``MinJobAge`` (COMPLETED,
+#: CANCELLED, FAILED, TIMEOUT ... with the nodes they ran on), which are not.
+ALIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED", "SIGNALING",
+                    "STAGE_OUT", "RESIZING")
+#: Columns of :func:`status_rows`, in order.
+STATUS_COLUMNS = ("node", "state", "slurm", "instance", "jobs", "address", "profile", "host", "reason")
+
+
 def status(ctx):
-    """Every held node with its vcluster, provider and Slurm view."""
+    """Every held node with its vcluster, provider and Slurm view.
+
+    ``result`` is False when Slurm or a provider could not be asked: the
+    nodes' Slurm state (and jobs) or instance status then read ``unknown``
+    (never ``absent``), ``unknown`` names the part and the comment says why.
+    ``jobs`` lists only jobs alive in Slurm (:data:`ALIVE_JOB_STATES`).
+    """
     nodes = ctx.registry.nodes()
-    slurm = {s["name"]: s for s in _try(ctx.slurm.nodes, default=[])}
-    jobs = {}
-    for job in _try(ctx.slurm.jobs, default=[]):
-        for name in job.get("nodes", []):
-            jobs.setdefault(name, []).append(job["id"])
+    unknown, why = [], []
+    slurm, jobs = None, None
+    try:
+        slurm = {s["name"]: s for s in ctx.slurm.nodes()}
+        jobs = {}
+        for job in ctx.slurm.jobs():
+            if job.get("state") not in ALIVE_JOB_STATES:
+                continue  # ended: squeue keeps it MinJobAge seconds with the nodes it ran on
+            for name in job.get("nodes", []):
+                jobs.setdefault(name, []).append(job["id"])
+    except VclusterError as exc:
+        slurm, jobs = None, None
+        unknown.append("slurm")
+        why.append(f"Slurm could not be asked ({sentence(exc)}): Slurm state and jobs are unknown")
+    instances = {}
+    for prov in sorted({n.provider for n in nodes}):
+        try:
+            instances[prov] = {i.id: i for i in ctx.provider(prov).list(ctx.policy.cluster)}
+        except Exception as exc:  # noqa: BLE001 - reported, the column reads unknown
+            unknown.append(f"provider {prov}")
+            why.append(f"provider {prov} could not be asked ({sentence(exc)}): "
+                       f"the instance status of its nodes is unknown")
     out = {}
     for n in sorted(nodes, key=lambda n: n.name):
-        s = slurm.get(n.name)
+        if slurm is None:
+            slurm_state = "unknown"
+        else:
+            s = slurm.get(n.name)
+            slurm_state = "+".join(s["state"]) if s and isinstance(s.get("state"), list) else (
+                (s or {}).get("state") or "absent")
+        if n.provider not in instances:
+            inst_state = "unknown"
+        elif not n.instance_id:
+            inst_state = "none"
+        else:
+            inst = instances[n.provider].get(n.instance_id)
+            inst_state = getattr(inst.status, "value", inst.status) if inst is not None else "absent"
         out[n.name] = {
             "address": n.address,
             "profile": n.profile,
             "provider": n.provider,
             "instance": n.instance_id,
+            "instance_state": inst_state,
             "host": n.host,
             "state": n.state,
-            "slurm": "+".join(s["state"]) if s and isinstance(s.get("state"), list) else (s or {}).get("state", "absent"),
-            "jobs": sorted(jobs.get(n.name, [])),
+            "slurm": slurm_state,
+            "jobs": None if jobs is None else sorted(jobs.get(n.name, []), key=_job_key),
             "reason": n.reason,
         }
-    return {"result": True, "nodes": out, "count": len(out), "warnings": _minion_warnings(ctx, nodes, slurm)}
+    comment = f"{len(out)} node(s)"
+    if why:
+        comment += "; " + "; ".join(why)
+    return {"result": not unknown, "comment": comment, "nodes": out, "count": len(out),
+            "unknown": unknown, "warnings": _minion_warnings(ctx, nodes, slurm or {})}
+
+
+def _job_key(job_id):
+    text = str(job_id)
+    main, _, task = text.partition("_")
+    return (int(main) if main.isdigit() else 0, int(task) if task.isdigit() else -1, text)
+
+
+def status_rows(ret):
+    """A :func:`status` return as table rows: a header, then one list of strings per node."""
+    rows = [[c.upper() for c in STATUS_COLUMNS]]
+    for name, n in sorted((ret.get("nodes") or {}).items()):
+        jobs = n.get("jobs")
+        inst = n.get("instance") or "-"
+        if n.get("instance_state") not in (None, "none"):
+            inst = f"{inst} ({n['instance_state']})"
+        cells = {
+            "node": name, "state": n.get("state"), "slurm": n.get("slurm"), "instance": inst,
+            "jobs": "unknown" if jobs is None else (",".join(str(j) for j in jobs) or "-"),
+            "address": n.get("address"), "profile": n.get("profile"), "host": n.get("host"),
+            "reason": n.get("reason"),
+        }
+        rows.append([str(cells[c]) if cells[c] not in (None, "") else "-" for c in STATUS_COLUMNS])
+    return rows
 
 
 def _minion_warnings(ctx, nodes, slurm):

@@ -53,7 +53,7 @@ import hostlist
 
 from vcluster import preempt, suspend
 from vcluster.arguments import flag, seconds
-from vcluster.errors import InvalidTransition, RegistryError, VclusterError, sentence
+from vcluster.errors import InvalidTransition, PolicyError, RegistryError, VclusterError, sentence
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +438,30 @@ def _exclusive(registry):
         os.close(fd)
 
 
-def reconcile(ctx, apply=False, grace=None):
+#: What a repair of each kind would do, for ``test=True`` (see the module table).
+WOULD = {
+    "orphan_instance": "would delete instance {instance} of provider {provider} ({why})",
+    "duplicate_instance": "would keep the instance the registry names for {node} and delete the others of {instances}",
+    "node_without_instance": "would retire {node} ({state}; its instance {instance} is gone), requeueing its jobs",
+    "orphan_key": "would delete the {key_state} minion key of {node} (no active node)",
+    "orphan_slurm_node": "would requeue the jobs of Slurm node {node} ({state}, no active node) and remove it",
+    "stuck": "would finish or undo the {state} of {node} (unchanged for {age} s, limit {limit} s)",
+    "preemption_over": "would resume {node}, suspended for job {job} that is {job_state}",
+}
+
+
+def would(kind, item):
+    """One sentence: what the repair of finding ``item`` of ``kind`` would do."""
+    fields = dict(item)
+    if "instances" in fields:
+        fields["instances"] = ", ".join(map(str, fields["instances"]))
+    try:
+        return WOULD[kind].format(**fields)
+    except (KeyError, IndexError):
+        return f"would repair {kind} {item.get('node') or item.get('instance')}"
+
+
+def reconcile(ctx, apply=False, grace=None, test=False):
     """Compare registry, provider instances, minion keys and Slurm; report, and repair with ``apply``.
 
     ``grace`` (seconds) replaces, for this run, both ``vcluster:reconcile:grace``
@@ -447,22 +470,46 @@ def reconcile(ctx, apply=False, grace=None):
     interrupted transition now). Returns ``report`` (findings by kind), ``repairs`` (one per finding when
     applied: kind, node/instance, action or error) and ``errors`` (views that
     could not be read).
+
+    ``test=True`` reads the same views and says, per finding, what its
+    repair would do (``would``); it repairs nothing, fires no event and
+    does not count as a run for the schedule.
     """
     apply = flag(apply, "apply")
     grace = None if grace is None else seconds(grace, "grace")
+    test = flag(test, "test")
     started = time.monotonic()
+    if test:
+        found, s = survey(ctx, grace=grace)
+        plan = [dict({k: item[k] for k in ("node", "instance", "job") if k in item}, kind=kind,
+                     would=would(kind, item)) for kind in KINDS for item in found[kind]]
+        comment = (f"{len(plan)} inconsistency(ies) found; " + "; ".join(p["would"] for p in plan)
+                   if plan else "0 inconsistency(ies) found; nothing would be repaired")
+        if s.errors:
+            comment += "; could not read " + "; ".join(s.errors) + " (their checks were skipped)"
+        return {"result": None if plan or s.errors else True, "test": True, "comment": comment,
+                "report": found, "would": plan, "errors": s.errors,
+                "seconds": round(time.monotonic() - started, 3)}
     with _exclusive(ctx.registry) as mine:
         if not mine:
             return {"result": True, "skipped": True,
                     "comment": "another reconcile is running; this one did nothing"}
         found, s = survey(ctx, grace=grace)
+        found_count = sum(len(v) for v in found.values())
+        ctx.events.progress(f"reconcile: {found_count} inconsistency(ies) found"
+                            + ("; repairing them" if apply and found_count else ""), found=found_count)
         repairs = []
         if apply:
             for kind in KINDS:
                 for item in found[kind]:
                     repairs.append(_apply_one(ctx, kind, item, s))
+                    done = repairs[-1]
+                    ctx.events.progress(
+                        f"reconcile: {kind} {done.get('node') or done.get('instance') or done.get('job')}: "
+                        f"{done.get('action') or 'failed: ' + str(done.get('error'))}",
+                        kind=kind, repaired=len(repairs), of=found_count)
         _mark_run(ctx.registry)
-    problems = sum(len(v) for v in found.values())
+    problems = found_count
     failed = [r for r in repairs if r.get("error")]
     if apply:
         comment = f"{problems} inconsistency(ies) found, {problems - len(failed)} repaired"
@@ -562,11 +609,13 @@ def scheduled(ctx):
     return reconcile(ctx, apply=ctx.policy.reconcile.apply)
 
 
-def run(ctx, apply=False, grace=None, scheduled=False):
+def run(ctx, apply=False, grace=None, scheduled=False, test=False):
     """The runner's entry point: :func:`scheduled` or :func:`reconcile`."""
     if flag(scheduled, "scheduled"):
+        if flag(test, "test"):
+            raise PolicyError("test must be False with scheduled=True (the schedule never runs a dry run)")
         return globals()["scheduled"](ctx)
-    return reconcile(ctx, apply=apply, grace=grace)
+    return reconcile(ctx, apply=apply, grace=grace, test=test)
 
 
 __all__ = ["run", "KINDS", "reconcile", "scheduled", "survey", "due", "last_run", "RegistryError"]

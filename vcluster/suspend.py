@@ -104,16 +104,18 @@ def _node_jobs(ctx, names, states, all_jobs=None):
 # -- suspend -------------------------------------------------------------------------
 
 
-def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None):
+def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None, test=False):
     """Suspend ``nodes`` (a hostlist) with their jobs; see the module docstring.
 
     Nodes already ``suspended`` are left as they are. Returns
     ``{"result", "comment", "nodes": {name: state}}``. ``all_jobs`` is a
     fresh ``jobs`` listing the caller already holds (preemption), else
-    Slurm is asked.
+    Slurm is asked. ``test=True`` validates, reads the jobs and says what
+    would be done; nothing changes.
     """
     names = node_names(nodes)
     mode = _mode(ctx, mode)
+    test = flag(test, "test")
     reason = reason or ADMIN_REASON
     found = _registry_nodes(ctx, names, ("ready", "suspended"), "suspended")
     todo = [n for n in names if found[n].state == "ready"]
@@ -129,19 +131,40 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None):
                     f"job {job['id']} on {name} also runs on {hostlist.collect_hostlist(others)}; "
                     "suspend those nodes in the same request"
                 )
+    if test:
+        plan = {}
+        for name in names:
+            if name not in todo:
+                plan[name] = f"{name} is already suspended; it would be left as it is"
+                continue
+            running = [str(j["id"]) for j in jobs[name] if j.get("state") == "RUNNING"]
+            held = f"suspend its running job(s) {', '.join(running)}" if running else "suspend no job (none runs)"
+            plan[name] = (f"would drain {name}, {held} and {mode} its instance {found[name].instance_id} "
+                          f"(provider {found[name].provider})")
+        return _plan(names, plan, f"would suspend {len(todo)} of {len(names)} node(s)")
     suspended_jobs = set()
 
     def one(name):
         _suspend_one(ctx, found[name], mode, reason, jobs[name], suspended_jobs)
 
-    return _per_node(ctx, names, todo, found, "suspended", one, f"suspended ({mode})")
+    return _per_node(ctx, names, todo, found, "suspended", one, f"suspended ({mode})", "suspending")
 
 
-def _per_node(ctx, names, todo, found, done, action, label):
-    """Run ``action(name)`` for each of ``todo``; one node's failure is reported, the rest go on."""
+def _plan(names, plan, head):
+    """A ``test=True`` return: ``result`` None, one sentence per node."""
+    return {"result": None, "test": True, "comment": head + ": " + "; ".join(plan[n] for n in names),
+            "nodes": plan}
+
+
+def _per_node(ctx, names, todo, found, done, action, label, doing):
+    """Run ``action(name)`` for each of ``todo``; one node's failure is reported, the rest go on.
+
+    One progress event before and one after each node.
+    """
     result = {n: done for n in names if n not in todo}
     errors = []
-    for name in todo:
+    for i, name in enumerate(todo, 1):
+        ctx.events.progress(f"{doing} {name} ({i} of {len(todo)})", node=name)
         try:
             action(name)
             result[name] = done
@@ -149,6 +172,9 @@ def _per_node(ctx, names, todo, found, done, action, label):
             log.warning("%s: %s failed: %s", name, label, exc)
             errors.append(f"{name}: {sentence(exc)}")
             result[name] = (ctx.registry.get(name) or found[name]).state
+            ctx.events.progress(f"{name} failed: {sentence(exc)}", node=name, state=result[name])
+        else:
+            ctx.events.progress(f"{name} {label}", node=name, state=done)
     finished = [n for n, s in result.items() if s == done]
     comment = f"{len(finished)} of {len(names)} node(s) {label}"
     if errors:
@@ -187,17 +213,19 @@ def _suspend_one(ctx, node, mode, reason, jobs, suspended_jobs):
 # -- resume -------------------------------------------------------------------------------
 
 
-def resume(ctx, nodes, host=None, timeout=None):
+def resume(ctx, nodes, host=None, timeout=None, test=False):
     """Resume ``nodes`` (a hostlist); ``host`` moves them there first where the provider can.
 
     Nodes already ``ready`` are left as they are. A node whose provider
     resume or restart check fails goes back to ``suspended`` (its jobs stay
     suspended, nothing is lost) and the return says why; run resume again.
+    ``test=True`` validates and says what would be done; nothing changes.
     """
     names = node_names(nodes)
     if host is not None and (not isinstance(host, str) or not host.strip()):
         raise PolicyError(f"host must be a hypervisor name, got {host!r}")
     timeout = ctx.policy.suspend.resume_timeout if timeout is None else positive_int(timeout, "timeout")
+    test = flag(test, "test")
     found = _registry_nodes(ctx, names, ("suspended", "ready"), "resumed")
     todo = [n for n in names if found[n].state == "suspended"]
     warm = [n for n in todo if found[n].reason == WARM_REASON and membership.mode_of(ctx, found[n]) == "cloud"]
@@ -208,13 +236,26 @@ def resume(ctx, nodes, host=None, timeout=None):
         listed = hostlist.collect_hostlist(warm)
         raise PolicyError(f"{listed} {'is' if len(warm) == 1 else 'are'} in the warm pool, which Slurm "
                           f"powers up when a job needs it: scontrol update nodename={listed} state=POWER_UP")
+    if test:
+        plan = {}
+        for name in names:
+            node = found[name]
+            if name not in todo:
+                plan[name] = f"{name} is already ready; it would be left as it is"
+                continue
+            mapped = ctx.registry.jobs_on(name)
+            move = f"move it from {node.host} to {host}, then " if host and host != node.host else ""
+            jobs = (f"resume its suspended job(s) {', '.join(mapped)}" if mapped else "resume no job (it holds none)")
+            plan[name] = (f"would {move}resume the instance {node.instance_id} of {name}, wait up to {timeout} s "
+                          f"for its minion and slurmd, {jobs} and lift vcluster's drain")
+        return _plan(names, plan, f"would resume {len(todo)} of {len(names)} node(s)")
 
     def one(name):
         if host and host != found[name].host:
             migrate(ctx, name, host=host)
         _resume_one(ctx, ctx.registry.get(name), timeout)
 
-    return _per_node(ctx, names, todo, found, "ready", one, "ready")
+    return _per_node(ctx, names, todo, found, "ready", one, "ready", "resuming")
 
 
 def _resume_one(ctx, node, timeout):
@@ -260,14 +301,14 @@ def _wait_alive(ctx, name, deadline):
 # -- migrate ------------------------------------------------------------------------------
 
 
-def migrate(ctx, node, host=None, live=True):
+def migrate(ctx, node, host=None, live=True, test=False):
     """Move ``node`` to hypervisor ``host`` (or the provider's choice), jobs and all.
 
     The node keeps its name; registry ``host`` (and ``address``, should the
     provider change it) follow, and Slurm gets the new NodeAddr. A ``ready``
     node goes ``migrating -> ready``, a ``suspended`` one ``migrating ->
     suspended``. Providers that cannot move the instance say so and
-    nothing changes.
+    nothing changes. ``test=True`` validates and says what would be done.
     """
     names = node_names(node, what="node")
     if len(names) != 1:
@@ -276,12 +317,20 @@ def migrate(ctx, node, host=None, live=True):
     if host is not None and (not isinstance(host, str) or not host.strip()):
         raise PolicyError(f"host must be a hypervisor name, got {host!r}")
     live = flag(live, "live")
+    test = flag(test, "test")
     found = _registry_nodes(ctx, [name], ("ready", "suspended"), "migrated")[name]
     if not found.instance_id:
         raise PolicyError(f"node {name} has no instance to migrate")
     if host and host == found.host:
         raise PolicyError(f"host must differ from the node's current host, got {host!r}")
     back = found.state
+    target = host or "a host the provider chooses"
+    if test:
+        return {"result": None, "test": True, "node": name, "state": back,
+                "comment": (f"would move {name} ({back}, instance {found.instance_id}) from "
+                            f"{found.host or 'its current host'} to {target} (live={live}); the registry and "
+                            f"Slurm's NodeAddr would follow and it would stay {back}")}
+    ctx.events.progress(f"migrating {name} from {found.host} to {target}", node=name)
     ctx.registry.transition(name, "migrating", expect=back, actor=ctx.actor)
     ctx.node_event(name, "migrating", source=found.host, target=host)
     try:
@@ -305,6 +354,7 @@ def migrate(ctx, node, host=None, live=True):
     except InvalidTransition:
         pass
     ctx.node_event(name, back, migrated=True, source=found.host, host=inst.host, address=inst.address)
+    ctx.events.progress(f"{name} moved to {inst.host}", node=name, host=inst.host)
     return {"result": True, "comment": f"{name} moved from {found.host} to {inst.host}",
             "node": name, "state": back, "host": inst.host, "address": inst.address}
 
