@@ -44,8 +44,10 @@ class Release:
     * ``reconfigure_changes_nodes``: ``scontrol reconfigure`` starts new
       daemons that read a changed node list; before 23.11 adding or removing
       a ``NodeName`` line needs a slurmctld restart.
-    * ``cloud_reg_addrs``: ``SlurmctldParameters=cloud_reg_addrs`` exists
-      (before 23.11); from 23.11 it is the default and the word is refused.
+    * ``cloud_reg_addrs``: ``SlurmctldParameters=cloud_reg_addrs`` is needed
+      for cloud nodes to register their address (before 23.11); from 23.11
+      it is the default, and slurmctld logs an error ("defunct, please
+      remove it") at start when the word is set, then ignores it.
     * ``node_aliases``: jobs on cloud nodes get ``SLURM_NODE_ALIASES`` (before 23.11).
     * ``power_command``: ``scontrol power up|down [asap|force] NODES`` (24.05+);
       before, ``scontrol update nodename=X state=POWER_UP|POWER_DOWN...``.
