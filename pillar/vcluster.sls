@@ -95,14 +95,15 @@ vcluster:
       network: vcbr0
       # LXD storage pool for the containers' root disks.
       storage_pool: vcluster
-      # Other lxd keys: endpoint (https URL or unix socket; default the local
-      # socket), project, profiles (list), target, verify, cert, key, password.
-    # An OpenStack provider would look like this:
+      # The other lxd keys (a remote server and its client certificate, LXD
+      # project and profiles, timeouts) are listed with their defaults in the
+      # generated reference, docs/policy.md.
+    # An OpenStack provider would look like this (its profiles need a flavor):
     # nova:
     #   driver: openstack
     #   cloud: mycloud          # entry in the master's clouds.yaml
     #   network: hpc-net
-    #   region: RegionOne
+    #   region_name: RegionOne
 
   # Kinds of virtual node an admin (or the autoscaler) can ask for.
   profiles:
@@ -152,20 +153,59 @@ vcluster:
       features: [virtual, mem]
       partition: htc
 
-  # Node liveness, suspend/resume defaults and preemption (docs/operations.md).
-  # Shown with their defaults; uncomment to change them.
+  # The optional sections. Those marked "defaults" are shown with their
+  # defaults (a unit test checks that they are, and that every block below
+  # validates when uncommented); uncomment to change them.
+  # Repair runs of vcluster.reconcile (docs/reconcile.md); defaults.
+  # reconcile:
+  #   interval: 300        # seconds between scheduled runs; 0 turns them off
+  #   grace: 600           # seconds before an interrupted transition is stuck
+  #   apply: true          # false: scheduled runs only report
+  # Provider retries and the pause of a failing profile; defaults.
+  # faults:
+  #   create_attempts: 3   # provider create tries per expand
+  #   create_backoff: 2.0  # seconds before the 2nd try, doubled after each
+  #   create_deadline: 600 # seconds for all tries together
+  #   failures: 3          # failed expands of one profile within window ...
+  #   window: 600
+  #   pause: 900           # ... refuse its expands this long (failures 0: never)
+  # Slurm power saving of cloud-membership profiles (slurm.conf); defaults.
+  # power_save:
+  #   suspend_time: 600    # SuspendTime: seconds idle before the node is suspended
+  #   suspend_timeout: 120 # SuspendTimeout
+  #   resume_timeout: 600  # ResumeTimeout; must exceed cloud profiles' join_timeout
+  #   resume_rate: 0       # ResumeRate, nodes per minute (0: no limit)
+  #   suspend_rate: 0      # SuspendRate
+  #   exclude_nodes: ~     # SuspendExcNodes hostlist besides the bare-metal nodes
+  #   exclude_partitions: ~ # SuspendExcParts, a list
+  # The autoscaler (docs/operations.md); an example, not the defaults
+  # (defaults: enabled false, interval 60, job_flag vcluster-own, no profiles).
+  # autoscale:
+  #   enabled: true
+  #   interval: 60         # seconds between runs
+  #   job_flag: vcluster-own  # sbatch --comment=vcluster-own[:<profile>]
+  #   profiles:
+  #     htc:
+  #       min_nodes: 0     # kept ready even when idle
+  #       max_nodes: 16    # default: the profile's max_nodes
+  #       idle_time: 600   # seconds idle before a node is retired
+  #       warm_pool: 2     # nodes kept suspended for a fast resume
+  #       per_job: false   # flagged jobs get their own nodes
+  # Node liveness (docs/operations.md); defaults.
   # liveness:
   #   enabled: true        # false: the scheduled check only reports
   #   timeout: 30          # seconds a flagged node's minion may take to answer (a
   #                        # silent minion alone never sets a node DOWN: slurmd decides)
   #   baremetal: true      # also watch bare-metal Slurm nodes that are minions
   #   resume: true         # undo vcluster's own DOWN once its slurmd answers again
+  # What vcluster.suspend / vcluster.resume do unless told; defaults.
   # suspend:
   #   mode: suspend        # suspend | pause (LXD: both freeze)
   #   resume_timeout: 120  # seconds for minion and slurmd after the provider resume
-  # Preemption: a job of `partitions` suspends the `preemptible` virtual nodes
-  # on its hypervisor host. Needs the vcluster_slurm_events engine in the
-  # controller minion's config; the controller's highstate fails without it.
+  # Preemption, an example (default: enabled false, no partitions): a job of
+  # `partitions` suspends the `preemptible` virtual nodes on its hypervisor
+  # host. Needs the vcluster_slurm_events engine in the controller minion's
+  # config; the controller's highstate fails without it.
   # preemption:
   #   enabled: false
   #   partitions: [batch]  # jobs in these partitions preempt
