@@ -15,6 +15,17 @@ Master configuration (``python -m vcluster.masterconf`` writes it):
 
     engines:
       - vcluster_tasks: {}
+
+With ``metrics_path`` it also writes vcluster's Prometheus metrics there
+every ``metrics_interval`` seconds (default 60), for node_exporter's
+textfile collector (see docs/operations.md):
+
+.. code-block:: yaml
+
+    engines:
+      - vcluster_tasks:
+          metrics_path: /var/lib/node_exporter/textfile/vcluster.prom
+          metrics_interval: 60
 """
 
 import logging
@@ -26,6 +37,7 @@ __virtualname__ = "vcluster_tasks"
 
 try:
     from vcluster import periodic, saltlink
+    from vcluster.errors import VclusterError
 
     HAS_LIB = True
 except ImportError as _exc:  # pragma: no cover - reported by __virtual__
@@ -41,8 +53,14 @@ def __virtual__():
     return __virtualname__
 
 
-def start():
-    """Run liveness, autoscale and reconcile on their ticks until the master stops."""
+def start(metrics_path=None, metrics_interval=60):
+    """Run liveness, autoscale and reconcile (and the metrics file, when asked) on their ticks until the master stops."""
     opts = __opts__  # noqa: F821 - Salt loader dunder
-    log.info("vcluster_tasks: %s", ", ".join(f"{t.name} every {t.interval:g} s" for t in periodic.TASKS))
-    periodic.serve(lambda actor: saltlink.context(opts, actor=actor), threading.Event())
+    tasks = list(periodic.TASKS)
+    if metrics_path is not None:
+        try:
+            tasks.append(periodic.metrics_task(metrics_path, metrics_interval))
+        except VclusterError as exc:
+            log.error("vcluster_tasks: no metrics file: %s", exc)
+    log.info("vcluster_tasks: %s", ", ".join(f"{t.name} every {t.interval:g} s" for t in tasks))
+    periodic.serve(lambda actor: saltlink.context(opts, actor=actor), threading.Event(), tasks=tasks)

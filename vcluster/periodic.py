@@ -28,7 +28,7 @@ import time
 import typing
 
 from vcluster import autoscale, liveness, reconcile
-from vcluster.errors import VclusterError
+from vcluster.errors import PolicyError, VclusterError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,27 @@ TASKS = (
     Task("autoscale", autoscale.SCHEDULE_TICK, lambda ctx: autoscale.run(ctx, scheduled=True)),
     Task("reconcile", reconcile.SCHEDULE_TICK, lambda ctx: reconcile.run(ctx, scheduled=True)),
 )
+
+
+def metrics_task(path, interval=60):
+    """A task that writes :mod:`vcluster.metrics` to ``path`` every ``interval`` seconds.
+
+    Both are checked here, before any thread starts (PolicyError naming the value).
+    """
+    from vcluster import metrics  # pylint: disable=import-outside-toplevel
+
+    metrics.check_path(path)
+    try:
+        every = float(interval)
+    except (TypeError, ValueError):
+        every = 0.0
+    if isinstance(interval, bool) or not every >= 1:
+        raise PolicyError(f"metrics_interval must be a number of seconds of at least 1, got {interval!r}")
+
+    def write(ctx):
+        return metrics.export(ctx.registry.path, path=path, profiles=sorted(ctx.policy.profiles))
+
+    return Task("metrics", every, write)
 
 
 def run_once(task, make_context):

@@ -505,3 +505,19 @@ def test_metrics_file_is_written_atomically_and_checked(ctx, tmp_path):
                      (str(tmp_path / "nodir" / "v.prom"), "must be in an existing directory")):
         with pytest.raises(PolicyError, match=why):
             metrics.export(ctx.registry.path, path=bad)
+
+
+def test_the_periodic_metrics_task_writes_the_file_on_its_tick(ctx, tmp_path):
+    from vcluster import periodic
+
+    path = str(tmp_path / "vcluster.prom")
+    task = periodic.metrics_task(path, "30")
+    assert (task.name, task.interval) == ("metrics", 30.0)
+    ret = periodic.run_once(task, lambda actor: ctx)
+    assert ret["result"] is True and os.path.exists(path)
+    nodes = parse_exposition(open(path, encoding="utf-8").read())["vcluster_nodes"][1]
+    assert nodes[("vcluster_nodes", (("profile", "htc"), ("state", "ready")))] == 3
+    with pytest.raises(PolicyError, match="metrics_interval must be a number of seconds of at least 1, got 0"):
+        periodic.metrics_task(path, 0)
+    with pytest.raises(PolicyError, match="path must end in .prom"):
+        periodic.metrics_task(str(tmp_path / "x.txt"))
