@@ -88,6 +88,30 @@ from vcluster.providers.base import TAG_KEYS, Host, Instance, Provider, Status
 
 log = logging.getLogger(__name__)
 
+
+class _NoBodies(logging.Filter):
+    """Keep HTTP bodies out of keystoneauth's debug log.
+
+    At ``debug`` keystoneauth logs every request body (``REQ: curl ... -d``)
+    and response body (``RESP BODY:``). A server create sends the nodes'
+    user data, which holds their minion private keys, and Nova returns it
+    to admins in every server GET: seen in the master's log at debug. The
+    lines stay (method, URL, status, headers, with keystoneauth's own token
+    masking); the bodies are replaced by a note.
+    """
+
+    def filter(self, record):
+        msg = record.getMessage()
+        if record.name.endswith(".body") or msg.startswith("RESP BODY:"):
+            record.msg, record.args = "RESP BODY: <not logged (vcluster: may hold user data)>", ()
+        elif " -d '" in msg:
+            record.msg, record.args = msg[:msg.index(" -d '")] + " -d <not logged (vcluster: may hold user data)>", ()
+        return True
+
+
+for _name in ("keystoneauth.session", "keystoneauth.session.request", "keystoneauth.session.body"):
+    logging.getLogger(_name).addFilter(_NoBodies())
+
 META_PREFIX = "vcluster_"
 TAG_ALL = "vcluster"
 USER_DATA_LIMIT = 65535  # Nova's limit on the base64 text of user_data
