@@ -146,7 +146,8 @@ def jobs(nodes=None, states=None, conf=None):  # pylint: disable=redefined-outer
     List jobs (from ``squeue --json``) as dicts.
 
     nodes
-        Only jobs on these nodes (hostlist, comma list or list).
+        Only jobs on these nodes (hostlist, comma list or list); squeue
+        then prints only their lines (``--nodelist``, text form).
     states
         Only jobs in these states (``RUNNING,SUSPENDED`` or a list).
 

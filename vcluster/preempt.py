@@ -65,19 +65,36 @@ def _preemptible(ctx, node):
     return prof is not None and prof.partition in ctx.policy.preemption.preemptible
 
 
-def _busy_hosts(ctx, exclude_job, jobs=None):
+def slurm_nodes_of(policy, hosts):
+    """The Slurm node names of the provider ``hosts`` (reverse of :func:`host_of`)."""
+    mapped = policy.preemption.hypervisors
+    out = set()
+    for host in hosts:
+        names = {n for n, h in mapped.items() if h == host}
+        out.update(names or {host})
+    return sorted(out)
+
+
+def _busy_hosts(ctx, exclude_job, jobs=None, hosts=None):
     """Hosts carrying a live job of a preempting partition (other than ``exclude_job``).
 
-    ``jobs``: a ``jobs`` listing the caller already holds, else Slurm is asked.
+    ``jobs``: a ``jobs`` listing the caller already holds; else Slurm is
+    asked for the jobs on ``hosts`` (their Slurm nodes) only, or for all
+    jobs when ``hosts`` is None.
     """
     pre = ctx.policy.preemption
-    hosts = set()
-    for job in _suspend.slurm_call(ctx, "jobs") if jobs is None else jobs:
+    if jobs is None:
+        if hosts is not None and not hosts:
+            return set()
+        nodes = slurm_nodes_of(ctx.policy, hosts) if hosts is not None else None
+        jobs = _suspend.slurm_call(ctx, "jobs", nodes=nodes) if nodes else _suspend.slurm_call(ctx, "jobs")
+    busy = set()
+    for job in jobs:
         if str(job.get("id")) == str(exclude_job) or job.get("state") not in ("RUNNING", "CONFIGURING"):
             continue
         if job.get("partition") in pre.partitions:
-            hosts.update(host_of(ctx.policy, n) for n in job.get("nodes", []))
-    return hosts
+            busy.update(host_of(ctx.policy, n) for n in job.get("nodes", []))
+    return busy
 
 
 def on_event(ctx, minion_id, line):
@@ -101,10 +118,9 @@ def on_event(ctx, minion_id, line):
 def job_started(ctx, job_id):
     """Suspend the preemptible virtual nodes on the hosts of job ``job_id``."""
     pre = ctx.policy.preemption
-    # one squeue listing: the job itself (checked against Slurm, not the
-    # event) and the jobs on the victims, which suspend needs anyway
-    all_jobs = _suspend.slurm_call(ctx, "jobs")
-    job = next((j for j in all_jobs if str(j.get("id")) == str(job_id)), None)
+    # the job itself, checked against Slurm (not the event), then the jobs
+    # on the victims only, which suspend needs: never a listing of all jobs
+    job = _suspend.slurm_call(ctx, "job", job_id)
     if not job or job.get("state") not in ("RUNNING", "CONFIGURING"):
         return {"result": True, "ignored": True, "comment": f"job {job_id} is not running"}
     if job.get("partition") not in pre.partitions:
@@ -116,8 +132,9 @@ def job_started(ctx, job_id):
     if not victims:
         return {"result": True, "comment": f"job {job_id}: no preemptible virtual node on {', '.join(sorted(hosts))}",
                 "nodes": {}}
+    victim_jobs = _suspend.slurm_call(ctx, "jobs", nodes=victims)
     ret = _suspend.suspend(ctx, victims, mode=pre.mode, reason=f"{_suspend.PREEMPTED_PREFIX}{job_id}",
-                           all_jobs=all_jobs)
+                           all_jobs=victim_jobs)
     ret["comment"] = f"job {job_id} preempts: " + ret["comment"]
     return ret
 
@@ -136,7 +153,7 @@ def job_ended(ctx, job_id, nodes=()):
             if (n.reason or "").startswith(_suspend.PREEMPTED_PREFIX) and (n.host in hosts or n.reason == reason)]
     if not mine:
         return {"result": True, "comment": f"job {job_id}: no node to resume", "nodes": {}}
-    busy = _busy_hosts(ctx, job_id)
+    busy = _busy_hosts(ctx, job_id, hosts={n.host for n in mine if n.host})
     result, errors, kept = {}, [], []
     for node in mine:
         target = None
@@ -161,12 +178,13 @@ def job_ended(ctx, job_id, nodes=()):
 def over(ctx, nodes):
     """Preemptions whose job no longer holds its hosts, among registry ``nodes``.
 
-    Returns ``{job_id: {"nodes": [names], "job_state": state or "gone"}}``.
+    Returns ``{job_id: {"nodes": [names], "job_state": state}}``, the
+    state ``gone`` when no job of that id is on the victims' hosts.
     Their victims stay suspended when the job's end event was lost (the
     controller's minion was down when it ended); reconcile finds them here.
     A victim whose host runs another preempting job is left out: that
-    job's end resumes it. One Slurm job listing, only when a node was
-    suspended by a preemption.
+    job's end resumes it. One Slurm job listing, of the victims' hosts
+    only, and only when a node was suspended by a preemption.
     """
     by_job = {}
     for node in nodes:
@@ -175,7 +193,11 @@ def over(ctx, nodes):
             by_job.setdefault(reason[len(_suspend.PREEMPTED_PREFIX):].strip(), []).append(node)
     if not by_job:
         return {}
-    listing = _suspend.slurm_call(ctx, "jobs")
+    # the jobs on the victims' hosts: a preempting job still holding one is
+    # there; one not there holds none of them (ended, gone or requeued)
+    hosts = {n.host for victims in by_job.values() for n in victims if n.host}
+    nodes = slurm_nodes_of(ctx.policy, hosts)
+    listing = _suspend.slurm_call(ctx, "jobs", nodes=nodes) if nodes else []
     jobs = {str(j.get("id")): j for j in listing}
     busy = _busy_hosts(ctx, None, listing)
     out = {}

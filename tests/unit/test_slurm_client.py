@@ -13,7 +13,7 @@ import pathlib
 import pytest
 
 from vcluster.errors import SlurmError
-from vcluster.slurm import versions
+from vcluster.slurm import hostlist, parse, versions
 from vcluster.slurm.client import Slurm
 
 DATA = pathlib.Path(__file__).parent / "data" / "slurm"
@@ -91,13 +91,39 @@ def test_node_rejects_bad_name_before_running_anything():
     assert runner.calls == []
 
 
+def _squeue_on(nodes, jobs):
+    """``squeue --nodelist`` as Slurm.jobs_on runs it, answering the recorded jobs on ``nodes``.
+
+    squeue itself picks the jobs by node; its text lines are made here from
+    the recorded JSON listing's jobs (real text output is compared with the
+    JSON one in tests/functional/test_slurm_jobs_on.py).
+    """
+    wanted = set(hostlist.expand(nodes))
+
+    def line(j):
+        array = bool(j.array_tasks)
+        return "\x1f".join(str(v) for v in (
+            j.id, j.state, j.partition, hostlist.collect(j.nodes), j.array_job_id if array else j.id,
+            j.array_tasks if array else "N/A", j.cpus, j.node_count, j.user, j.priority, j.reason or "None",
+            j.comment or "(null)", j.name))
+
+    out = "".join(line(j) + "\n" for j in jobs if wanted & set(j.nodes))
+    argv = ("squeue", "--noheader", "--all", "--states=all", f"--nodelist={hostlist.collect(sorted(wanted))}",
+            f"--format={Slurm._ON_FORMAT}")
+    return argv, (0, out, "")
+
+
 def test_jobs_filters():
-    runner = Runner({("squeue", "--all", "--json"): (0, read("squeue.json"), "")})
+    listing = parse.jobs_from_squeue_json(read("squeue.json"))
+    runner = Runner(dict([(("squeue", "--all", "--json"), (0, read("squeue.json"), "")),
+                          *(_squeue_on(n, listing) for n in ("vn[8-9],vn1", "vn2", "vn3"))]))
     slurm = Slurm(runner=runner)
     assert sorted(j.name for j in slurm.jobs(nodes="vn[8-9],vn1")) == ["run-htc", "run-multi"]
     assert [j.name for j in slurm.jobs(nodes=["vn2"], states="suspended")] == ["suspended"]
     assert slurm.job_count(nodes="vn3") == 0  # only finished jobs there
     assert slurm.job_count() == 8
+    # with nodes, squeue lists only theirs: never the JSON of every job
+    assert [c[0][:2] for c in runner.calls].count(["squeue", "--all"]) == 1
 
 
 def test_job_unknown_is_none():

@@ -207,15 +207,60 @@ class Slurm:
         return found[0] if found else None
 
     def jobs(self, nodes=None, states=None):
-        """Jobs from ``squeue --json``, only those on ``nodes`` / in ``states`` when given."""
-        _, out, _ = self.run("squeue", "--all", "--json")
-        jobs = parse.jobs_from_squeue_json(out, self.release)
+        """Jobs from ``squeue --json``, only those on ``nodes`` / in ``states`` when given.
+
+        With ``nodes``, squeue itself lists only their jobs (:meth:`jobs_on`).
+        """
         if nodes:
-            wanted = set(hostlist.expand(nodes))
-            jobs = [j for j in jobs if wanted & set(j.nodes)]
+            jobs = self.jobs_on(nodes)
+        else:
+            _, out, _ = self.run("squeue", "--all", "--json")
+            jobs = parse.jobs_from_squeue_json(out, self.release)
         if states:
             wanted_states = set(_words(states))
             jobs = [j for j in jobs if j.state in wanted_states]
+        return jobs
+
+    #: squeue --format of :meth:`jobs_on`: fields split by US (0x1f), the job name last.
+    _ON_FORMAT = "\x1f".join(("%A", "%T", "%P", "%N", "%F", "%K", "%C", "%D", "%u", "%Q", "%r", "%k", "%j"))
+
+    def jobs_on(self, nodes):
+        """Jobs (any state) on the hostlist ``nodes``, from ``squeue --nodelist``; list of Job.
+
+        Only those jobs' lines come back. 22.05's ``squeue --json`` prints
+        every job whatever the filters, so this reads squeue's text format
+        (the same in every release). squeue still gets every job from
+        slurmctld and picks by node itself, but no JSON of all jobs is made,
+        returned through Salt or parsed. A node name slurmctld does not know
+        falls back to the whole listing, picked here.
+        """
+        names = hostlist.expand(nodes)
+        if not names:
+            return []
+        self.release  # noqa: B018 - reads and checks the version once, as every listing does
+        rc, out, err = self.run("squeue", "--noheader", "--all", "--states=all",
+                                f"--nodelist={hostlist.collect(names)}", f"--format={self._ON_FORMAT}", ok=(0, 1))
+        if rc == 1:
+            if "Invalid node name" not in (out + err):
+                raise SlurmError(f"squeue --nodelist failed: {_message(rc, out, err)}")
+            _, out, _ = self.run("squeue", "--all", "--json")
+            wanted = set(names)
+            return [j for j in parse.jobs_from_squeue_json(out, self.release) if wanted & set(j.nodes)]
+        jobs = []
+        for line in out.splitlines():
+            f = line.split("\x1f", 12)
+            if len(f) != 13 or not f[0].isdigit():
+                raise SlurmError(f"squeue --nodelist printed an unexpected line: {line[:120]!r}")
+            array = f[5] not in ("N/A", "")
+
+            def number(text):
+                return int(text) if text.isdigit() else 0
+
+            jobs.append(parse.Job(
+                id=int(f[0]), name=f[12], state=f[1], nodes=hostlist.expand(f[3]) if f[3] else [],
+                partition=f[2], user=f[8], priority=number(f[9]), reason="" if f[10] == "None" else f[10],
+                array_job_id=number(f[4]) if array else 0, array_tasks=f[5] if array else "",
+                cpus=number(f[6]), node_count=number(f[7]), comment="" if f[11] == "(null)" else f[11]))
         return jobs
 
     def job(self, job_id):
