@@ -4,7 +4,8 @@
 PYTHON ?= /opt/vcluster/venv/bin/python
 
 .PHONY: help deps stack-up stack-down stack-status test test-unit testbed-up testbed-down \
-        bench-expand bench-autoscale bench-reconcile bench-openstack bench-preempt bench-scale
+        bench-expand bench-autoscale bench-reconcile bench-openstack bench-preempt \
+        bench-throughput bench-scale
 
 help:
 	@echo "make deps             install Debian packages and the virtualenv (scripts/install-deps.sh)"
@@ -20,6 +21,7 @@ help:
 	@echo "make bench-reconcile  bench/reconcile.py (needs nothing)"
 	@echo "make bench-openstack  bench/openstack_api.py (starts the testbed when it is not up)"
 	@echo "make bench-preempt    bench/preempt.py (starts the integration test stack: run stack-down first)"
+	@echo "make bench-throughput bench/throughput.py (starts the integration test stack: run stack-down first)"
 	@echo "make bench-scale      bench/scale.py: the control plane at 100, 1,000, 10,000 nodes (a simulated site; root)"
 
 deps:
@@ -63,3 +65,6 @@ bench-preempt:
 
 bench-scale:
 	$(PYTHON) bench/scale.py
+
+bench-throughput:
+	$(PYTHON) bench/throughput.py --repeat 2
