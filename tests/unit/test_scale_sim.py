@@ -119,12 +119,18 @@ def test_reconcile_finds_and_repairs_a_lost_instance_with_per_finding_calls_only
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the liveness probe opens a raw socket, as on the controller (root)")
-def test_a_liveness_round_makes_the_same_calls_at_100_and_200_nodes(sites):
-    small, large = sites(100), sites(200)
+def test_a_liveness_round_makes_the_same_calls_at_100_and_1000_nodes(sites):
+    """Every live node heard in one scan: none flagged, none set DOWN, no closer look at any.
+
+    1,100 SYN-ACKs in one burst (3,300 packets on loopback, where the raw
+    socket also sees its own SYNs and RSTs) overflowed the probe's default
+    receive buffer once and set 570 live nodes DOWN (docs/scaling.md).
+    """
+    small, large = sites(100), sites(1000)
     ret_small, small_calls, _ = calls_of(small, lambda: liveness.check(small.ctx))
     ret_large, large_calls, by_kind = calls_of(large, lambda: liveness.check(large.ctx))
-    assert ret_small["down"] == {} and ret_large["down"] == {}, (ret_small["down"], ret_large["down"])
-    assert ret_large["watched"] == 200 - 2 + 20  # ready virtual nodes (warm ones are frozen) and bare metal
+    assert len(ret_small["down"]) == 0 and len(ret_large["down"]) == 0, (ret_small["down"], ret_large["down"])
+    assert ret_large["watched"] == 1000 - 10 + 100  # ready virtual nodes (warm ones are frozen) and bare metal
     assert small_calls == large_calls, (small_calls, large_calls, by_kind)
     assert max(v for k, v in by_kind.items() if not k.startswith("slurm:")) <= 1, by_kind
     assert by_kind.get("slurm:scontrol show node") == 1, by_kind
