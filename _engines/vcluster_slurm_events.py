@@ -1,8 +1,10 @@
 """
 Slurm job events to the Salt master the moment Slurm writes them.
 
-Runs on the Slurm controller's minion. slurmctld's PrologSlurmctld and
-EpilogSlurmctld (``salt/slurm/events.sls``) run as SlurmUser, hold no
+Runs on the Slurm controller's minion. slurmctld's PrologSlurmctld (job
+start) and jobcomp/script program (job end; not an EpilogSlurmctld, which
+would delay the scheduling of every next job), both from
+``salt/slurm/events.sls``, run as SlurmUser, hold no
 credential and only append one line per job of a preempting partition to a
 spool file. This engine waits on inotify for the spool to grow and fires
 each new line to the master as the event ``vcluster/slurm/job``

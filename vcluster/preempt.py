@@ -1,7 +1,8 @@
 """Preemption: a job on a hypervisor host suspends the virtual nodes on that host.
 
 The trigger comes from Slurm, never from polling: slurmctld runs
-``PrologSlurmctld`` / ``EpilogSlurmctld`` (as SlurmUser, without any
+``PrologSlurmctld`` at job start and the ``jobcomp/script`` program at job end
+(as SlurmUser, without any
 credential), a tiny script installed by ``salt/slurm/events.sls`` that appends
 one line per job of a preempting partition to a spool file::
 
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 LINE = re.compile(r"^vcluster-slurm-event v1 (start|end)((?: [a-z_]+=\S*)*)\s*$")
 #: States in which a preempting job still holds its hosts. COMPLETING does
-#: not: EpilogSlurmctld (the end event) runs while the job completes.
+#: not: the end event is written as the job completes.
 HOLDING = ("RUNNING", "CONFIGURING", "SUSPENDED")
 
 

@@ -1,7 +1,7 @@
 """Follow an append-only spool file and wake up the moment it grows.
 
 Used by the ``vcluster_slurm_events`` engine on the Slurm controller's
-minion: slurmctld's PrologSlurmctld/EpilogSlurmctld append one line per job
+minion: slurmctld's PrologSlurmctld and jobcomp/script program append one line per job
 event to a spool file (they run as SlurmUser and can reach nothing else),
 and the engine must see each line at once, not at the next second of a
 beacon loop.
