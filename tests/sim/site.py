@@ -206,6 +206,36 @@ class SlurmSim:
 
         return self._cached("sinfo", make)
 
+    #: squeue --format codes the simulated squeue prints, from a job id and its record.
+    FORMAT = {
+        "A": lambda i, j: str(i), "i": lambda i, j: str(i), "T": lambda i, j: j["state"],
+        "P": lambda i, j: j["partition"], "N": lambda i, j: hostlist.collect(j["nodes"]) if j["nodes"] else "",
+        "F": lambda i, j: str(i), "K": lambda i, j: "N/A", "C": lambda i, j: "1",
+        "D": lambda i, j: str(max(1, len(j["nodes"]))), "u": lambda i, j: j["user"],
+        "Q": lambda i, j: "4294901759", "r": lambda i, j: j["reason"],
+        "k": lambda i, j: j.get("comment") or "(null)", "j": lambda i, j: j["name"],
+    }
+
+    def squeue_text(self, argv):
+        """``squeue --noheader --format=... [--nodelist=...]``: one line per job, as squeue prints them."""
+        opts = dict(a[2:].split("=", 1) for a in argv[1:] if a.startswith("--") and "=" in a)
+        fmt = opts["format"]
+        codes = []
+        for piece in fmt.split("%")[1:]:
+            code = piece.lstrip("0123456789.")[:1]
+            if code not in self.FORMAT:
+                return 1, "", f"squeue: error: format code %{code} is not simulated\n"
+            codes.append((code, piece[piece.index(code) + 1:]))
+        prefix = fmt.split("%")[0]
+        jobs = sorted(self.jobs.items())
+        if "nodelist" in opts:
+            wanted = set(hostlist.expand(opts["nodelist"]))
+            if wanted - set(self.nodes):
+                return 1, "", "squeue: error: Invalid node name specified\n"
+            jobs = [(i, j) for i, j in jobs if wanted & set(j["nodes"])]
+        lines = [prefix + "".join(self.FORMAT[c](i, j) + rest for c, rest in codes) for i, j in jobs]
+        return 0, "".join(line + "\n" for line in lines), ""
+
     def scontrol_job(self, job_id):
         job = self.jobs[job_id]
         rec = dict(self._job_tpl)
@@ -238,9 +268,13 @@ class SlurmSim:
         verb = " ".join([argv[0]] + [w for w in words[:2] if "=" not in w and not w[:1].isdigit()])
         if not words and "--version" in argv:
             verb += " --version"
+        if argv[0] == "squeue" and any(a.startswith("--nodelist=") for a in argv):
+            verb += " --nodelist"
         self.commands[verb] += 1
         if "--version" in argv[1:] or argv[1:] == ["-V"]:
             return 0, f"slurm {self.version}\n", ""
+        if argv[0] == "squeue" and any(a.startswith("--format=") for a in argv):
+            return self.squeue_text(argv)
         if argv[0] == "squeue":
             return 0, self.squeue_json(), ""
         if argv[0] == "sinfo":
