@@ -123,9 +123,13 @@ class ChrootSlurmHarness(_h.SlurmHarness):
         finally:
             for target in reversed(self._mounts):
                 _h._run(["umount", "-l", target], check=False)
+            self._mounts = []
             if self.root and os.path.isdir(self._inside(self.root)) and not _mounted(self._inside(self.root)):
                 os.rmdir(self._inside(self.root))
-            self._mounts = []
+            # files that were bind-mounted into the chroot (hosts, resolv.conf)
+            # once outlived the parent's removal: remove what is left
+            if self.root and os.path.isdir(self.root) and not os.environ.get("VCLUSTER_KEEP_SLURM_HARNESS"):
+                _h.shutil.rmtree(self.root, ignore_errors=True)
 
     def _write_hosts(self):
         lines = ["127.0.0.1 localhost", f"{self.address} {self.hostname}"]
