@@ -100,6 +100,7 @@ class SlurmSim:
         self.commands = collections.Counter()
         self.unsupported = []
         self.seconds = 0.0  # spent making output (Slurm's time, not vcluster's)
+        self.cpu_seconds = 0.0  # of which this process's CPU time
         self._node_tpl = _node_template()
         self._job_tpl = _job_template()
         self._squeue_meta, self._squeue_job = _squeue_template()
@@ -257,11 +258,12 @@ class SlurmSim:
 
     def run(self, argv, env=None, timeout=None, stdin=None):
         """``(rc, stdout, stderr)`` of one Slurm command, as :func:`vcluster.slurm.client.subprocess_runner`."""
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             return self._run([str(a) for a in argv])
         finally:
             self.seconds += time.perf_counter() - start
+            self.cpu_seconds += time.process_time() - cpu
 
     def _run(self, argv):
         words = [a for a in argv[1:] if not a.startswith("-")]
@@ -890,6 +892,7 @@ class Site:
             "minion_returns": self.salt.minion_returns,
             "keys_generated": self.salt.generated,
             "sim_seconds": self.slurm.seconds,
+            "sim_cpu_seconds": self.slurm.cpu_seconds,
         }
 
     def detail(self):
@@ -905,17 +908,22 @@ class Site:
         """Run ``call()``; ``(its return, {seconds, calls by category, calls by kind})``.
 
         ``seconds`` is vcluster's own time: the wall time less the time the
-        simulated Slurm spent making its output.
+        simulated Slurm spent making its output. ``cpu_seconds`` is the CPU
+        time of this process, less the simulated Slurm's: on a machine
+        shared with other work, the wall time also holds the time spent
+        waiting for a CPU, the CPU time does not.
         """
         before, kinds = self.counters(), self.detail()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         ret = call()
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         after = self.counters()
         sim = after["sim_seconds"] - before["sim_seconds"]
+        sim_cpu = after["sim_cpu_seconds"] - before["sim_cpu_seconds"]
         calls = {k: after[k] - before[k] for k in ("salt", "slurm", "provider", "minion_returns", "keys_generated")}
         by_kind = {k: v for k, v in (self.detail() - kinds).items() if v}
-        return ret, {"seconds": round(wall - sim, 4), "sim_seconds": round(sim, 4), "calls": calls,
+        return ret, {"seconds": round(wall - sim, 4), "cpu_seconds": round(cpu - sim_cpu, 4),
+                     "sim_seconds": round(sim, 4), "calls": calls,
                      "by_kind": dict(sorted(by_kind.items()))}
 
     def close(self):
