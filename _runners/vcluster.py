@@ -133,9 +133,12 @@ def _table(ret, rows):
 
     ``rows`` (a header and one list of strings per row) under ``table``;
     the comment and warnings, one sentence per row, under ``summary``;
-    ``retcode`` kept for salt-run's exit status.
+    ``retcode`` kept for salt-run's exit status. A call that failed before
+    it had rows (``rows`` None) shows its comment alone.
     """
-    out = {"table": rows, "summary": [ret.get("comment") or ""] + list(ret.get("warnings") or [])}
+    out = {"summary": [ret.get("comment") or ""] + list(ret.get("warnings") or [])}
+    if rows is not None:
+        out["table"] = rows
     if "retcode" in ret:
         out["retcode"] = ret["retcode"]
     return out
@@ -163,8 +166,8 @@ def status():
         salt-run vcluster.status --out=table
     """
     ret = _run(engine.status)
-    if _wants_table() and "nodes" in ret:
-        return _table(ret, engine.status_rows(ret))
+    if _wants_table():
+        return _table(ret, engine.status_rows(ret) if "nodes" in ret else None)
     return ret
 
 
@@ -191,8 +194,8 @@ def history(node=None, since=None, limit=None):
         return _history.history(pol.registry, node=node, since=since, limit=limit)
 
     ret = _run_policy(read)
-    if _wants_table() and "events" in ret:
-        return _table(ret, _history.rows(ret))
+    if _wants_table():
+        return _table(ret, _history.rows(ret) if "events" in ret else None)
     return ret
 
 

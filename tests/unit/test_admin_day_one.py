@@ -521,3 +521,12 @@ def test_the_periodic_metrics_task_writes_the_file_on_its_tick(ctx, tmp_path):
         periodic.metrics_task(path, 0)
     with pytest.raises(PolicyError, match="path must end in .prom"):
         periodic.metrics_task(str(tmp_path / "x.txt"))
+
+
+def test_a_failed_call_shows_its_sentence_in_the_table_view():
+    runner = load_runner("table")
+    ret = runner._table({"result": False, "comment": "limit must be a whole number from 1 to 10000, got 0",
+                         "retcode": 1}, None)
+    assert ret == {"summary": ["limit must be a whole number from 1 to 10000, got 0"], "retcode": 1}
+    assert " ".join(cell_text(table_text(ret), "limit must be")) == (
+        "limit must be a whole number from 1 to 10000, got 0")
