@@ -16,6 +16,8 @@ transport and provider, all counting their calls. Measured per size:
   per call;
 * ``expand_256_openstack``: the same through the real OpenStack provider
   over a simulated Nova compute API;
+* ``expand_256_openstack_batch_named``: the same with ``name_servers:
+  false`` (the batch's create call names its nodes; no call per server);
 * ``autoscale_retire_1pct``: an autoscale pass that acts: 1 % of the
   nodes idle past ``idle_time`` and no job pending for them, retired (its
   calls grow with the nodes acted on, not with the site).
@@ -53,7 +55,8 @@ from vcluster import autoscale, engine, liveness, reconcile  # noqa: E402
 
 GOAL_SECONDS = 2.0
 TICKS = ("status", "reconcile", "autoscale", "liveness")
-OPERATIONS = TICKS + ("autoscale_retire_1pct", "expand_256_sim", "expand_256_openstack")
+OPERATIONS = TICKS + ("autoscale_retire_1pct", "expand_256_sim", "expand_256_openstack",
+                      "expand_256_openstack_batch_named")
 EXPAND = 256
 
 
@@ -95,6 +98,7 @@ def operations(site):
         "autoscale_retire_1pct": lambda: retire_idle(site),
         "expand_256_sim": lambda: engine.expand(ctx, "htc", EXPAND, wait=False),
         "expand_256_openstack": lambda: engine.expand(ctx, "os", EXPAND, wait=False),
+        "expand_256_openstack_batch_named": lambda: engine.expand(ctx, "osb", EXPAND, wait=False),
         "liveness": lambda: LIVENESS.check(ctx),
     }
 
@@ -213,7 +217,7 @@ def goals(results, sizes, max_batch):
         downs = [r["returned"].get("down") for r in item.get("runs", [item]) if "returned" in r]
         checks[f"liveness_sets_no_live_node_down_at_{size}"] = bool(downs) and not any(downs)
     batches = math.ceil(EXPAND / max_batch)
-    for op in ("expand_256_sim", "expand_256_openstack"):
+    for op in ("expand_256_sim", "expand_256_openstack", "expand_256_openstack_batch_named"):
         item = top.get(op) or {}
         calls = (item.get("calls") or {}).get("provider")
         # O(batches): a few calls per batch, not a call per node

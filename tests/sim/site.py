@@ -807,13 +807,16 @@ class Site:
                         "addresses": f"{ipaddress.IPv4Address(base)}-{ipaddress.IPv4Address(base + cap - 1)}",
                         "prefix": 9},
                 "cloud": {"names": "os[0000-0299]", "prefix": 24},
+                "cloudb": {"names": "ob[0000-0299]", "prefix": 24},
             },
             "providers": {"sim": {"driver": "lxd", "network": "simbr", "storage_pool": "sim"},
-                          "nova": {"driver": "openstack", "cloud": "sim"}},
+                          "nova": {"driver": "openstack", "cloud": "sim"},
+                          "novab": {"driver": "openstack", "cloud": "sim", "name_servers": False}},
             "profiles": {"htc": {"image": "img", "provider": "sim", "pool": "big", "partition": PARTITION,
                                  "cpus": 2, "memory": 2048},
-                         "os": {"image": "img", "provider": "nova", "pool": "cloud", "flavor": "m1.small"}},
-            "limits": {"max_nodes": cap + 300, "max_per_request": 256},
+                         "os": {"image": "img", "provider": "nova", "pool": "cloud", "flavor": "m1.small"},
+                         "osb": {"image": "img", "provider": "novab", "pool": "cloudb", "flavor": "m1.small"}},
+            "limits": {"max_nodes": cap + 600, "max_per_request": 256},
             "autoscale": {"enabled": True, "interval": 60,
                           "profiles": {"htc": {"min_nodes": 0, "idle_time": 600, "warm_pool": size // 100}}},
         }
@@ -822,6 +825,8 @@ class Site:
         self.salt = SaltSim(self.slurm)
         self.provider = SimProvider("sim", {"max_batch": max_batch})
         self.nova = openstack_provider("nova", max_batch=max_batch)
+        # the same, naming each batch's servers at create (name_servers: false)
+        self.nova_batch = openstack_provider("novab", max_batch=max_batch, name_servers=False)
         self.events = SimEvents()
         self.registry = Registry(self.registry_path)
         try:
@@ -835,7 +840,7 @@ class Site:
         ctx = Context(policy=self.policy, registry=self.registry, keys=SimKeys(self.salt),
                       slurm=SimController(self.salt), salt=saltlink.LocalActions({}, client=self.salt),
                       events=self.events, actor=actor)
-        ctx._providers.update({"sim": self.provider, "nova": self.nova})  # noqa: SLF001
+        ctx._providers.update({"sim": self.provider, "nova": self.nova, "novab": self.nova_batch})  # noqa: SLF001
         return ctx
 
     def _populate(self):
@@ -888,7 +893,8 @@ class Site:
         return {
             "salt": sum(self.salt.calls.values()),
             "slurm": sum(self.slurm.commands.values()),
-            "provider": sum(self.provider.calls.values()) + sum(self.nova.calls.values()),
+            "provider": sum(self.provider.calls.values()) + sum(self.nova.calls.values())
+            + sum(self.nova_batch.calls.values()),
             "minion_returns": self.salt.minion_returns,
             "keys_generated": self.salt.generated,
             "sim_seconds": self.slurm.seconds,
@@ -902,6 +908,7 @@ class Site:
         out.update({"slurm:" + k: v for k, v in self.slurm.commands.items()})
         out.update({"provider:" + k: v for k, v in self.provider.calls.items()})
         out.update({"nova:" + k: v for k, v in self.nova.calls.items()})
+        out.update({"novab:" + k: v for k, v in self.nova_batch.calls.items()})
         return out
 
     def measure(self, call):

@@ -62,11 +62,11 @@ LISTINGS = ("slurm:scontrol show node", "slurm:squeue", "slurm:sinfo")
 
 
 @pytest.mark.parametrize("name, call, most, listings", [
-    # most: Salt calls and provider calls at most (the site has 2 providers: one list each at most);
+    # most: Salt calls and provider calls at most (the site has 3 providers: one list each at most);
     # listings: the whole-cluster reads it makes
     ("status", lambda ctx: engine.status(ctx), {"salt": 3, "provider": 2},
      {"slurm:scontrol show node": 1, "slurm:squeue": 1}),
-    ("reconcile", lambda ctx: reconcile.reconcile(ctx, apply=True), {"salt": 2, "provider": 2},
+    ("reconcile", lambda ctx: reconcile.reconcile(ctx, apply=True), {"salt": 2, "provider": 3},
      {"slurm:scontrol show node": 1}),
     ("autoscale", lambda ctx: autoscale.run(ctx), {"salt": 2, "provider": 0},
      {"slurm:scontrol show node": 1, "slurm:squeue": 1}),
@@ -114,7 +114,7 @@ def test_reconcile_finds_and_repairs_a_lost_instance_with_per_finding_calls_only
     assert "vn00100" not in site.salt.keys
     # one survey, then the one repair: a second look at the instance, its jobs requeued, Slurm node and key deleted
     assert by_kind.get("provider:get") == 1 and by_kind.get("local:slurm.delete_node") == 1
-    assert calls["provider"] == 3 and by_kind.get("wheel:key.delete") == 1, by_kind
+    assert calls["provider"] == 4 and by_kind.get("wheel:key.delete") == 1, by_kind  # 3 lists, 1 get
     # one listing of the node's jobs (squeue --nodelist, or the whole JSON listing on an older client)
     assert by_kind.get("slurm:scontrol show node") == 1, by_kind
     assert by_kind.get("slurm:squeue --nodelist", 0) + by_kind.get("slurm:squeue", 0) == 1, by_kind

@@ -89,6 +89,9 @@ OPENSTACK = DriverOptions(
             "each", shown_default="driver: `0.5`"),
         Key("api_concurrency", c.positive_int, None, "parallel per-server calls (rename, metadata, delete)",
             shown_default="driver: `8`"),
+        Key("name_servers", c.boolean, None, "rename and tag each multi-created server once ACTIVE (2 calls "
+            "per server); false: the batch's create call names its nodes (no call per server, Nova keeps "
+            "the batch names)", shown_default="driver: `true`"),
         Key("minion_start", c.string, None, "shell command cloud-init runs last to start the minion",
             shown_default="driver: `systemctl enable --now salt-minion ...`"),
         Key("region", c.string, None, "accepted but not read by the driver: use `region_name`"),

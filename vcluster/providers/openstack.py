@@ -17,6 +17,8 @@ Configuration (``vcluster:providers:<name>`` in master-only pillar)::
     api_retries: 4            # retries of a 5xx answer (idempotent calls)
     api_retry_deadline: 60    # seconds a call may spend retrying
     api_concurrency: 8        # parallel per-server calls (rename, metadata, delete)
+    name_servers: true        # rename and tag each multi-created server (2 calls per server);
+                              # false: the batch's create call names its nodes, no call per server
 
 How a batch is created and mapped
 ---------------------------------
@@ -44,6 +46,18 @@ batch is launch index ``i``.
   refuses metadata changes before ACTIVE, and a rename while the server is
   still a build request was seen to be lost when the cell took it over.
   ``vcluster_cluster`` and ``vcluster_profile`` are set at create.
+
+With ``name_servers: false`` there is no call per server: the create call of
+a batch carries the batch's node names and addresses in launch-index order
+as metadata (``vcluster_nodes_00``, ``vcluster_nodes_01``... and
+``vcluster_addresses_NN``: comma-separated lists cut into Nova's
+255-character values) and ``vcluster_registry_id`` (a batch then holds one
+request's specs, at most 100 of them). The servers keep Nova's display
+names ``<base>-<n>``; the provider names each one from its launch index (or
+its ``-<n>`` suffix) when it lists them, so ``list``, ``get`` and reconcile
+see the node names as before. An expand costs one create per batch and one
+list per poll round, whatever the number of nodes; ``openstack server
+list`` shows the batch names.
 
 A batch of one is a plain create with the final name, metadata and a single
 cloud-config. Specs with a fixed address (``spec.network`` and
@@ -190,13 +204,67 @@ def fault_message(server):
     return str(fault) or None
 
 
+#: Metadata of a batch created with ``name_servers: false``: its nodes and addresses in launch-index order.
+BATCH_NODES = META_PREFIX + "nodes_"
+BATCH_ADDRESSES = META_PREFIX + "addresses_"
+#: Nova's longest metadata value.
+META_VALUE_LIMIT = 255
+#: Largest batch named by its metadata: 100 names of 63 characters and their addresses are about
+#: 33 metadata items, well within Nova's default of 128 per server.
+BATCH_IDENTITY_MAX = 100
+_SUFFIX = re.compile(r"-(\d+)$")
+
+
+def batch_identity(specs):
+    """Metadata naming every node of a batch by launch index (``name_servers: false``)."""
+    meta = {META_PREFIX + "registry_id": str(specs[0].tags["registry_id"])}
+    for prefix, values in ((BATCH_NODES, [s.name for s in specs]),
+                           (BATCH_ADDRESSES, [s.address or "" for s in specs])):
+        text = ",".join(values)
+        for i in range(0, max(1, len(text)), META_VALUE_LIMIT):
+            meta[f"{prefix}{i // META_VALUE_LIMIT:02d}"] = text[i:i + META_VALUE_LIMIT]
+    return meta
+
+
+def _batch_list(meta, prefix):
+    keys = sorted(k for k in meta if k.startswith(prefix) and k[len(prefix):].isdigit())
+    return "".join(str(meta[k]) for k in keys).split(",") if keys else None
+
+
+def batch_member(server):
+    """``(node name, address or None)`` of a server of a batch created with ``name_servers: false``, or None."""
+    meta = dict(getattr(server, "metadata", None) or {})
+    names = _batch_list(meta, BATCH_NODES)
+    if not names:
+        return None
+    index = getattr(server, "launch_index", None)
+    if index is None:  # not shown to this caller: the display name's -<n> suffix (1-based)
+        match = _SUFFIX.search(getattr(server, "name", None) or "")
+        index = int(match.group(1)) - 1 if match else None
+    if index is None or not 0 <= int(index) < len(names):
+        return None
+    addresses = _batch_list(meta, BATCH_ADDRESSES) or []
+    address = addresses[int(index)] if int(index) < len(addresses) else ""
+    return names[int(index)], address or None
+
+
 def to_instance(server):
-    """Normalise an openstacksdk Server into an :class:`Instance`."""
+    """Normalise an openstacksdk Server into an :class:`Instance`.
+
+    A server of a batch created with ``name_servers: false`` is named after
+    its node (from the batch's metadata and its launch index), as a renamed
+    one is.
+    """
     meta = dict(getattr(server, "metadata", None) or {})
     tags = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX) and k[len(META_PREFIX):] in TAG_KEYS}
+    name = server.name
+    if "node" not in tags:
+        member = batch_member(server)
+        if member is not None:
+            name = tags["node"] = member[0]
     return Instance(
         id=server.id,
-        name=server.name,
+        name=name,
         status=to_status(server),
         address=first_ipv4(getattr(server, "addresses", None)),
         host=getattr(server, "compute_host", None) or getattr(server, "hypervisor_hostname", None),
@@ -301,10 +369,14 @@ def parse_user_data(data):
 # -- batching -----------------------------------------------------------------
 
 
-def batch_key(spec, resolved):
-    """Specs with equal keys may share one multi-create request."""
+def batch_key(spec, resolved, by_request=False):
+    """Specs with equal keys may share one multi-create request.
+
+    ``by_request``: specs of different requests (``registry_id`` tags) never
+    share one (``name_servers: false`` sets the tag once per batch).
+    """
     extra = spec.extra or {}
-    return (
+    return (spec.tags.get("registry_id") if by_request else None,) + (
         resolved["image"],
         resolved["flavor"],
         resolved.get("network"),
@@ -433,6 +505,7 @@ class OpenStackProvider(Provider):
         self.concurrency = max(1, int(config.get("api_concurrency", 8)))
         self.default_networks = config.get("networks", "auto")
         self.minion_start = config.get("minion_start", DEFAULT_MINION_START)
+        self.name_servers = bool(config.get("name_servers", True))
 
     def __repr__(self):
         where = f"cloud={self.config['cloud']!r}" if self.config.get("cloud") else "auth=<hidden>"
@@ -646,6 +719,8 @@ class OpenStackProvider(Provider):
             metadata[META_PREFIX + "profile"] = str(first.tags["profile"])
         if single:
             metadata.update(spec_metadata(first))
+        elif not self.name_servers:
+            metadata.update(batch_identity(specs))
         if resolved.get("network"):
             net = {"uuid": resolved["network"]}
             if single and first.address:
@@ -693,8 +768,10 @@ class OpenStackProvider(Provider):
             raise PolicyError("instance names in one create call must be unique")
         groups_seen = {}
         resolved = [self._resolve(spec, groups_seen) for spec in specs]
-        keys = [None if (spec.network and spec.address) else batch_key(spec, res) for spec, res in zip(specs, resolved)]
-        batches = plan_batches(specs, keys, self.max_batch, self.multi_create, self.minion_start)
+        keys = [None if (spec.network and spec.address) else batch_key(spec, res, by_request=not self.name_servers)
+                for spec, res in zip(specs, resolved)]
+        max_batch = self.max_batch if self.name_servers else min(self.max_batch, BATCH_IDENTITY_MAX)
+        batches = plan_batches(specs, keys, max_batch, self.multi_create, self.minion_start)
         request_id = uuid.uuid4().hex[:12]
         timeout = max(float((s.extra or {}).get("boot_timeout", self.boot_timeout)) for s in specs)
         deadline = time.monotonic() + timeout
@@ -773,11 +850,14 @@ class OpenStackProvider(Provider):
                 active = [sid for sid in by_spec.values() if self._settled(("ACTIVE",))(servers[sid])]
                 for sid in active:
                     if sid not in finishing:
-                        finishing[sid] = pool.submit(self._name_and_tag, servers[sid], specs[inverse[sid]])
+                        if self.name_servers:
+                            finishing[sid] = pool.submit(self._name_and_tag, servers[sid], specs[inverse[sid]])
+                        else:
+                            finishing[sid] = None  # named by its batch's metadata (or created final): no call
                 if len(active) == len(specs):
                     break
                 for future in finishing.values():  # surface a failed rename early
-                    if future.done() and future.exception():
+                    if future is not None and future.done() and future.exception():
                         raise future.exception()
                 if time.monotonic() >= deadline:
                     waiting = sorted(specs[i].name for i, sid in by_spec.items() if sid not in active)
@@ -786,7 +866,8 @@ class OpenStackProvider(Provider):
                     )
                 time.sleep(self.poll_interval)
             for future in finishing.values():
-                future.result()
+                if future is not None:
+                    future.result()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         result = []
