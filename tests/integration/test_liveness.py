@@ -104,8 +104,13 @@ def baremetal(lstack, lxd_network, lxd_addresses):
     wait_until(lambda: lxc("exec", BAREMETAL, "--", "systemctl", "is-system-running", check=False).stdout.strip()
                in ("running", "degraded"), 90, "tbm1 booted", every=1)
     lxc("exec", BAREMETAL, "--", "chown", "munge:munge", "/etc/munge/munge.key")
-    lxc("exec", BAREMETAL, "--", "systemctl", "restart", "munge")
-    lxc("exec", BAREMETAL, "--", "systemctl", "restart", "slurmd")
+    for unit in ("munge", "slurmd"):  # a boot-time start of the unit may still be settling: retried
+        try:
+            wait_until(lambda: lxc("exec", BAREMETAL, "--", "systemctl", "restart", unit, check=False).returncode == 0,
+                       60, f"{unit} (re)started on tbm1", every=2)
+        except AssertionError as exc:
+            journal = lxc("exec", BAREMETAL, "--", "journalctl", "-u", unit, "--no-pager", check=False).stdout
+            raise AssertionError(f"{exc}: {journal[-1500:]}") from None
     info = wait_until(lambda: (i := node_info(BAREMETAL)) and i["State"].split("+")[0] == "IDLE" and i, 90,
                       "tbm1 idle in Slurm")
     assert "baremetal" in info.get("AvailableFeatures", ""), info
