@@ -107,7 +107,7 @@ def run_array(partition, count):
     return seconds
 
 
-def test_hooks_are_installed_and_events_arrive(tstack, vnodes):
+def test_hooks_are_installed_and_events_arrive(tstack):
     hooks = hook_lines(SLURM_CONF.read_text())
     assert hooks == {"PrologSlurmctld": "/usr/local/libexec/vcluster/slurmctld-prolog",
                      "JobCompType": "jobcomp/script",
