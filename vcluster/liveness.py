@@ -28,7 +28,8 @@ One round:
   few nodes the scan flags (slurmd refused, silent or unresolved) get a
   closer look: one Salt probe of their
   minions (``pgrep -x slurmd``, ``liveness:timeout`` seconds) and a second
-  scan of just them. A flagged node whose slurmd still does not answer the
+  scan of just them (not of a node silent to both the scan and Salt: that
+  host is gone). A flagged node whose slurmd still does not answer the
   controller is dead; the minion's answer only says why;
 * dead nodes are set DOWN in Slurm with a reason starting
   :data:`REASON_PREFIX` (Slurm then requeues or cancels their jobs, as it
@@ -67,7 +68,9 @@ log = logging.getLogger(__name__)
 REASON_PREFIX = "vcluster liveness"
 #: Seconds between two liveness rounds of the master's engine. A node whose
 #: slurmd is gone is set DOWN within about SCHEDULE_TICK seconds; a node
-#: that is gone altogether within SCHEDULE_TICK + vcluster:liveness:timeout.
+#: that is gone altogether within SCHEDULE_TICK + PROBE_WAIT +
+#: vcluster:liveness:timeout (plus Salt's gather_job_timeout, which Salt
+#: spends on a minion that does not answer; as the former minion-only check).
 SCHEDULE_TICK = 10
 #: Registry states whose nodes are expected to answer.
 WATCHED_STATES = ("ready", "draining")
@@ -252,8 +255,14 @@ def _closer_look(ctx, flagged, verdicts, timeout, wait, report):
     """``{name: why}`` for the flagged nodes whose slurmd still does not answer the controller."""
     minions = probe(ctx, flagged, timeout)
     report["calls"]["salt_probe"] += 1
-    again = slurm_call(ctx, "liveness_scan", flagged, wait).get("slurmd") or {}
-    report["calls"]["controller"] += 1
+    # silent to the controller and to Salt for liveness:timeout seconds: a
+    # host gone; the others are scanned once more (a refused one answers at
+    # once: a slurmd restart caught by the first scan is seen back)
+    gone = {n for n in flagged if verdicts.get(n) == reach.SILENT and n not in minions}
+    again = dict.fromkeys(gone, reach.SILENT)
+    if set(flagged) - gone:
+        again.update(slurm_call(ctx, "liveness_scan", sorted(set(flagged) - gone), wait).get("slurmd") or {})
+        report["calls"]["controller"] += 1
     dead = {}
     for name in flagged:
         now = again.get(name)

@@ -199,6 +199,8 @@ def test_dead_host_is_down_when_neither_slurmd_nor_minion_answers(env):
     assert "does not answer the controller (silent)" in ret["down"]["h2"]
     assert "minion did not answer within 3 s" in ret["down"]["h2"]
     assert ret["minion_silent"] == []  # dead nodes are reported as dead, not as silent minions
+    # silent to the scan and to Salt: gone, without a second scan
+    assert ret["calls"] == {"controller": 1, "salt_probe": 1, "provider_list": 1}, ret
 
 
 def test_slurmd_that_runs_but_does_not_answer_the_controller_is_dead(env):
