@@ -15,6 +15,11 @@
       partitions until their nodes registered; the waiting jobs share one
       poller (power_dir).
 
+    - site mode (slurm:manage include): a site's own PrologSlurmctld and
+      jobcomp/script program, which vcluster's lines replace in the file
+      the site Includes, run first from vcluster's scripts (`chain`) with
+      their exit status kept.
+
     The spool file grows by one short line per event of a preempting
     partition; the engine starts over when it is truncated or replaced.
     With no such feature nothing here is installed, and slurm.conf names no
@@ -72,6 +77,7 @@ slurm-events-{{ "prolog" if kind == "start" else "jobcomp" }}-managed:
         power_partitions: {{ (events.power_partitions if kind == "start" else []) | json }}
         power_wait: {{ events.power_wait }}
         power_dir: {{ events.power_dir }}
+        chain: {{ ((slurm.site.chain.prolog if kind == "start" else slurm.site.chain.jobcomp) or "") | json }}
     - user: root
     - group: root
     - mode: '0755'
