@@ -36,6 +36,19 @@ slurm:
     SlurmdTimeout: 0
     ReturnToService: 2
 
+  # Site mode: keep the site's own slurm.conf (and the formula that writes
+  # it). vcluster then writes only /etc/slurm/vcluster.conf, which the
+  # site's slurm.conf names with `Include vcluster.conf` after its own
+  # settings, and checks the settings it needs there (SlurmdTimeout=0,
+  # enable_configless, MaxNodeCount, TreeWidth, ...: docs/slurm-site.md).
+  # Its hooks run the site's own PrologSlurmctld / jobcomp script first.
+  # manage: include      # default: full (this formula writes all of slurm.conf)
+  # nodes: {}            # the site's slurm.conf declares its bare-metal nodes
+  # site:
+  #   include_file: vcluster.conf   # in /etc/slurm; no directory (configless)
+  #   prolog: null       # the site's PrologSlurmctld, when slurm.conf does not show it
+  #   jobcomp: null      # the site's jobcomp/script program, likewise
+
   # Example bare-metal nodes (the site pillar sets the real ones):
   # nodes:
   #   node01: {address: 10.0.0.11, cpus: 32, memory: 190000}
