@@ -328,3 +328,23 @@ def test_pillar_names_the_site_prolog_when_the_file_does_not(sandbox, tmp_root):
                                              vcluster={"preemption": copy.deepcopy(PREEMPTION)}))
     ctx = _state(box.call("state.show_sls", "slurm.controller"), "slurm-events-prolog-managed")[1]["context"]
     assert ctx["chain"] == "/opt/site/prolog"
+
+
+@pytest.mark.parametrize("role", ["controller", "baremetal"])
+def test_site_mode_dry_run_writes_only_the_include_file(sandbox, tmp_root, role):  # noqa: F811
+    """Every SLS of the role renders in site mode; test=True reports the include file and changes nothing."""
+    d = tmp_root / f"dry-{role}"
+    site_conf = _site_conf(d, REQUIRED + [f"PrologSlurmctld={d}/site-prolog"])
+    before = site_conf.read_bytes()
+    box = sandbox(role, site=_pillar(d, vcluster={"preemption": PREEMPTION}))
+    result = box.call("state.sls", "slurm.controller,slurm.compute" if role == "controller" else "slurm.compute",
+                      "test=True")
+    assert isinstance(result, dict), result
+    by_id = {key.split("_|-")[1]: val for key, val in result.items()}
+    # the events engine is minion configuration the sandbox lacks; everything else must pass
+    failed = {i: r["comment"] for i, r in by_id.items() if r["result"] is False and i != "slurm-events-engine-configured"}
+    assert not failed, failed
+    conf = by_id["slurm-config-file-managed"]
+    assert conf["name"] == str(d / "vcluster.conf") and conf["result"] is None, conf
+    assert site_conf.read_bytes() == before
+    assert not (d / "vcluster.conf").exists()
