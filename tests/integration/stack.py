@@ -67,6 +67,8 @@ class ClusterStack:
         self.root = pathlib.Path(root)
         self.membership = membership
         self.site_extra = site_extra or {}
+        # Slurm site mode (use_site_slurm): pillar merged over the site pillar
+        self.slurm_site = None
         self.hostname = socket.gethostname()
         self.controller_id = self.hostname
         self.master_id = "vct_master"
@@ -125,6 +127,10 @@ class ClusterStack:
             },
         }
         _merge(site, self.site_extra)
+        if self.slurm_site is not None:
+            # the site's own slurm.conf declares its bare-metal nodes
+            site["slurm"].pop("nodes", None)
+            _merge(site, self.slurm_site)
         (self.site / "site.sls").write_text(yaml.safe_dump(site))
         secrets = self.site / "secrets.sls"
         if not secrets.exists():  # nodes hold the key: made once per stack
@@ -216,6 +222,15 @@ class ClusterStack:
                                                     _timeout=600)
         if ret.returncode != 0:
             raise AssertionError(f"state.apply slurm.controller,slurm.compute failed: {ret.stdout[-3000:]}")
+
+    def use_site_slurm(self, extra):
+        """Slurm site mode (slurm:manage include, salt/slurm) with pillar ``extra``; None: back to the full file.
+
+        Only rewrites the site pillar: the caller applies the states (the
+        site's own slurm.conf must be in place first).
+        """
+        self.slurm_site = extra
+        self.write_site_pillar()
 
     def forget_slurm_nodes(self):
         """Remove this stack's pool nodes from the host's slurmctld.
