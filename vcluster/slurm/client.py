@@ -180,8 +180,10 @@ class Slurm:
         """
         wanted = set(hostlist.expand(names))
         _, out, _ = self.run("scontrol", "-F", "show", "-o", "node")
-        found = [n for n in parse.nodes_from_scontrol(out) if n.name in wanted]
-        ports = {r["NodeName"]: r["Port"] for r in parse.parse_records(out, "NodeName") if r.get("Port")}
+        # one parse of the listing, and Node objects only for the watched nodes
+        records = [r for r in parse.parse_records(out, "NodeName") if r["NodeName"] in wanted]
+        found = [parse.node_from_record(r) for r in records]
+        ports = {r["NodeName"]: r["Port"] for r in records if r.get("Port")}
         default = self.slurmd_port()
         targets, verdicts = {}, {}
         for node in found:

@@ -201,26 +201,28 @@ def parse_records(text, first_key):
 
 def nodes_from_scontrol(text, release=None):  # noqa: ARG001 - same keys in every release
     """``scontrol show -o node`` -> list of :class:`Node`."""
-    out = []
-    for r in parse_records(text, "NodeName"):
-        name = r["NodeName"]
-        if "State" not in r:
-            raise SlurmError(f"node {name} has no State in scontrol output")
-        words, dynamic = states.split(r["State"])
-        reason, user = _split_reason(r.get("Reason"))
-        out.append(Node(
-            name=name, state=words, dynamic=dynamic,
-            addr=_text(r.get("NodeAddr")), hostname=_text(r.get("NodeHostName")),
-            cpus=_int(r.get("CPUTot"), f"{name} CPUTot"),
-            cpus_alloc=_int(r.get("CPUAlloc"), f"{name} CPUAlloc"),
-            memory=_int(r.get("RealMemory"), f"{name} RealMemory"),
-            memory_alloc=_int(r.get("AllocMem"), f"{name} AllocMem"),
-            features=_list(r.get("AvailableFeatures")),
-            active_features=_list(r.get("ActiveFeatures")),
-            gres=_text(r.get("Gres")), reason=reason, reason_user=user,
-            partitions=_list(r.get("Partitions")), version=_text(r.get("Version")),
-        ))
-    return out
+    return [node_from_record(r) for r in parse_records(text, "NodeName")]
+
+
+def node_from_record(r):
+    """One ``NodeName=`` record of :func:`parse_records` -> :class:`Node`."""
+    name = r["NodeName"]
+    if "State" not in r:
+        raise SlurmError(f"node {name} has no State in scontrol output")
+    words, dynamic = states.split(r["State"])
+    reason, user = _split_reason(r.get("Reason"))
+    return Node(
+        name=name, state=words, dynamic=dynamic,
+        addr=_text(r.get("NodeAddr")), hostname=_text(r.get("NodeHostName")),
+        cpus=_int(r.get("CPUTot"), f"{name} CPUTot"),
+        cpus_alloc=_int(r.get("CPUAlloc"), f"{name} CPUAlloc"),
+        memory=_int(r.get("RealMemory"), f"{name} RealMemory"),
+        memory_alloc=_int(r.get("AllocMem"), f"{name} AllocMem"),
+        features=_list(r.get("AvailableFeatures")),
+        active_features=_list(r.get("ActiveFeatures")),
+        gres=_text(r.get("Gres")), reason=reason, reason_user=user,
+        partitions=_list(r.get("Partitions")), version=_text(r.get("Version")),
+    )
 
 
 def _user(value):

@@ -109,11 +109,15 @@ def probe(targets, wait=2.0, clock=time.monotonic):
         except OSError:
             pass
 
+        # poll, not select: a master or minion process may hold more than
+        # FD_SETSIZE (1024) descriptors, and select() refuses a higher one
+        poller = select.poll()
+        poller.register(raw, select.POLLIN)
+
         def receive(timeout):
             """Read answers until none is waiting (after ``timeout`` seconds at most for the first)."""
             while pending:
-                ready, _, _ = select.select([raw], [], [], max(0.0, timeout))
-                if not ready:
+                if not poller.poll(max(0, int(timeout * 1000))):
                     return
                 timeout = 0
                 packet = raw.recv(65535)
