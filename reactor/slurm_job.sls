@@ -1,4 +1,4 @@
-{#- vcluster/slurm/job: a line from Slurm's PrologSlurmctld/EpilogSlurmctld
+{#- vcluster/slurm/job: a line from vcluster's PrologSlurmctld (job start) or jobcomp/script program (job end)
     (salt/slurm/events.sls), sent by the controller minion's
     vcluster_slurm_events engine with event.send. data['id'] is the sending
     minion as the master authenticated it. One reaction, handed to the

@@ -58,6 +58,13 @@ class SlurmController(typing.Protocol):
     def hold_node(self, name, jobs, reason) -> dict: ...
     def release_node(self, name, jobs, reason) -> dict: ...
 
+    def liveness_scan(self, names, wait) -> dict:
+        """One controller call: Slurm's view of ``names`` and a SYN probe of their slurmds.
+
+        ``{"nodes": [Node as dict], "slurmd": {name: verdict}}``, verdicts
+        from :func:`vcluster.slurm.reach.probe` or ``skipped``.
+        """
+
 
 class SaltActions(typing.Protocol):
     """State runs on minions."""
@@ -73,6 +80,9 @@ class SaltActions(typing.Protocol):
 
     def restart_slurmd(self, minion: str, timeout: float) -> bool:
         """Kill and start an idle node's slurmd so that it registers now."""
+
+    def present(self, names) -> set:
+        """Those of ``names`` whose minion is connected to the master (no job published)."""
 
 
 class Events(typing.Protocol):
