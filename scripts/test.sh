@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite (README command 2; .ci/run calls exactly this).
 # As root on Debian 12: installs what it needs (apt, virtualenv, LXD, node
-# image; the OpenStack testbed is installed and started by its fixture),
+# image, a Debian 13 chroot with Slurm 24.11; the OpenStack testbed is
+# installed and started by its fixture),
 # then runs unit, functional and integration tests against real daemons.
 # Extra arguments go to pytest, e.g. scripts/test.sh tests/unit -x
 set -euo pipefail
@@ -19,6 +20,8 @@ fi
 say "LXD daemon and node image"
 bash scripts/lxd-up.sh --no-network --pool vcluster
 bash image/build.sh --alias vcluster-node
+say "Slurm 24.11 in a Debian 13 chroot (functional tests against a second Slurm release)"
+bash tests/harness/trixie_chroot.sh
 
 say "pytest"
 set +e

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Build a Debian 13 (trixie) root file system with Slurm 24.11 for
-# tests/harness/capture_slurm24.py (capture of real 24.11 output).
+# tests/harness/capture_slurm.py --chroot (capture of real 24.11 output) and
+# tests/functional/test_slurm_24_11.py; scripts/test.sh runs it before pytest.
 #
 #   tests/harness/trixie_chroot.sh [DIR]     (root; default /var/tmp/vcluster-trixie)
 #
