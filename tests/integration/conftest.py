@@ -14,6 +14,18 @@ from tests.integration.lxd_fixtures import (  # noqa: F401 - fixtures
 from tests.integration.stack import LIVE, ClusterStack
 
 
+def pytest_collection_modifyitems(items):
+    """Modules marked ``own_stack`` run after every other test, in their order.
+
+    Such a module brings up a stack of its own, and starting a stack stops
+    every other stack's Salt daemons (``ClusterStack.remove_leftovers``: the
+    host's slurmctld, slurmd and /etc/slurm belong to one stack at a time).
+    Run before a module of the session stack, it would leave that module a
+    master and controller minion that are gone. The sort is stable.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("own_stack") is not None)
+
+
 @pytest.fixture(scope="session")
 def salt_factories_config():
     """Keep the factories' root short: Salt's Unix socket paths are limited."""

@@ -34,7 +34,7 @@ import yaml
 
 from tests.integration.stack import ClusterStack, job_states, node_info, sbatch, slurm, wait_jobs
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_stack]
 
 TIMEOUT = 4  # seconds, pillar vcluster:liveness:timeout
 SCHEDULE = 10  # vcluster.liveness.SCHEDULE_TICK

@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.stack import ClusterStack, job_states, node_info, sbatch, slurm, wait_jobs
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_stack]
 
 LIVENESS_TIMEOUT = 5  # seconds (pillar vcluster:liveness:timeout)
 SCHEDULE = 10  # vcluster.liveness.SCHEDULE_TICK

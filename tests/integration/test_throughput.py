@@ -27,7 +27,7 @@ import salt.utils.event
 
 from tests.integration.stack import ClusterStack, sbatch, slurm, wait_jobs
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_stack]
 
 HOOK_KEYS = ("PrologSlurmctld", "EpilogSlurmctld", "JobCompType", "JobCompLoc")
 SLURM_CONF = pathlib.Path("/etc/slurm/slurm.conf")
