@@ -59,7 +59,11 @@ def _merge(base, extra):
 
 
 class ClusterStack:
-    """Master + controller minion, configured from this checkout."""
+    """Master + controller minion, configured from this checkout.
+
+    A variant overrides :meth:`master_config` and :meth:`before_master_start`
+    (tests/integration/site_stack.py: a site's own master, vcluster from a wheel).
+    """
 
     def __init__(self, factories, network, root, membership="dynamic", site_extra=None):
         self.factories = factories
@@ -147,6 +151,9 @@ class ClusterStack:
         conf["log_level_logfile"] = os.environ.get("VCLUSTER_TEST_LOG_LEVEL", "info")
         return conf
 
+    def before_master_start(self):
+        """Called once the master's config file is written, before the master starts."""
+
     # -- lifecycle ------------------------------------------------------------
 
     def _accept_only_controller(self, master, payload):
@@ -165,7 +172,7 @@ class ClusterStack:
         names this stack is about to hand out again; leftover containers'
         daemons would answer for the host's in name-based init-script checks.
         """
-        subprocess.run(["pkill", "-f", "/tmp/vct/scripts/cli_salt_"], check=False)
+        subprocess.run(["pkill", "-f", "/tmp/vc[ts]/scripts/cli_salt_"], check=False)  # vcs: site_stack.py
         out = subprocess.run(["lxc", "list", "--format", "csv", "-c", "n"], capture_output=True, text=True,
                              check=False)
         for name in out.stdout.split():
@@ -181,6 +188,7 @@ class ClusterStack:
             overrides=self.master_config(),
             on_auth_event_callback=self._accept_only_controller,
         )
+        self.before_master_start()
         self.master.start(start_timeout=120)
         self.minion = self.master.salt_minion_daemon(
             self.controller_id,

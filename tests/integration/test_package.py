@@ -1,16 +1,7 @@
 """The wheel is the whole product: built, installed, and run by a real salt-master with no checkout.
 
-The wheel is built from this checkout (``pip wheel . --no-deps``, as a
-release would) and installed, offline, into a fresh virtualenv. Its
-dependencies are not downloaded again: the fresh venv gets links to the
-packages of the main venv (salt 3008.3 and the provider clients, what
-``scripts/install-deps.sh`` installed; installing Salt from scratch
-compiles timelib and takes minutes). vcluster itself is not linked: the
-main venv's editable install (its ``.dist-info`` and ``__editable__``
-finder, which point into the checkout) is left out, so the only vcluster
-the fresh venv can import is the wheel's, and ``pip install --no-index``
-must resolve the wheel's requirements (``salt>=3008.0,<3009`` ...) against
-what is there.
+The wheel is built from this checkout and installed, offline, into a
+fresh virtualenv whose only vcluster is the wheel's (package_venv.py).
 
 Then a site master configuration of its own (file_roots, a nodegroup, an
 id), ``python -m vcluster.masterconf --write`` run from the installed
@@ -18,7 +9,9 @@ package (its file_roots point into site-packages), a real ``salt-master``
 and ``salt-run`` from the fresh venv, run with ``-I`` in a directory
 outside the checkout: ``vcluster.plan count=1 profile=htc`` answers from the
 installed runner, state tree and example pillar. Plan changes nothing and
-needs no container, so this test needs neither LXD nor Slurm.
+needs no container, so this test needs neither LXD nor Slurm. The same
+wheel runs an expand and a retire on LXD in test_existing_site.py, where a
+site's own master and controller minion use only the installed package.
 """
 
 import json
@@ -28,8 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import time
 import zipfile
@@ -37,7 +28,7 @@ import zipfile
 import pytest
 import yaml
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.integration.package_venv import REPO, build_wheel, in_venv, make_venv, run
 #: The library, data trees and module directories of the checkout, and where the wheel puts them
 #: (a file setup.py's layout leaves out fails here).
 TREES = {"vcluster": "vcluster", "salt": "vcluster/share/salt", "reactor": "vcluster/share/reactor", "pillar": "vcluster/share/pillar",
@@ -46,12 +37,6 @@ TREES = {"vcluster": "vcluster", "salt": "vcluster/share/salt", "reactor": "vclu
          "_engines": "vcluster/saltext/engines"}
 CONTROLLER = "pkgctl"
 MASTER_ID = "pkg_master"
-
-
-def run(cmd, timeout=300, **kw):
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    assert proc.returncode == 0, f"{cmd[:4]} exited {proc.returncode}: {proc.stderr[-3000:]}{proc.stdout[-2000:]}"
-    return proc
 
 
 def tracked(tree):
@@ -76,39 +61,13 @@ def work():
 
 @pytest.fixture(scope="module")
 def wheel(work):
-    run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--quiet", "-w", str(work / "dist")],
-        cwd=work)
-    (whl,) = (work / "dist").glob("vcluster-*.whl")
-    return whl
+    return build_wheel(work)
 
 
 @pytest.fixture(scope="module")
 def venv(work, wheel):
-    """A fresh venv holding the wheel; dependencies linked from the main venv (see the module docstring)."""
-    root = work / "venv"
-    run([_base_python(), "-m", "venv", "--without-pip", str(root)])
-    python = root / "bin" / "python"
-    site = pathlib.Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
-                            ).stdout.strip())
-    main_site = pathlib.Path(sysconfig.get_paths()["purelib"])
-    for entry in main_site.iterdir():
-        name = entry.name.lower()
-        if name.startswith(("vcluster", "__editable__", "_vcluster")) or name in ("__pycache__",):
-            continue
-        (site / entry.name).symlink_to(entry)
-    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "--quiet",
-         f"{wheel}[lxd]"], cwd=work)
-    return {"root": root, "python": python, "site": site}
-
-
-def _base_python():
-    """The interpreter the main venv was made from (a venv of a venv has the same base)."""
-    return os.path.join(sys.base_prefix, "bin", f"python{sys.version_info.major}.{sys.version_info.minor}")
-
-
-def in_venv(venv, code, *args, cwd):
-    """Run ``code`` with the fresh venv's Python, isolated (-I: no PYTHONPATH, no cwd on sys.path)."""
-    return run([str(venv["python"]), "-I", "-c", code, *args], cwd=cwd, env={"PATH": "/usr/bin:/bin"})
+    """A fresh venv holding the wheel; dependencies linked from the main venv (package_venv.py)."""
+    return make_venv(work / "venv", wheel)
 
 
 def test_wheel_metadata(wheel):
