@@ -1,5 +1,5 @@
 """
-vcluster's periodic work on the master: node liveness, autoscale, reconcile.
+vcluster's periodic work on the master: node liveness, autoscale, reconcile, metrics.
 
 Runs in the salt-master (a master engine, restarted with the master), one
 thread per task (:mod:`vcluster.periodic`): ``vcluster.liveness`` every
@@ -16,16 +16,10 @@ Master configuration (``python -m vcluster.masterconf`` writes it):
     engines:
       - vcluster_tasks: {}
 
-With ``metrics_path`` it also writes vcluster's Prometheus metrics there
-every ``metrics_interval`` seconds (default 60), for node_exporter's
-textfile collector (see docs/operations.md):
-
-.. code-block:: yaml
-
-    engines:
-      - vcluster_tasks:
-          metrics_path: /var/lib/node_exporter/textfile/vcluster.prom
-          metrics_interval: 60
+It also writes vcluster's Prometheus metrics file when pillar
+``vcluster:metrics:path`` is set (every ``vcluster:metrics:interval``
+seconds, for node_exporter's textfile collector; docs/operations.md).
+The engine takes no options: what it does is policy.
 """
 
 import logging
@@ -37,7 +31,6 @@ __virtualname__ = "vcluster_tasks"
 
 try:
     from vcluster import periodic, saltlink
-    from vcluster.errors import VclusterError
 
     HAS_LIB = True
 except ImportError as _exc:  # pragma: no cover - reported by __virtual__
@@ -53,14 +46,12 @@ def __virtual__():
     return __virtualname__
 
 
-def start(metrics_path=None, metrics_interval=60):
-    """Run liveness, autoscale and reconcile (and the metrics file, when asked) on their ticks until the master stops."""
+def start(**options):
+    """Run liveness, autoscale, reconcile and the metrics file on their ticks until the master stops."""
     opts = __opts__  # noqa: F821 - Salt loader dunder
-    tasks = list(periodic.TASKS)
-    if metrics_path is not None:
-        try:
-            tasks.append(periodic.metrics_task(metrics_path, metrics_interval))
-        except VclusterError as exc:
-            log.error("vcluster_tasks: no metrics file: %s", exc)
+    if options:
+        log.error("vcluster_tasks takes no options, ignored: %s (the metrics file is pillar vcluster:metrics)",
+                  ", ".join(sorted(options)))
+    tasks = periodic.tasks()
     log.info("vcluster_tasks: %s", ", ".join(f"{t.name} every {t.interval:g} s" for t in tasks))
     periodic.serve(lambda actor: saltlink.context(opts, actor=actor), threading.Event(), tasks=tasks)

@@ -206,6 +206,11 @@ vcluster:
   # `partitions` suspends the `preemptible` virtual nodes on its hypervisor
   # host. Needs the vcluster_slurm_events engine in the controller minion's
   # config; the controller's highstate fails without it.
+  # Prometheus metrics file, rewritten by the master's vcluster_tasks engine
+  # for node_exporter's textfile collector (docs/operations.md):
+  # metrics:
+  #   path: /var/lib/node_exporter/textfile/vcluster.prom
+  #   interval: 60
   # preemption:
   #   enabled: false
   #   partitions: [batch]  # jobs in these partitions preempt

@@ -1,4 +1,4 @@
-"""vcluster's periodic work on the master: liveness, autoscale, reconcile.
+"""vcluster's periodic work on the master: liveness, autoscale, reconcile, the metrics file.
 
 The ``vcluster_tasks`` master engine (``_engines/vcluster_tasks.py``) runs
 :func:`serve`: one long-lived thread per task, each running its task every
@@ -15,7 +15,8 @@ and pillar. A thread of the engine pays that once.
 
 The tasks' own rules are unchanged: each one decides from pillar whether it
 is due or enabled (``vcluster:autoscale:enabled``/``interval``,
-``vcluster:reconcile:interval``, ``vcluster:liveness:enabled``), and one
+``vcluster:reconcile:interval``, ``vcluster:liveness:enabled``,
+``vcluster:metrics:path``/``interval``), and one
 run of a task at a time (a long run skips the ticks it overran, as the
 schedule's ``maxrunning: 1`` did). A failing run is logged and the next tick
 runs as usual.
@@ -28,7 +29,7 @@ import time
 import typing
 
 from vcluster import autoscale, liveness, reconcile
-from vcluster.errors import PolicyError, VclusterError
+from vcluster.errors import VclusterError
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +43,50 @@ class Task:
     call: typing.Callable
 
 
-TASKS = (
-    Task("liveness", liveness.SCHEDULE_TICK, lambda ctx: liveness.check(ctx)),
-    Task("autoscale", autoscale.SCHEDULE_TICK, lambda ctx: autoscale.run(ctx, scheduled=True)),
-    Task("reconcile", reconcile.SCHEDULE_TICK, lambda ctx: reconcile.run(ctx, scheduled=True)),
-)
+#: Seconds between two looks of the metrics task at pillar ``vcluster:metrics``.
+METRICS_TICK = 10
 
 
-def metrics_task(path, interval=60):
-    """A task that writes :mod:`vcluster.metrics` to ``path`` every ``interval`` seconds.
+class MetricsFile:
+    """The metrics task: writes pillar ``vcluster:metrics:path`` every ``interval`` seconds.
 
-    Both are checked here, before any thread starts (PolicyError naming the value).
+    Path and interval are policy (validated with the rest of the pillar,
+    edits apply on the next tick); the time of the last write is kept here,
+    in the engine's thread, so a master restart writes the file on its
+    first tick.
     """
-    from vcluster import metrics  # pylint: disable=import-outside-toplevel
 
-    metrics.check_path(path)
-    try:
-        every = float(interval)
-    except (TypeError, ValueError):
-        every = 0.0
-    if isinstance(interval, bool) or not every >= 1:
-        raise PolicyError(f"metrics_interval must be a number of seconds of at least 1, got {interval!r}")
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.last = None  # (path, monotonic time) of the last write
 
-    def write(ctx):
-        return metrics.export(ctx.registry.path, path=path, profiles=sorted(ctx.policy.profiles))
+    def __call__(self, ctx):
+        from vcluster import metrics  # pylint: disable=import-outside-toplevel
 
-    return Task("metrics", every, write)
+        conf = ctx.policy.metrics
+        if conf.path is None:
+            return {"result": True, "skipped": True, "comment": "vcluster:metrics:path is not set"}
+        now = self.clock()
+        last_path, last_at = self.last or (None, None)
+        if last_path == conf.path and now - last_at < conf.interval - METRICS_TICK / 2:
+            return {"result": True, "skipped": True,
+                    "comment": f"last write {now - last_at:.0f} s ago, interval {conf.interval:g} s"}
+        ret = metrics.export(ctx.registry.path, path=conf.path, profiles=sorted(ctx.policy.profiles))
+        self.last = (conf.path, now)
+        return ret
+
+
+def tasks():
+    """The engine's tasks: liveness, autoscale, reconcile and the metrics file (a fresh one each call)."""
+    return (
+        Task("liveness", liveness.SCHEDULE_TICK, lambda ctx: liveness.check(ctx)),
+        Task("autoscale", autoscale.SCHEDULE_TICK, lambda ctx: autoscale.run(ctx, scheduled=True)),
+        Task("reconcile", reconcile.SCHEDULE_TICK, lambda ctx: reconcile.run(ctx, scheduled=True)),
+        Task("metrics", METRICS_TICK, MetricsFile()),
+    )
+
+
+TASKS = tasks()
 
 
 def run_once(task, make_context):

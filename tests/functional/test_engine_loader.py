@@ -25,7 +25,7 @@ def test_master_loads_vcluster_tasks_from_the_entry_point(tmp_path):
     assert "vcluster_tasks.start" in engines
     # the module Salt loaded is the repo's, and runs the library's task list
     assert engines["vcluster_tasks.start"].__module__.endswith("vcluster_tasks")
-    assert [t.name for t in periodic.TASKS] == ["liveness", "autoscale", "reconcile"]
+    assert [t.name for t in periodic.TASKS] == ["liveness", "autoscale", "reconcile", "metrics"]
 
 
 def test_a_minion_refuses_it_with_a_reason(tmp_path):

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 import time
+import types
 
 import pytest
 
@@ -507,20 +508,56 @@ def test_metrics_file_is_written_atomically_and_checked(ctx, tmp_path):
             metrics.export(ctx.registry.path, path=bad)
 
 
-def test_the_periodic_metrics_task_writes_the_file_on_its_tick(ctx, tmp_path):
+def test_the_periodic_metrics_task_writes_the_pillar_path_every_interval(ctx, tmp_path, caplog):
     from vcluster import periodic
 
     path = str(tmp_path / "vcluster.prom")
-    task = periodic.metrics_task(path, "30")
-    assert (task.name, task.interval) == ("metrics", 30.0)
-    ret = periodic.run_once(task, lambda actor: ctx)
+    clock = [1000.0]
+    (task,) = [t for t in periodic.tasks() if t.name == "metrics"]
+    task = periodic.Task("metrics", task.interval, periodic.MetricsFile(clock=lambda: clock[0]))
+    assert task.interval == periodic.METRICS_TICK == 10
+
+    def with_metrics(**conf):
+        pillar = copy.deepcopy(PILLAR)
+        pillar["metrics"] = conf
+        # run_once closes each context it gets: the registry stays open here
+        return types.SimpleNamespace(policy=_policy.load(pillar), registry=ctx.registry, close=lambda: None)
+
+    # no path in pillar: nothing written
+    ret = periodic.run_once(task, lambda actor: with_metrics())
+    assert ret == {"result": True, "skipped": True, "comment": "vcluster:metrics:path is not set"}
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".prom")]
+    conf = with_metrics(path=path, interval=30)
+    ret = periodic.run_once(task, lambda actor: conf)
     assert ret["result"] is True and os.path.exists(path)
     nodes = parse_exposition(open(path, encoding="utf-8").read())["vcluster_nodes"][1]
     assert nodes[("vcluster_nodes", (("profile", "htc"), ("state", "ready")))] == 3
-    with pytest.raises(PolicyError, match="metrics_interval must be a number of seconds of at least 1, got 0"):
-        periodic.metrics_task(path, 0)
-    with pytest.raises(PolicyError, match="path must end in .prom"):
-        periodic.metrics_task(str(tmp_path / "x.txt"))
+    inode = os.stat(path).st_ino
+    clock[0] += 20  # within the interval (less half a tick): not written again
+    assert periodic.run_once(task, lambda actor: conf)["comment"] == "last write 20 s ago, interval 30 s"
+    assert os.stat(path).st_ino == inode
+    clock[0] += 10
+    assert periodic.run_once(task, lambda actor: conf)["result"] is True
+    assert os.stat(path).st_ino != inode
+    # a directory that does not exist is one logged sentence per tick, never a crash
+    conf = with_metrics(path=str(tmp_path / "nodir" / "v.prom"))
+    assert periodic.run_once(task, lambda actor: conf) is None
+    assert "must be in an existing directory" in caplog.text
+
+
+@pytest.mark.parametrize("conf, why", [
+    ({"path": "vcluster.prom"}, "vcluster:metrics:path must be an absolute file path ending in .prom, got "
+                                "'vcluster.prom'"),
+    ({"path": "/var/lib/x/vcluster.txt"}, "vcluster:metrics:path must end in .prom"),
+    ({"path": "/var/lib/x/.prom"}, "vcluster:metrics:path must end in .prom"),
+    ({"interval": 0}, "vcluster:metrics:interval must be a positive number, got 0"),
+    ({"every": 5}, "vcluster:metrics:every is not a known key, accepted keys are interval, path"),
+])
+def test_the_metrics_pillar_is_validated(conf, why):
+    pillar = copy.deepcopy(PILLAR)
+    pillar["metrics"] = conf
+    with pytest.raises(PolicyError, match=re.escape(why)):
+        _policy.load(pillar)
 
 
 def test_a_failed_call_shows_its_sentence_in_the_table_view():

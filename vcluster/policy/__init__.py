@@ -29,6 +29,7 @@ from vcluster.policy.objects import (
     Faults,
     Limits,
     Liveness,
+    Metrics,
     Policy,
     Pool,
     PowerSave,
@@ -46,7 +47,7 @@ from vcluster.policy import sections as _s
 __all__ = [
     "DEFAULT_REGISTRY", "DRIVERS", "DRIVER_OPTIONS", "EXTRA_KEYS", "MEMBERSHIPS", "PROVIDER_KEYS", "REQUIRED",
     "ROOT", "SECRET_KEYS", "SUSPEND_MODES", "Autoscale", "AutoscaleProfile", "Faults", "FrozenMap", "Key",
-    "Limits", "Liveness", "Policy", "PolicyError", "Pool", "PowerSave", "Preemption", "Profile",
+    "Limits", "Liveness", "Metrics", "Policy", "PolicyError", "Pool", "PowerSave", "Preemption", "Profile",
     "ProviderConfig", "Reconcile", "Section", "Settings", "Suspend", "is_secret", "load", "validate_count",
     "validate_request",
 ]
@@ -371,6 +372,7 @@ def load(data):
         liveness=Liveness(**_s.LIVENESS.parse(top["liveness"], f"{ROOT}:liveness")),
         suspend=Suspend(**_s.SUSPEND.parse(top["suspend"], f"{ROOT}:suspend")),
         preemption=_parse_preemption(top["preemption"], profiles),
+        metrics=Metrics(**_s.METRICS.parse(top["metrics"], f"{ROOT}:metrics")),
     )
 
 

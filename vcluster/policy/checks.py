@@ -172,6 +172,16 @@ def abs_path(value, path):
     return value
 
 
+@kind("absolute path ending in `.prom`")
+def prom_path(value, path):
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise fail(path, "must be an absolute file path ending in .prom", value)
+    base = value.rsplit("/", 1)[1]
+    if not base.endswith(".prom") or base == ".prom":
+        raise fail(path, "must end in .prom (node_exporter's textfile collector reads only those)", value)
+    return value
+
+
 def choice(options):
     """A checker accepting one of ``options``."""
 

@@ -44,6 +44,7 @@ AutoscaleProfile = s.AUTOSCALE_PROFILE.dataclass("AutoscaleProfile", "Autoscalin
 Autoscale = s.AUTOSCALE.dataclass("Autoscale", "The ``vcluster.autoscale`` runner and its periodic run.",
                                   namespace={"as_dict": _autoscale_as_dict})
 Liveness = s.LIVENESS.dataclass("Liveness", "How vcluster, not slurmctld, decides that a node is dead.")
+Metrics = s.METRICS.dataclass("Metrics", "The Prometheus text file the master's engine keeps fresh.")
 Suspend = s.SUSPEND.dataclass("Suspend", "Defaults of ``vcluster.suspend`` / ``vcluster.resume``.")
 Preemption = s.PREEMPTION.dataclass("Preemption", "Jobs of some partitions suspend the virtual nodes on "
                                     "their hypervisor host.", namespace={"as_dict": _preemption_as_dict})
@@ -120,6 +121,7 @@ class Policy:
     liveness: Liveness = dataclasses.field(default_factory=Liveness)
     suspend: Suspend = dataclasses.field(default_factory=Suspend)
     preemption: Preemption = dataclasses.field(default_factory=Preemption)
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
 
     def profile(self, name):
         """The profile called ``name``; :class:`PolicyError` when undefined."""
@@ -165,6 +167,7 @@ class Policy:
             "liveness": dataclasses.asdict(self.liveness),
             "suspend": dataclasses.asdict(self.suspend),
             "preemption": self.preemption.as_dict(),
+            "metrics": dataclasses.asdict(self.metrics),
         }
 
 

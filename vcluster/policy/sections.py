@@ -97,6 +97,17 @@ SUSPEND = Section(
         "provider resume"),
 )
 
+METRICS = Section(
+    "vcluster:metrics",
+    "vcluster's Prometheus metrics as a file that the master's `vcluster_tasks` engine keeps fresh, for "
+    "node_exporter's textfile collector (see [operations.md](operations.md#metrics)).",
+    Key("path", c.prom_path, None, "file the engine replaces atomically (mode 0644); its directory must exist "
+        "on the master, e.g. node_exporter's `--collector.textfile.directory`; a missing directory is logged, "
+        "one sentence per write", shown_default="none: no file"),
+    Key("interval", c.positive_number, 60, "seconds between writes; the engine looks every 10 s, so shorter "
+        "intervals write every 10 s"),
+)
+
 PREEMPTION = Section(
     "vcluster:preemption",
     "Jobs of some partitions suspend the virtual nodes on their hypervisor host.",
@@ -186,6 +197,7 @@ TOP = Section(
     Key("liveness", None, {}, "dead node detection", section=LIVENESS),
     Key("suspend", None, {}, "suspend/resume defaults", section=SUSPEND),
     Key("preemption", None, {}, "preemption by bare-metal jobs", section=PREEMPTION),
+    Key("metrics", None, {}, "the metrics file", section=METRICS),
     Key("pools", None, REQUIRED, "names and addresses; non-empty", kind="mapping name → pool",
         section=POOL, named=True),
     Key("providers", None, REQUIRED, "where instances are created; non-empty", kind="mapping name → provider",
