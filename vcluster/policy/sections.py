@@ -100,7 +100,7 @@ SUSPEND = Section(
 METRICS = Section(
     "vcluster:metrics",
     "vcluster's Prometheus metrics as a file that the master's `vcluster_tasks` engine keeps fresh, for "
-    "node_exporter's textfile collector (see [operations.md](operations.md#metrics)).",
+    "node_exporter's textfile collector (see [operations.md](operations.md#metrics-prometheus)).",
     Key("path", c.prom_path, None, "file the engine replaces atomically (mode 0644); its directory must exist "
         "on the master, e.g. node_exporter's `--collector.textfile.directory`; a missing directory is logged, "
         "one sentence per write", shown_default="none: no file"),
