@@ -5,7 +5,7 @@
 #
 # env: PYTHON (python3)  the Python 3.11+ that creates the virtualenv
 #      VCLUSTER_VENV (/opt/vcluster/venv)
-#      VCLUSTER_EXTRAS (test,lxd,openstack,opennebula)
+#      VCLUSTER_EXTRAS (test,lxd,openstack,opennebula,libvirt)
 #      VCLUSTER_SALT_VERSION (3008.3)  the Salt that CI runs; the package
 #                                      accepts the 3008 series (pyproject.toml)
 set -euo pipefail
@@ -13,16 +13,22 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 VENV=${VCLUSTER_VENV:-/opt/vcluster/venv}
-EXTRAS=${VCLUSTER_EXTRAS:-test,lxd,openstack,opennebula}
+EXTRAS=${VCLUSTER_EXTRAS:-test,lxd,openstack,opennebula,libvirt}
 SALT_VERSION=${VCLUSTER_SALT_VERSION:-3008.3}
 
 PACKAGES=(
     # Slurm and what a Slurm node needs
     slurmctld slurmd slurm-client munge chrony
+    # Slurm accounting: slurmdbd and its database (scripts/accounting-up.sh)
+    slurmdbd mariadb-server mariadb-client
     # LXD, its managed bridges and the node image build
     lxd lxd-client uidmap dnsmasq-base iptables debootstrap debian-archive-keyring squashfs-tools
     # the btrfs storage pool (instances are snapshots of the image, not copies)
     btrfs-progs
+    # the libvirt provider: libvirtd, QEMU (KVM or TCG), qcow2 tools, NoCloud
+    # seeds (genisoimage), libvirt-python's build (libvirt-dev, pkg-config),
+    # ping for its tests
+    libvirt-daemon-system qemu-system-x86 qemu-utils genisoimage libvirt-dev pkg-config iputils-ping
     # scripts and the virtualenv (gcc + headers: Salt's timelib has no wheel)
     python3-venv python3-dev gcc libc6-dev jq iproute2 procps util-linux xz-utils ca-certificates
 )
