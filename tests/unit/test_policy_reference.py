@@ -168,7 +168,8 @@ def test_validator_accepts_exactly_the_driver_keys(driver):
     data = base()
     data["profiles"]["htc"]["extra"] = {"zz_not_a_key": 1}
     if driver != "lxd":
-        required = {"openstack": {"cloud": "c"}, "opennebula": {"endpoint": "https://one:2633/RPC2"}}
+        required = {"openstack": {"cloud": "c"}, "opennebula": {"endpoint": "https://one:2633/RPC2"},
+                    "libvirt": {"network": "n", "storage_pool": "p"}}
         data["providers"] = {"p": dict(required[driver], driver=driver)}
         data["profiles"]["htc"]["flavor"] = "m1.small"
     with pytest.raises(PolicyError) as err:

@@ -159,8 +159,31 @@ OPENNEBULA = DriverOptions(
     ),
 )
 
+LIBVIRT = DriverOptions(
+    "libvirt",
+    "QEMU virtual machines on a libvirt hypervisor (KVM or TCG); see [libvirt.md](libvirt.md).",
+    Section(
+        "vcluster:providers:<name> (driver: libvirt)", "",
+        Key("network", c.string, REQUIRED, "libvirt network the nics join (static DHCP host entries)"),
+        Key("storage_pool", c.string, REQUIRED, "libvirt storage pool of the image (`image-vm/build.sh`) and "
+            "of the nodes' overlay and seed volumes"),
+        Key("uri", c.string, None, "libvirt URI; `qemu+ssh://root@host/system` for a remote hypervisor",
+            shown_default="driver: `qemu:///system`"),
+        Key("domain_type", c.choice(("auto", "kvm", "qemu")), None, "`kvm`, `qemu` (TCG) or `auto`: `kvm` when "
+            "libvirt offers it and the host CPU has vmx/svm", shown_default="driver: `auto`"),
+        Key("machine", c.string, None, "QEMU machine type", shown_default="driver: `pc`"),
+        Key("cmdline", c.string, None, "guest kernel command line",
+            shown_default="driver: root on `/dev/vda`, serial console"),
+    ),
+    Section(
+        "vcluster:profiles:<name>:extra (driver: libvirt)", "",
+        Key("machine", None, None, "overrides the provider's `machine`", kind="string"),
+        Key("cmdline", None, None, "overrides the provider's `cmdline`", kind="string"),
+    ),
+)
+
 #: driver name -> its options, in the order error messages list the drivers.
-DRIVER_OPTIONS = {d.driver: d for d in (LXD, OPENSTACK, OPENNEBULA)}
+DRIVER_OPTIONS = {d.driver: d for d in (LXD, OPENSTACK, OPENNEBULA, LIBVIRT)}
 DRIVERS = tuple(DRIVER_OPTIONS)
 #: driver -> keys of ``vcluster:providers:<name>`` besides ``driver``.
 PROVIDER_KEYS = {d.driver: d.options for d in DRIVER_OPTIONS.values()}

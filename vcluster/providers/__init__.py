@@ -8,6 +8,7 @@ DRIVERS = {
     "lxd": "vcluster.providers.lxd:LxdProvider",
     "openstack": "vcluster.providers.openstack:OpenStackProvider",
     "opennebula": "vcluster.providers.opennebula:OpenNebulaProvider",
+    "libvirt": "vcluster.providers.libvirt:LibvirtProvider",
 }
 
 

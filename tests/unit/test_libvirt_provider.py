@@ -1,0 +1,52 @@
+"""libvirt provider: what needs no hypervisor (XML, metadata, input checks)."""
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytest.importorskip("libvirt", reason="libvirt-python is not installed (extra `libvirt`)")
+
+from vcluster.errors import PolicyError, ProviderError  # noqa: E402
+from vcluster.providers import libvirt_xml as lx  # noqa: E402
+from vcluster.providers.base import BootFile, InstanceSpec  # noqa: E402
+from vcluster.providers.libvirt import LibvirtProvider  # noqa: E402
+
+
+def spec(**kw):
+    data = dict(name="vcl-virt-n1", address="10.82.0.5", image="vcluster-node", cpus=2, memory_mb=768,
+                boot_files=[BootFile("/etc/salt/minion.d/vcluster.conf", "id: vcl-virt-n1\n")],
+                tags={"cluster": "c<&>", "node": "vcl-virt-n1", "profile": "p", "registry_id": "7"})
+    data.update(kw)
+    return InstanceSpec(**data)
+
+
+def test_metadata_round_trips_tags_with_markup_characters():
+    text = lx.metadata(spec().tags, "52:54:00:aa:bb:cc", "10.82.0.5", "r1")
+    assert lx.parse_metadata(text) == {"tags": spec().tags, "mac": "52:54:00:aa:bb:cc",
+                                       "address": "10.82.0.5", "request": "r1"}
+
+
+def test_domain_xml_sizes_disks_and_network():
+    xml = lx.domain_xml(spec(), "qemu", "pool", {"kernel": "/k", "initrd": "/i", "disk": "d.qcow2",
+                                                 "seed": "s.iso"}, "net", "52:54:00:aa:bb:cc", "r1")
+    root = ET.fromstring(xml)
+    assert root.get("type") == "qemu" and root.findtext("name") == "vcl-virt-n1"
+    assert root.findtext("memory") == "768" and root.findtext("vcpu") == "2"
+    assert root.findtext("os/kernel") == "/k" and "root=/dev/vda" in root.findtext("os/cmdline")
+    sources = [d.find("source").get("volume") for d in root.findall("devices/disk")]
+    assert sources == ["d.qcow2", "s.iso"] and root.find("devices/disk/readonly") is not None
+    assert root.find("devices/interface/source").get("network") == "net"
+
+
+def test_required_options_and_domain_type_are_checked():
+    with pytest.raises(PolicyError, match="storage_pool is required"):
+        LibvirtProvider("v", {"network": "n"})
+    with pytest.raises(PolicyError, match="domain_type must be one of auto, kvm, qemu, got 'xen'"):
+        LibvirtProvider("v", {"network": "n", "storage_pool": "p", "domain_type": "xen"})
+
+
+def test_unknown_suspend_mode_is_refused_before_connecting():
+    prov = LibvirtProvider("v", {"network": "n", "storage_pool": "p", "uri": "qemu+ssh://nobody@192.0.2.254/system"})
+    with pytest.raises(ProviderError, match="suspend mode 'shelve' is not one of pause, save, suspend"):
+        prov.suspend("vcl-virt-n1", mode="shelve")
+    assert prov.calls["connect"] == 0
