@@ -108,7 +108,9 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None, test=False):
     """Suspend ``nodes`` (a hostlist) with their jobs; see the module docstring.
 
     Nodes already ``suspended`` are left as they are. Returns
-    ``{"result", "comment", "nodes": {name: state}}``. ``all_jobs`` is a
+    ``{"result", "comment", "nodes": {name: state}}``, plus ``freed_mib``
+    (``{name: MiB}``) when the provider measured the host memory a suspend
+    gave back (libvirt's save; also in the node's ``suspended`` event). ``all_jobs`` is a
     fresh ``jobs`` listing the caller already holds (preemption), else
     Slurm is asked. ``test=True`` validates, reads the jobs and says what
     would be done; nothing changes.
@@ -143,11 +145,17 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None, test=False):
                           f"(provider {found[name].provider})")
         return _plan(names, plan, f"would suspend {len(todo)} of {len(names)} node(s)")
     suspended_jobs = set()
+    freed = {}
 
     def one(name):
-        _suspend_one(ctx, found[name], mode, reason, jobs[name], suspended_jobs)
+        done = _suspend_one(ctx, found[name], mode, reason, jobs[name], suspended_jobs)
+        if isinstance(done, dict) and done.get("freed_mib") is not None:
+            freed[name] = done["freed_mib"]
 
-    return _per_node(ctx, names, todo, found, "suspended", one, f"suspended ({mode})", "suspending")
+    ret = _per_node(ctx, names, todo, found, "suspended", one, f"suspended ({mode})", "suspending")
+    if freed:
+        ret["freed_mib"] = freed  # providers that measure it (libvirt save): host memory given back
+    return ret
 
 
 def _plan(names, plan, head):
@@ -196,7 +204,7 @@ def _suspend_one(ctx, node, mode, reason, jobs, suspended_jobs):
         held = slurm_call(ctx, "hold_node", name, fresh, DRAIN_REASON)
         suspended_jobs.update(fresh)
         ctx.registry.map_jobs(name, [str(j) for j in fresh + shared])
-        ctx.provider(node.provider).suspend(node.instance_id, mode=mode)
+        done = ctx.provider(node.provider).suspend(node.instance_id, mode=mode)
     except Exception:
         # put the node back as it was: jobs running, drain lifted, ready
         if held is not None:
@@ -207,7 +215,9 @@ def _suspend_one(ctx, node, mode, reason, jobs, suspended_jobs):
         ctx.node_event(name, "ready", reason="suspend failed", jobs_resumed=bool(held and fresh))
         raise
     ctx.registry.transition(name, "suspended", expect="suspending", actor=ctx.actor, reason=reason)
-    ctx.node_event(name, "suspended", mode=mode, reason=reason, jobs=[str(j) for j in fresh + shared])
+    extra = {"freed_mib": done["freed_mib"]} if isinstance(done, dict) and done.get("freed_mib") is not None else {}
+    ctx.node_event(name, "suspended", mode=mode, reason=reason, jobs=[str(j) for j in fresh + shared], **extra)
+    return done
 
 
 # -- resume -------------------------------------------------------------------------------

@@ -422,3 +422,24 @@ def test_policy_defaults():
     assert pol.suspend.mode == "suspend"
     assert pol.preemption.enabled is False
     assert pol.as_dict()["preemption"]["partitions"] == []
+
+
+def test_suspend_reports_the_memory_a_provider_freed(env):
+    """A provider that measures freed host memory (libvirt save) has it in the return and the event."""
+    ctx = env()
+    fired = []
+    ctx.events.fire = lambda tag, data: fired.append((tag, data))
+    prov = ctx.provider("lxd")
+    plain = prov.suspend
+
+    def measured(iid, mode="suspend"):
+        plain(iid, mode)
+        return {"mode": "save", "seconds": 1.5, "freed_mib": 987}
+
+    prov.suspend = measured
+    ret = sus.suspend(ctx, "vn1,vn2")
+    assert ret["result"] is True and ret["freed_mib"] == {"vn1": 987, "vn2": 987}
+    suspended = [data for tag, data in fired if tag.endswith("/suspended")]
+    assert [d["freed_mib"] for d in suspended] == [987, 987]
+    prov.suspend = plain
+    assert "freed_mib" not in sus.suspend(ctx, "vn3")
