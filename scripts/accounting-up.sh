@@ -81,12 +81,12 @@ if [ "$(cat "$MARIADB_CNF" 2>/dev/null)" != "${cnf%$'\n'}" ]; then
     printf '%s' "$cnf" >"$MARIADB_CNF"
     if mariadb_up; then
         say "restarting MariaDB (its configuration changed)"
-        service mariadb restart >/dev/null
+        start_service mariadb restart >/dev/null
     fi
 fi
 if ! mariadb_up; then
     say "starting MariaDB (Unix socket only)"
-    service mariadb start >/dev/null
+    start_service mariadb >/dev/null
 fi
 wait_until 60 "MariaDB to answer" mariadb_up
 
@@ -134,8 +134,8 @@ StoragePass=$pass"
         mv "$DBD_CONF.tmp" "$DBD_CONF"
         service slurmdbd stop >/dev/null 2>&1 || true
     fi
-    service munge status >/dev/null 2>&1 || service munge start >/dev/null
-    service slurmdbd status >/dev/null 2>&1 || { say "starting slurmdbd"; service slurmdbd start >/dev/null; }
+    service munge status >/dev/null 2>&1 || start_service munge >/dev/null
+    service slurmdbd status >/dev/null 2>&1 || { say "starting slurmdbd"; start_service slurmdbd >/dev/null; }
     # sacctmgr finds slurmdbd through slurm.conf, which may not name it
     # yet: give it one that does.
     conf=$(mktemp)

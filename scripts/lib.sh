@@ -19,3 +19,17 @@ wait_until() {
 }
 
 need_root() { [ "$(id -u)" -eq 0 ] || die "run this as root (it installs packages and starts daemons)"; }
+
+# start_service NAME: `service NAME start` with no inherited descriptor
+# beyond stdin, stdout and stderr. A daemon started under `flock LOCK cmd`
+# would otherwise keep LOCK's descriptor, and the lock, for as long as it
+# runs (measured: a MariaDB started so held the test-stack lock).
+start_service() {
+    (
+        for fd_path in /proc/$BASHPID/fd/*; do
+            fd=${fd_path##*/}
+            [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
+        done
+        exec service "$1" "${2:-start}" </dev/null
+    )
+}
