@@ -30,6 +30,14 @@ Files of the site root (none of them in this repository):
       munge:
         key: <base64 -w0 of the munge key>
 
+  /etc/vcluster/pillar/accounting.sls  mode 0600, root; only the policy
+                                     holders (the slurmctld host, the
+                                     master's own minion) get it:
+
+      slurm:
+        accounting:
+          storage_pass: <the password scripts/accounting-up.sh generated>
+
 The vcluster policy (pillar `vcluster:`) is pillar/vcluster.sls here.
 
 Targeting. Grains are written by the minion itself, so they only pick
@@ -78,3 +86,4 @@ base:
     - ignore_missing: True
     - vcluster
     - site
+    - accounting

@@ -11,7 +11,9 @@
     The same holds for vcluster's hooks (PrologSlurmctld, JobCompType,
     JobCompLoc: slurm:events in map.jinja): 22.05 loads the prep and
     jobcomp plugins once, so `scontrol reconfigure` neither starts nor
-    stops running a hook. They are kept in a watched file too. #}
+    stops running a hook. They are kept in a watched file too, and so is
+    the accounting plugin (AccountingStorageType/Host: slurm.accounting,
+    whose slurmdbd starts first). #}
 {%- from tpldir ~ "/map.jinja" import slurm with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set declared = slurm.nodes.keys() | list %}
@@ -32,6 +34,9 @@ include:
   - {{ tplroot }}.events
 {%- if (salt["pillar.get"]("vcluster_cloud", {}) or {}).get("profiles") %}
   - {{ tplroot }}.power
+{%- endif %}
+{%- if slurm.accounting.active %}
+  - {{ tplroot }}.accounting
 {%- endif %}
 
 slurm-controller-package-installed:
@@ -65,6 +70,18 @@ slurm-controller-hooks-managed:
     - require:
       - file: slurm-controller-statesave-directory
 
+slurm-controller-accounting-managed:
+  file.managed:
+    - name: {{ slurm.config.StateSaveLocation }}/vcluster-accounting
+{%- if slurm.manage == "include" %}
+    - contents: "AccountingStorage*: the site's own, in its slurm.conf"
+{%- else %}
+    - contents: {{ ("AccountingStorageType=" ~ slurm.config.AccountingStorageType ~ "\nAccountingStorageHost=" ~ (slurm.config.AccountingStorageHost or "")) | json }}
+{%- endif %}
+    - mode: '0644'
+    - require:
+      - file: slurm-controller-statesave-directory
+
 slurm-controller-service-running:
   service.running:
     - name: {{ slurm.lookup.controller_service }}
@@ -81,9 +98,14 @@ slurm-controller-service-running:
       - file: slurm-events-jobcomp-managed
 {%- endif %}
       - slurm-config-file-managed
+{%- if slurm.accounting.active %}
+      # slurmdbd first, the cluster registered
+      - cmd: slurm-accounting-cluster-registered
+{%- endif %}
     - watch:
       - file: slurm-controller-node-set-managed
       - file: slurm-controller-hooks-managed
+      - file: slurm-controller-accounting-managed
 
 # Hook scripts slurm.conf no longer names (and the EpilogSlurmctld of
 # earlier releases) go once slurmctld runs without them: a missing
@@ -106,6 +128,7 @@ slurm-controller-answering:
     - onchanges:
       - file: slurm-controller-node-set-managed
       - file: slurm-controller-hooks-managed
+      - file: slurm-controller-accounting-managed
     - require:
       - service: slurm-controller-service-running
 

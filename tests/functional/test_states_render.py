@@ -418,7 +418,8 @@ def test_controller_restarts_when_the_declared_node_set_changes(sandbox):
     """
     dynamic = sandbox("controller").call("state.show_sls", "slurm.controller")
     svc = dynamic["slurm-controller-service-running"]["service"]
-    assert {"watch": [{"file": "slurm-controller-node-set-managed"}, {"file": "slurm-controller-hooks-managed"}]} in svc
+    assert {"watch": [{"file": "slurm-controller-node-set-managed"}, {"file": "slurm-controller-hooks-managed"},
+                      {"file": "slurm-controller-accounting-managed"}]} in svc
     assert dynamic["slurm-controller-reconfigured"]["cmd"][0]["name"].endswith("scontrol reconfigure")
     node_set = dynamic["slurm-controller-node-set-managed"]["file"]
     bare = next(a["contents"] for a in node_set if isinstance(a, dict) and "contents" in a)
