@@ -7,7 +7,8 @@
 # same packages and Salt) plus Debian's kernel and initramfs, as one ext4
 # file system on the whole disk (no partition table, no bootloader): the
 # provider boots it by direct kernel boot (<kernel>/<initrd>/<cmdline>).
-# Boot files come from a NoCloud seed disk (files/: vcluster-seed.service).
+# Boot files come from a NoCloud seed disk (files/: vcluster-seed.service);
+# qemu-guest-agent answers the provider's clock reads and steps.
 #
 # usage: build.sh [--name NAME] [--pool POOL] [--uri URI] [--force] [--no-import]
 # env:   VCLUSTER_VM_IMAGE (vcluster-node)  VCLUSTER_VIRT_POOL (vcl-virt)
@@ -98,7 +99,8 @@ build_disk() {
     systemctl --root="$root" --quiet enable vcluster-seed.service
     step_done "copy base + customize"
 
-    # Kernel and initramfs from the Debian archive, inside the chroot.
+    # Kernel and initramfs from the Debian archive, inside the chroot; the
+    # guest agent lets the provider step the guest clock after a save or pause.
     local mounts=("$root/proc" "$root/sys" "$root/dev" "$root/var/cache/apt/archives")
     mount -t proc proc "$root/proc"
     mount -t sysfs sys "$root/sys"
@@ -108,7 +110,7 @@ build_disk() {
     local rc=0
     chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive sh -ec '
         apt-get -qq -o Dpkg::Use-Pty=0 update
-        apt-get -qq -o Dpkg::Use-Pty=0 install -y --no-install-recommends linux-image-amd64 initramfs-tools >/dev/null
+        apt-get -qq -o Dpkg::Use-Pty=0 install -y --no-install-recommends linux-image-amd64 initramfs-tools qemu-guest-agent >/dev/null
     ' >&2 || rc=$?
     local m
     for m in "${mounts[@]}"; do umount -l "$m"; done

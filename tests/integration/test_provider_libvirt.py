@@ -33,6 +33,7 @@ NETWORK = "vcl-virt-test"
 CIDR = os.environ.get("VCLUSTER_TEST_VIRT_CIDR", "10.82.0.1/24")
 BOOT_TIMEOUT = 300  # TCG: a guest boots to its minion in about 40 s when the host is idle
 MEMORY_MB = 512
+SAVED_FOR = 10  # seconds a node stays saved in the save test
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +201,9 @@ class TestLibvirtNode:
         assert ret["mode"] == "pause"
         assert provider.get(inst.id).status is Status.PAUSED and qemu_pid(inst.id) == pid
         assert provider.suspend(inst.id, mode="pause")["freed_mib"] is None  # already paused: no-op
-        provider.resume(inst.id)
+        back = provider.resume(inst.id)
         assert provider.get(inst.id).status is Status.RUNNING
+        assert abs(back["clock_offset_after"]) < 1
         eventually(lambda: pings(spec.address), 30, f"{spec.address} answering after the pause")
 
     def test_save_frees_the_qemu_process_and_restore_continues(self, provider, node):
@@ -217,8 +219,13 @@ class TestLibvirtNode:
         assert qemu_pid(inst.id) is None and not os.path.exists(f"/proc/{pid}")
         assert provider.get(inst.id).status is Status.SUSPENDED
         assert not pings(spec.address)
+        time.sleep(SAVED_FOR)  # long enough for the guest clock to fall visibly behind
         back = provider.resume(inst.id)
-        print(f"restore: {back['seconds']} s")
+        print(f"restore: {back['seconds']} s; guest clock offset {back['clock_offset_before']} s, "
+              f"{back['clock_offset_after']} s after the step")
+        assert back["clock_offset_before"] <= -SAVED_FOR / 2  # it stood still while saved
+        assert abs(back["clock_offset_after"]) < 1
+        assert abs(provider.clock_offset(inst.id)) < 1
         assert provider.get(inst.id).status is Status.RUNNING and qemu_pid(inst.id) is not None
         eventually(lambda: pings(spec.address), 30, f"{spec.address} answering after the restore")
 

@@ -15,6 +15,8 @@ Config keys (pillar ``vcluster:providers:<name>``):
                   has ``vmx``/``svm``, else ``qemu``.
 ``machine``       QEMU machine type (default ``pc``).
 ``cmdline``       kernel command line (default: root on vda, serial console).
+``clock_sync_timeout``  seconds resume waits for the guest agent to step
+                  the guest clock (default 30).
 
 ``spec.extra`` may hold ``machine`` and ``cmdline`` overriding the provider's.
 
@@ -82,6 +84,7 @@ class LibvirtProvider(Provider):
                               f"got {self.domain_type_setting!r}")
         self.machine = self.config.get("machine") or "pc"
         self.cmdline = self.config.get("cmdline") or lx.CMDLINE
+        self.clock_sync_timeout = float(self.config.get("clock_sync_timeout") or 30)
         self._conn = None
         self._domain_type = None
         self._lock = threading.RLock()
@@ -388,20 +391,53 @@ class LibvirtProvider(Provider):
         return {"mode": action, "seconds": round(seconds, 2), "freed_mib": self._available_mib() - before}
 
     def resume(self, instance_id):
-        """Undo a pause (virDomainResume) or a save (start from the managed save image)."""
+        """Undo a pause (virDomainResume) or a save (start from the managed save image).
+
+        The guest's clock stood still meanwhile: it is stepped to the host's
+        through the guest agent. Returns ``{"seconds", "clock_offset_before",
+        "clock_offset_after"}`` (guest minus host, seconds; ``None`` when the
+        agent did not answer within ``clock_sync_timeout``).
+        """
         what = f"resume {instance_id}"
         dom = self._domain(instance_id, what)
         status = self._status(dom)
         start = time.monotonic()
         if status is Status.RUNNING:
-            return {"seconds": 0.0}
+            return {"seconds": 0.0, "clock_offset_before": None, "clock_offset_after": None}
         if status is Status.PAUSED:
             self._call("resume", what, dom.resume)
         elif status is Status.SUSPENDED and not dom.isActive():
             self._call("resume", what, dom.createWithFlags, libvirt.VIR_DOMAIN_START_BYPASS_CACHE)
         else:
             raise ProviderStateError(f"cannot resume {instance_id}: it is {status.value}, not paused or saved")
-        return {"seconds": round(time.monotonic() - start, 2)}
+        seconds = round(time.monotonic() - start, 2)
+        before, after = self._step_clock(dom, what)
+        return {"seconds": seconds, "clock_offset_before": before, "clock_offset_after": after}
+
+    def clock_offset(self, instance_id):
+        """Guest clock minus host clock in seconds, read through the guest agent."""
+        dom = self._domain(instance_id, f"read the clock of {instance_id}")
+        return self._offset(dom)
+
+    @staticmethod
+    def _offset(dom):
+        got = dom.getTime(0)
+        return round(got["seconds"] + got["nseconds"] / 1e9 - time.time(), 3)
+
+    def _step_clock(self, dom, what):
+        """Step the guest clock to the host's; poll the agent until ``clock_sync_timeout``."""
+        deadline = time.monotonic() + self.clock_sync_timeout
+        while True:
+            try:
+                before = self._offset(dom)
+                now = time.time()
+                self._call("clock", what, dom.setTime, {"seconds": int(now), "nseconds": int(now % 1 * 1e9)}, 0)
+                return before, self._offset(dom)
+            except (libvirt.libvirtError, ProviderError) as exc:
+                if time.monotonic() >= deadline:
+                    log.warning("%s: guest clock not stepped, the guest agent did not answer: %s", what, exc)
+                    return None, None
+                time.sleep(0.5)
 
     def _available_mib(self):
         """Hypervisor memory available to new work, MiB.

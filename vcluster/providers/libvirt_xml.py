@@ -99,6 +99,7 @@ def domain_xml(spec, domain_type, pool, disks, network, mac, request, machine="p
       <mac address={quoteattr(mac)}/>
       <model type='virtio'/>
     </interface>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <serial type='pty'>{log}</serial>
     <console type='pty'/>
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
