@@ -50,3 +50,11 @@ def test_unknown_suspend_mode_is_refused_before_connecting():
     with pytest.raises(ProviderError, match="suspend mode 'shelve' is not one of pause, save, suspend"):
         prov.suspend("vcl-virt-n1", mode="shelve")
     assert prov.calls["connect"] == 0
+
+
+def test_tcg_cache_only_for_tcg_domains():
+    disks = {"kernel": "/k", "initrd": "/i", "disk": "d.qcow2", "seed": "s.iso"}
+    tcg = ET.fromstring(lx.domain_xml(spec(), "qemu", "p", disks, "n", "52:54:00:aa:bb:cc", "r", tb_cache_mib=128))
+    assert tcg.findtext("features/tcg/tb-cache") == "128"
+    kvm = ET.fromstring(lx.domain_xml(spec(), "kvm", "p", disks, "n", "52:54:00:aa:bb:cc", "r", tb_cache_mib=128))
+    assert kvm.find("features/tcg") is None

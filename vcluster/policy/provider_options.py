@@ -174,6 +174,8 @@ LIBVIRT = DriverOptions(
         Key("machine", c.string, None, "QEMU machine type", shown_default="driver: `pc`"),
         Key("cmdline", c.string, None, "guest kernel command line",
             shown_default="driver: root on `/dev/vda`, serial console"),
+        Key("tcg_cache_mib", c.positive_int, None, "TCG translation cache per guest, MiB (QEMU's default "
+            "is 1024, on top of the guest's RAM); unused under KVM", shown_default="driver: `128`"),
         Key("clock_sync_timeout", c.positive_number, None, "seconds resume waits for the guest agent to step "
             "the guest clock to the host's", shown_default="driver: `30`"),
     ),

@@ -59,12 +59,15 @@ def parse_metadata(text):
 
 
 def domain_xml(spec, domain_type, pool, disks, network, mac, request, machine="pc", cmdline=CMDLINE,
-               console_log=None):
+               console_log=None, tb_cache_mib=None):
     """The persistent domain definition of one node.
 
     ``disks`` maps ``kernel``/``initrd`` to file paths on the hypervisor and
-    ``disk``/``seed`` to volume names in ``pool``.
+    ``disk``/``seed`` to volume names in ``pool``. ``tb_cache_mib`` sizes
+    TCG's translation cache (QEMU's default is 1 GiB, on top of guest RAM).
     """
+    tcg = (f"<tcg><tb-cache unit='MiB'>{int(tb_cache_mib)}</tb-cache></tcg>"
+           if domain_type == "qemu" and tb_cache_mib else "")
     log = f"<log file={quoteattr(console_log)} append='off'/>" if console_log else ""
     return f"""<domain type={quoteattr(domain_type)}>
   <name>{escape(spec.name)}</name>
@@ -77,7 +80,7 @@ def domain_xml(spec, domain_type, pool, disks, network, mac, request, machine="p
     <initrd>{escape(disks['initrd'])}</initrd>
     <cmdline>{escape(cmdline)}</cmdline>
   </os>
-  <features><acpi/></features>
+  <features><acpi/>{tcg}</features>
   <clock offset='utc'><timer name='rtc' tickpolicy='catchup'/></clock>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
