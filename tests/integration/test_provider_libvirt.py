@@ -238,6 +238,16 @@ class TestLibvirtNode:
         with pytest.raises(ProviderStateError):
             provider.resume(inst.id)
 
+    def test_killed_qemu_process_is_reported_as_error(self, provider, node):
+        spec, inst, _ = node
+        provider.conn.lookupByName(inst.id).create()  # stopped by the test before
+        pid = eventually(lambda: qemu_pid(inst.id), 30, f"QEMU process of {inst.id}")
+        os.kill(pid, 9)
+        [dead] = provider.wait([inst.id], [Status.ERROR], time.monotonic() + 30, cluster=spec.tags["cluster"])
+        assert "ended unexpectedly" in dead.fault
+        with pytest.raises(ProviderStateError):
+            provider.resume(inst.id)
+
     def test_create_never_touches_a_namesake(self, provider, make_specs, node):
         spec, inst, _ = node
         clash = make_specs(1)[0]

@@ -335,12 +335,17 @@ class LibvirtProvider(Provider):
 
     def _to_instance(self, dom, meta, host):
         status = self._status(dom)
+        fault = None
+        if status is Status.ERROR:
+            fault = "the guest crashed" if dom.state()[0] == libvirt.VIR_DOMAIN_CRASHED else \
+                "its QEMU process ended unexpectedly (killed or crashed)"
         return Instance(id=dom.name(), name=dom.name(), status=status, address=meta.get("address"),
-                        host=host, tags=meta["tags"],
-                        fault="crashed" if status is Status.ERROR else None)
+                        host=host, tags=meta["tags"], fault=fault)
 
     def _status(self, dom):
         state, reason = dom.state()
+        if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
+            return Status.ERROR  # QEMU died under libvirt (libvirt's word for a killed process too)
         if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
             return Status.RUNNING
         if state == libvirt.VIR_DOMAIN_PAUSED:
