@@ -84,11 +84,13 @@ def test_slurmdbd_conf_written_0600_and_never_shown(tmp_root):
     assert f"StoragePass={PASSWORD}" in text.splitlines()
     assert f"DbdHost={HOST}" in text.splitlines() and "StorageHost=localhost" in text.splitlines()
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
-    # a local edit is overwritten, still without showing the file
+    # a local edit is reported in test mode and overwritten, still without showing the file
     conf.write_text(text + "# edited\n")
-    result = _by_id(box.call("state.sls_id", "slurm-accounting-config-managed", "slurm.accounting"))
-    assert result["slurm-accounting-config-managed"]["changes"], box.last_output
-    assert PASSWORD not in box.last_output and "# edited" not in conf.read_text()
+    for args in (("test=True",), ()):
+        result = _by_id(box.call("state.sls_id", "slurm-accounting-config-managed", "slurm.accounting", *args))
+        assert result["slurm-accounting-config-managed"]["changes"], box.last_output
+        assert PASSWORD not in box.last_output
+    assert "# edited" not in conf.read_text()
 
 
 def test_missing_password_fails_with_one_sentence(tmp_root):

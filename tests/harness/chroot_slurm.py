@@ -214,30 +214,3 @@ class ChrootSlurmHarness(_h.SlurmHarness):
 
     def sinfo(self):
         return _h.json.loads(self.run("sinfo", "--json").stdout)
-
-    def cancel_all(self, timeout=30, nodes=None):
-        """Cancel every job (or those on ``nodes``); wait until none is alive (24.11 job_state lists)."""
-        if nodes:
-            self.run("scancel", "--nodelist=" + ",".join(nodes), check=False)
-        else:
-            self.run("scancel", "--user=root", check=False)
-        live = {"PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING"}
-
-        left = []
-
-        def done():
-            left[:] = []
-            for job in self.squeue().get("jobs", []):
-                state = job.get("job_state")
-                words = set(state if isinstance(state, list) else [state])
-                if not words & live:
-                    continue
-                if nodes and not set(nodes) & set(_h.hostlist.expand_hostlist(job.get("nodes") or "")):
-                    continue
-                left.append(f"{job.get('job_id')}:{'+'.join(sorted(words))}")
-            return not left
-
-        try:
-            _h.wait_for(done, timeout, "jobs to end")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; still live: {', '.join(left)}") from None

@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 import time
 
-import hostlist
+from vcluster.slurm.parse import jobs_from_squeue_json
 
 #: Programs the harness needs; missing ones make :func:`unavailable` say so.
 REQUIRED = ("munged", "slurmctld", "slurmd", "scontrol", "sinfo", "squeue", "sbatch",
@@ -635,18 +635,27 @@ class SlurmHarness:
         return wait_for(lambda: (s := self.job_state(job_id)) in states and s, timeout,
                         f"job {job_id} to be {'|'.join(states)}")
 
+    #: Job states (``Job.state``, one word as scontrol shows it) of a job not yet over.
+    LIVE_JOB_STATES = frozenset({"PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "REQUEUED"})
+
     def cancel_all(self, timeout=30, nodes=None):
-        """Cancel every job (or those on ``nodes``); wait until none of them is alive."""
+        """Cancel every job (or those on ``nodes``); wait until none of them is alive.
+
+        Reads ``squeue --json`` with the product's version-aware parser
+        (``job_state`` is one word on 22.05 and a list from 23.11 on).
+        """
         if nodes:
             self.run("scancel", "--nodelist=" + ",".join(nodes), check=False)
         else:
             self.run("scancel", "--user=root", check=False)
-        live = ("PENDING", "RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING")
+        left = []
 
         def done():
-            jobs = [j for j in self.squeue().get("jobs", []) if j.get("job_state") in live]
-            if nodes:
-                jobs = [j for j in jobs if set(nodes) & set(hostlist.expand_hostlist(j.get("nodes") or ""))]
-            return not jobs
+            left[:] = [f"{j.id}:{j.state}" for j in jobs_from_squeue_json(self.run("squeue", "--json").stdout)
+                       if j.state in self.LIVE_JOB_STATES and (not nodes or set(nodes) & set(j.nodes))]
+            return not left
 
-        wait_for(done, timeout, "jobs to end")
+        try:
+            wait_for(done, timeout, "jobs to end")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; still live: {', '.join(left)}") from None
