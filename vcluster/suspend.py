@@ -124,6 +124,10 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None, test=False):
     for name in todo:
         if not found[name].instance_id:
             raise PolicyError(f"node {name} has no instance to suspend")
+        modes = getattr(ctx.provider(found[name].provider), "suspend_modes", None)
+        if modes is not None and mode not in modes:
+            raise PolicyError(f"provider {found[name].provider} cannot suspend node {name} with mode {mode!r}: "
+                              f"it takes {', '.join(modes)}")
     jobs = _node_jobs(ctx, todo, ("RUNNING", "SUSPENDED", "CONFIGURING", "COMPLETING"), all_jobs)
     for name in todo:
         for job in jobs[name]:

@@ -227,6 +227,16 @@ def test_suspend_refuses_bad_input_without_side_effect(env, nodes, kwargs, messa
     assert {n.state for n in ctx.registry.nodes()} == {"ready"}
 
 
+def test_suspend_refuses_a_mode_the_provider_cannot_do_before_any_side_effect(env):
+    ctx = env()
+    ctx.slurm.jobs_[7] = {"id": 7, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
+    ctx.provider("lxd").suspend_modes = ("suspend",)
+    with pytest.raises(PolicyError, match="provider lxd cannot suspend node vn1 with mode 'pause': it takes suspend"):
+        sus.suspend(ctx, "vn1", mode="pause")
+    assert ctx.slurm.calls == [] and ctx.provider("lxd").calls == [] and ctx.events.fired == []
+    assert ctx.registry.get("vn1").state == "ready"
+
+
 def test_suspend_refuses_job_spanning_other_nodes(env):
     ctx = env()
     ctx.slurm.jobs_[9] = {"id": 9, "state": "RUNNING", "nodes": ["vn1", "vn2"], "partition": "htc"}

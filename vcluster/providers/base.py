@@ -111,6 +111,9 @@ class Provider(abc.ABC):
     """
 
     driver = "base"
+    #: Modes :meth:`suspend` accepts; ``vcluster.suspend`` refuses any other
+    #: before it drains a node or suspends a job (``None``: not declared).
+    suspend_modes = None
 
     def __init__(self, name, config):
         self.name = name

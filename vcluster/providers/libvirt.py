@@ -71,6 +71,7 @@ class LibvirtProvider(Provider):
     """Virtual nodes as libvirt/QEMU domains."""
 
     driver = "libvirt"
+    suspend_modes = tuple(SUSPEND_MODES)
 
     def __init__(self, name, config):
         super().__init__(name, config)

@@ -94,6 +94,7 @@ class LxdProvider(Provider):
     """Virtual nodes as LXD system containers."""
 
     driver = "lxd"
+    suspend_modes = SUSPEND_MODES
 
     def __init__(self, name, config):
         super().__init__(name, config)

@@ -227,6 +227,7 @@ class OpenNebulaProvider(Provider):
     """
 
     driver = "opennebula"
+    suspend_modes = tuple(SUSPEND_MODES)
 
     def __init__(self, name, config, transport=None):
         super().__init__(name, config)

@@ -479,6 +479,7 @@ class OpenStackProvider(Provider):
     """Nova servers as virtual nodes. See the module docstring for configuration."""
 
     driver = "openstack"
+    suspend_modes = tuple(SUSPEND_MODES)
 
     def __init__(self, name, config, connection=None):
         config = dict(config or {})
