@@ -168,6 +168,20 @@ class TestLibvirtNode:
         spec, _, peer = node
         assert peer == spec.address  # DHCP host entry, minion config from the seed, minion started
 
+    def test_a_node_without_address_reports_its_dhcp_lease(self, provider, make_specs, virt_network):
+        spec = make_specs(1)[0]
+        spec.address = None
+        [inst] = provider.create([spec])
+        try:
+            assert inst.address is None
+            got = eventually(lambda: provider.get(inst.id).address, BOOT_TIMEOUT, f"a lease for {inst.id}")
+            hosts = list(ipaddress.ip_network(virt_network["cidr"]).hosts())
+            assert hosts[1] <= ipaddress.ip_address(got) <= hosts[98]  # the network's dynamic range
+            [listed] = provider.list(spec.tags["cluster"])
+            assert listed.address == got
+        finally:
+            provider.delete([inst.id])
+
     def test_domain_type_is_detected(self, provider, node):
         _, inst, _ = node
         xml = provider.conn.lookupByName(inst.id).XMLDesc(0)

@@ -5,7 +5,9 @@ Config keys (pillar ``vcluster:providers:<name>``):
 ``uri``           libvirt connection URI (default ``qemu:///system``; a remote
                   hypervisor: ``qemu+ssh://root@host/system``).
 ``network``       libvirt network the nic joins; its dnsmasq hands out the
-                  spec's address as a static DHCP host entry.
+                  spec's address as a static DHCP host entry (a spec
+                  without one gets a lease from the network's range, read
+                  back from the network's leases).
 ``storage_pool``  libvirt storage pool holding the image (volumes
                   ``<image>.qcow2``, ``<image>.vmlinuz``, ``<image>.initrd``
                   from ``image-vm/build.sh``) and the nodes' overlay and
@@ -340,8 +342,23 @@ class LibvirtProvider(Provider):
         if status is Status.ERROR:
             fault = "the guest crashed" if dom.state()[0] == libvirt.VIR_DOMAIN_CRASHED else \
                 "its QEMU process ended unexpectedly (killed or crashed)"
-        return Instance(id=dom.name(), name=dom.name(), status=status, address=meta.get("address"),
+        address = meta.get("address")
+        if address is None and status is Status.RUNNING:
+            address = self._leased_address(dom)
+        return Instance(id=dom.name(), name=dom.name(), status=status, address=address,
                         host=host, tags=meta["tags"], fault=fault)
+
+    def _leased_address(self, dom):
+        """The IPv4 address the network's DHCP server leased to a node created without one."""
+        try:
+            found = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
+        except libvirt.libvirtError:
+            return None
+        for iface in (found or {}).values():
+            for addr in iface.get("addrs") or []:
+                if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                    return addr["addr"]
+        return None
 
     def _status(self, dom):
         state, reason = dom.state()
