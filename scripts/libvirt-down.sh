@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
         --force) FORCE=1; shift ;;
         --purge-pool) PURGE=1; shift ;;
         --stop-daemon) STOP=1; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "libvirt-down: unknown argument $1" >&2; exit 2 ;;
     esac
 done
