@@ -54,6 +54,23 @@ esac
 
 daemon_ready() { lxd waitready --timeout=1 >/dev/null 2>&1; }
 
+# Every container's systemd takes inotify instances of one host user
+# (unprivileged containers' root maps to one host uid): with the kernel's default of
+# 128, the 16th container of a burst exits at once ("Failed to allocate
+# manager object: Too many open files") and its node never joins. LXD's
+# production settings: raise both limits, never lower a site's.
+raise_inotify() {
+    local key want have
+    for key in max_user_instances:1024 max_user_watches:1048576; do
+        want=${key#*:}; key=fs.inotify.${key%%:*}
+        have=$(sysctl -n "$key")
+        if [ "$have" -lt "$want" ]; then
+            sysctl -qw "$key=$want"
+            log "$key raised from $have to $want (many containers at once)"
+        fi
+    done
+}
+
 start_daemon() {
     mkdir -p "$LOG_DIR" "$RUN_DIR"
     log "starting lxd (log: $LOG_DIR/lxd.log)"
@@ -143,6 +160,7 @@ if daemon_ready; then
 else
     start_daemon
 fi
+raise_inotify
 ensure_pool
 ensure_default_root
 if [ "$WITH_NETWORK" = 1 ]; then
