@@ -10,6 +10,11 @@
 #                            the bridge (packages, image and venv stay).
 #   scripts/stack.sh status  vcluster.status and sinfo.
 #
+# Slurm accounting: scripts/accounting-up.sh starts MariaDB (Unix socket
+# only) with the database and user; the states run slurmdbd (before
+# slurmctld) with the password it generated, which the site pillar's
+# accounting.sls (0600) gives to the controller only.
+#
 # Settings (environment): VCLUSTER_NETWORK (vcbr0), VCLUSTER_CIDR
 # (10.77.0.1/24), VCLUSTER_PROFILE (htc), VCLUSTER_COUNT (2).
 set -euo pipefail
@@ -42,6 +47,8 @@ write_site_pillar() {
     cat >"$SITE/site.sls" <<EOF
 # Written by scripts/stack.sh: facts of this site. See pillar/top.sls.
 slurm:
+  accounting:
+    enabled: true
   controller:
     host: $HOST
     address: $ADDRESS
@@ -63,6 +70,10 @@ EOF
         umask 077
         printf 'munge:\n  key: %s\n' "$(head -c 1024 /dev/urandom | base64 -w0)" >"$SITE/secrets.sls"
     fi
+    # The accounting database password, for the controller only (pillar/top.sls).
+    local pass_file
+    pass_file=$(bash "$REPO/scripts/accounting-up.sh" --print-pass-file)
+    (umask 077; printf 'slurm:\n  accounting:\n    storage_pass: %s\n' "$(cat "$pass_file")" >"$SITE/accounting.sls")
 }
 
 write_salt_config() {
@@ -118,10 +129,12 @@ up() {
     bash "$REPO/scripts/lxd-up.sh" --network "$NETWORK" --cidr "$CIDR" --pool vcluster
     say "node image (cached after the first build)"
     bash "$REPO/image/build.sh" --alias vcluster-node
+    say "Slurm accounting database (MariaDB, Unix socket only)"
+    bash "$REPO/scripts/accounting-up.sh"
     write_site_pillar
     write_salt_config
     start_salt
-    say "highstate of $HOST (munge, slurmctld, slurmd, chrony) from the repo's states"
+    say "highstate of $HOST (munge, slurmdbd, slurmctld, slurmd, chrony) from the repo's states"
     salt --timeout 900 --state-output=terse "$HOST" state.highstate ||
         die "the highstate of $HOST failed (see above)"
     local have
@@ -143,6 +156,8 @@ status() {
     salt-run vcluster.status
     say "sinfo"
     sinfo -N -l
+    say "sacct (jobs of the last hour, from slurmdbd)"
+    sacct -X -S now-1hours -o JobID,Partition,State,NodeList
 }
 
 down() {
@@ -156,8 +171,8 @@ down() {
             salt-run vcluster.retire nodes="$nodes" force=True wait=120 || true
         fi
     fi
-    say "stopping Slurm, munge and Salt daemons"
-    for svc in slurmd slurmctld munge; do service "$svc" stop >/dev/null 2>&1 || true; done
+    say "stopping Slurm, munge, MariaDB and Salt daemons"
+    for svc in slurmd slurmctld slurmdbd munge mariadb; do service "$svc" stop >/dev/null 2>&1 || true; done
     for d in minion master; do
         [ -f "/var/run/salt-$d.pid" ] && kill "$(cat "/var/run/salt-$d.pid")" 2>/dev/null || true
     done
