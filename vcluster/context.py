@@ -22,7 +22,8 @@ class KeyStore(typing.Protocol):
         """Generate a key pair for ``name``, accept its public key, return both.
 
         ``clear=False`` skips deleting an older key of ``name`` first (the
-        caller knows there is none).
+        caller knows there is none). Expand calls it from several threads at
+        once, for different names.
         """
 
     def all(self) -> dict:
@@ -126,7 +127,7 @@ class Context:
 
     def close(self):
         """Release provider connections and Salt clients."""
-        closables = list(self._providers.values()) + [self.keys, self.slurm, self.salt]
+        closables = list(self._providers.values()) + [self.keys, self.slurm, self.salt, self.events]
         for thing in closables:
             close = getattr(thing, "close", None)
             if close is None:

@@ -2,7 +2,8 @@
 
 vcluster needs a few master settings: its state tree and pillar in the
 roots, three reactors, its ext_pillar, two nodegroups, the ``vcluster_tasks``
-engine, presence events and no ``auto_accept``. A site that already runs a
+engine, presence events, no ``auto_accept`` and at least
+:data:`REACTOR_THREADS` reactor threads (a site's larger value is kept). A site that already runs a
 master has its own roots, reactors, engines and nodegroups. Salt reads
 ``/etc/salt/master``, then the ``default_include`` files (``master.d/*.conf``,
 merged among themselves list by list), then ``include`` files; each stage
@@ -56,6 +57,16 @@ REACTORS = {
 #: The master engine that runs vcluster's periodic tasks (_engines/vcluster_tasks.py).
 TASKS_ENGINE = "vcluster_tasks"
 
+#: Threads of the master's reactor for runner reactions. Every join holds
+#: one for its whole length (the node's highstate and its registration in
+#: Slurm, seconds), so Salt's default of 10 queued the 11th join of a burst
+#: behind the first ten. Idle threads cost nothing but their stacks.
+REACTOR_THREADS = 64
+
+#: Scalar settings where vcluster needs at least its value: a site's larger
+#: one is kept, a smaller one refused.
+MINIMUMS = ("reactor_worker_threads",)
+
 #: Site keys vcluster adds to and never replaces.
 PROTECTED = ("file_roots", "pillar_roots", "reactor", "engines", "nodegroups", "ext_pillar", "interface", "id")
 
@@ -102,6 +113,8 @@ def master_config(repo, site, registry, interface, master_id, controller, pool_g
             "vcluster_policy": f"L@{master_id if master_id is not None else policy_id},{controller}",
         },
         "presence_events": True,
+        # one reactor thread per concurrent join (see REACTOR_THREADS)
+        "reactor_worker_threads": REACTOR_THREADS,
         # liveness, autoscale and reconcile: one long-lived engine process
         # (vcluster.periodic), not master schedule entries that fork and
         # reload every runner module per run. Each task reads from pillar
@@ -298,6 +311,8 @@ def addition(site, want, sources=None):
             merged = _union_list(key, have, value, sources)
         elif have == value:
             continue
+        elif key in MINIMUMS and isinstance(have, int) and have >= value:
+            continue
         else:
             hint = {"interface": " (leave --interface out)", "id": " (leave --master-id out)"}.get(key, "")
             raise Refused(f"{key}: the site has {have!r}{_where(sources, key)}, vcluster would replace it "
@@ -308,6 +323,13 @@ def addition(site, want, sources=None):
         added[key] = _new(merged, have)
         unions.append(key)
     return content, added, unions
+
+
+def _reaches(key, after, value):
+    """True when the master's ``after`` value of ``key`` gives vcluster what ``value`` asks."""
+    if key in MINIMUMS:
+        return isinstance(after, int) and after >= value
+    return _holds(after, value)
 
 
 def _holds(after, before):
@@ -383,7 +405,7 @@ class Plan:
             if key in self.site and not _holds(after.get(key), self.before.get(key)):
                 raise Refused(f"{key}: writing {self.target} would replace the site's {key}{_where(self.sources, key)}")
         for key, value in self.want.items():
-            if not _holds(after.get(key), value):
+            if not _reaches(key, after.get(key), value):
                 later = [f for f in sources.get(key, []) if f != self.target]
                 where = f": {', '.join(later)} sets it after {self.target}" if later else ""
                 raise Refused(f"{key}: vcluster's {key} would not reach the master{where}")
@@ -464,7 +486,7 @@ def main(argv=None):
 
             real = salt.config.master_config(result.master_file)
             for key, value in result.want.items():
-                if not _holds(real.get(key), value):
+                if not _reaches(key, real.get(key), value):
                     raise Refused(f"{key}: salt-master does not read vcluster's {key} from {result.target}")
     except Refused as exc:
         sys.stderr.write(f"vcluster.masterconf: not writing {target}: {exc}.\n")

@@ -4,7 +4,7 @@ The ``vcluster_tasks`` master engine (``_engines/vcluster_tasks.py``) runs
 :func:`serve`: one long-lived thread per task, each running its task every
 ``SCHEDULE_TICK`` seconds of the task's module. Each run gets a fresh
 context (the master's pillar compiled again, so policy edits apply on the
-next tick); the thread keeps the pillar compiler it built
+next tick) with a pillar compiler built once and lent out again
 (:func:`vcluster.saltlink._pillar_compiler`).
 
 Why not Salt's master schedule: it runs every job in a process forked from

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import pathlib
+import threading
 import time
 import types
 import uuid
@@ -510,6 +511,7 @@ class SimKeys(saltlink.WheelKeys):
         self.opts = {}
         self.wheel = _Wheel(salt)
         self._master_pub = None
+        self._lock = threading.Lock()
         self.salt = salt
 
     def gen_accept(self, name, clear=True):

@@ -3,6 +3,7 @@ and the private key of a new node reaches its boot files and nothing else."""
 
 import logging
 import os
+import threading
 
 from tests.unit.test_reconcile import PILLAR, Bus, MemoryKeys, MemoryProvider, MemorySlurm
 from tests.unit.test_wheel_keys import bus, body, master_opts  # noqa: F401 - fixtures
@@ -41,9 +42,40 @@ def test_expand_lists_keys_once_and_clears_only_a_stale_one(tmp_path):
     ret = engine.expand(ctx, "htc", 2, wait=False)
 
     assert sorted(ret["nodes"]) == [first, second]
-    assert keys.calls == [("all",), ("gen_accept", first, False), ("gen_accept", second, True),
-                          ("delete", second)]
+    # the keys are generated in parallel threads: one order per node, not across nodes
+    assert keys.calls[0] == ("all",)
+    assert sorted(keys.calls[1:]) == sorted([("gen_accept", first, False), ("gen_accept", second, True),
+                                             ("delete", second)])
+    assert keys.calls.index(("gen_accept", second, True)) < keys.calls.index(("delete", second))
     assert keys.pending == set() and keys.keys == {first, second}
+
+
+class ThreadKeys(CountingKeys):
+    def __init__(self):
+        super().__init__()
+        self.threads = {}
+
+    def gen_accept(self, name, clear=True):
+        self.threads[name] = threading.current_thread().name
+        return super().gen_accept(name, clear=clear)
+
+
+def test_a_burst_generates_its_keys_in_threads_and_keeps_the_node_order(tmp_path, monkeypatch):
+    """Key generation (46 ms per node) releases the GIL: a burst generates keys on every core."""
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 4)
+    keys = ThreadKeys()
+    ctx = Context(policy=load(PILLAR), registry=Registry(tmp_path / "r.sqlite"), keys=keys,
+                  slurm=MemorySlurm(), salt=None, events=Bus())
+    provider = ctx._providers["lxd"] = SpecKeepingProvider()
+    names = ctx.policy.pools["p"].names[:6]
+
+    ret = engine.expand(ctx, "htc", 6, wait=False)
+
+    assert sorted(ret["nodes"]) == sorted(names)
+    assert [s.name for s in provider.specs] == list(names)
+    assert set(keys.threads) == set(names)
+    assert all(t.startswith("vcluster-keys") for t in keys.threads.values()), keys.threads
+    assert keys.keys == set(names)
 
 
 class SpecKeepingProvider(MemoryProvider):

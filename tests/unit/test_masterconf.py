@@ -260,3 +260,21 @@ def test_cli_write_and_refusal(tmp_path, capsys):
     rc = masterconf.main(["--check", str(master), "--controller", CTL, "--write", str(target)])
     assert rc == 0 and f"# written: {target}" in capsys.readouterr().out
     assert salt_reads(master)["engines"] == [{"vcluster_tasks": {}}]
+
+
+def test_reactor_threads_a_larger_site_value_is_kept_a_smaller_one_refused(tmp_path):
+    """A join holds a reactor thread for its whole length: vcluster needs at least REACTOR_THREADS."""
+    master = site_master(tmp_path, reactor_worker_threads=masterconf.REACTOR_THREADS * 2)
+    p = plan(master)
+    assert "reactor_worker_threads" not in p.content
+    p.write()
+    assert salt_reads(master)["reactor_worker_threads"] == masterconf.REACTOR_THREADS * 2
+
+    master = site_master(tmp_path / "small", reactor_worker_threads=4)
+    with pytest.raises(Refused, match="reactor_worker_threads: the site has 4"):
+        plan(master)
+
+    master = site_master(tmp_path / "none")
+    p = plan(master)
+    p.write()
+    assert salt_reads(master)["reactor_worker_threads"] == masterconf.REACTOR_THREADS

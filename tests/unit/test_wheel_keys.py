@@ -12,6 +12,8 @@ publish to the bus is exactly such a call): it shows that Salt's own
 import getpass
 import os
 
+import threading
+
 import pytest
 import salt.config
 import salt.utils.event
@@ -42,6 +44,7 @@ def keys_with(wheel, monkeypatch):
     keys = saltlink.WheelKeys.__new__(saltlink.WheelKeys)
     keys.wheel = wheel
     keys._master_pub = None
+    keys._lock = threading.Lock()
     return keys
 
 
