@@ -23,7 +23,18 @@ slurmctld, reconfigure, resume; the baseline) in the same run, it reports:
   started, its join began, its highstate returned and it was ready.
 
 ``static_over_dynamic`` compares totals, ``overhead_static_over_dynamic``
-the overheads (the only part membership changes).
+the overheads (the only part membership changes). ``burst`` gives, per mode,
+the overhead of the largest N against N=1's (``overhead_ratio``; the goal of
+a burst of 32 joins is at most 2x) and the per-node overhead.
+
+``--memory`` sets the profile's memory (MiB) for the run (small containers
+for a burst of 32: 24 GB of RAM hold 32 x 512 MiB); ``max_per_request`` is
+set to the largest count. Both go into the site pillar for the run, which is
+restored byte for byte at the end. Each cell is also printed to stderr as
+soon as it is measured (a later failure keeps the earlier cells). Static
+membership pushes slurm.conf and restarts slurmctld per expand: for a burst
+of 32 measure ``--modes dynamic`` (static at N=32 costs minutes and tells
+nothing new).
 
 With ``--repeat K`` every (mode, N) is measured K times, the modes taking
 turns (dynamic, static, then static, dynamic, ...) so a drift of the
@@ -35,7 +46,8 @@ two); the nodes are retired after each measurement. The site pillar's membership
 keys are switched for the static runs and restored at the end.
 
 Usage: /opt/vcluster/venv/bin/python bench/expand.py [--counts 1,4] [--profile htc] [--repeat 1]
-       [--modes dynamic,static]
+       [--modes dynamic,static] [--memory MiB]
+       e.g. bench/expand.py --counts 1,8,32 --modes dynamic --memory 512
 """
 
 import argparse
@@ -106,13 +118,27 @@ class Watcher(threading.Thread):
                         self.seen.setdefault(("creating", "expand"), now)
 
 
-def set_membership(mode):
-    """Set ``slurm:membership`` (states) and ``vcluster:membership`` (engine) together."""
+def set_membership(mode, sizing=None):
+    """Set ``slurm:membership`` (states) and ``vcluster:membership`` (engine) together.
+
+    ``sizing`` (a dict merged under ``vcluster:``) carries the run's profile
+    memory and request limit.
+    """
     site = yaml.safe_load(SITE.read_text()) or {}
     site.setdefault("slurm", {})["membership"] = mode
-    site.setdefault("vcluster", {})["membership"] = mode
+    vc = site.setdefault("vcluster", {})
+    vc["membership"] = mode
+    _merge(vc, sizing or {})
     SITE.write_text("# Written by scripts/stack.sh; membership set by bench/expand.py\n"
                     + yaml.safe_dump(site, default_flow_style=False))
+
+
+def _merge(into, data):
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def highstate_controller(host):
@@ -182,6 +208,7 @@ def main():
     parser.add_argument("--profile", default="htc")
     parser.add_argument("--modes", default="dynamic,static")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--memory", type=int, help="the profile's memory (MiB) for this run")
     parser.add_argument("--host", default=subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip())
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -189,23 +216,33 @@ def main():
     if args.repeat < 1 or not set(modes) <= {"dynamic", "static"}:
         parser.error("--repeat takes a whole number from 1; --modes a list of dynamic, static")
 
+    sizing = {"limits": {"max_per_request": max(counts)}}
+    if args.memory:
+        if args.memory < 128:
+            parser.error("--memory takes MiB, at least 128")
+        sizing["profiles"] = {args.profile: {"memory": args.memory}}
+    original_site = SITE.read_text()
+
     opts = salt.config.client_config("/etc/salt/master")
     watcher = Watcher(opts)
     watcher.start()
     watcher.ready.wait(10)
 
-    results = {"profile": args.profile, "unit": "seconds", "repeat": args.repeat, "modes": {}}
+    results = {"profile": args.profile, "memory": args.memory, "unit": "seconds", "repeat": args.repeat,
+               "modes": {}}
     samples = {mode: {n: [] for n in counts} for mode in modes}
     retire_all()
     try:
         for rep in range(args.repeat):
             for mode in (modes if rep % 2 == 0 else modes[::-1]):
-                set_membership(mode)
+                set_membership(mode, sizing)
                 highstate_controller(args.host)
                 for n in counts:
                     samples[mode][n].append(measure(watcher, args.profile, n))
+                    cell = {k: v for k, v in samples[mode][n][-1].items() if k != "timeline"}
+                    print(json.dumps({"mode": mode, "N": n, **cell}), file=sys.stderr, flush=True)
     finally:
-        set_membership("dynamic")
+        SITE.write_text(original_site)
         highstate_controller(args.host)
         watcher.stop.set()
     for mode in modes:
@@ -225,7 +262,20 @@ def main():
 
     results["static_over_dynamic"] = ratio("total")
     results["overhead_static_over_dynamic"] = ratio("overhead")
+    results["burst"] = {}
+    if len(counts) > 1 and min(counts) == 1:
+        top = max(counts)
+        for mode in modes:
+            one, big = results["modes"][mode]["N=1"], results["modes"][mode][f"N={top}"]
+            results["burst"][mode] = {
+                "counts": f"N={top} / N=1",
+                "overhead_ratio": round(big["overhead"] / one["overhead"], 2) if one["overhead"] > 0 else None,
+                "total_ratio": round(big["total"] / one["total"], 2),
+                "per_node_overhead": {f"N={n}": results["modes"][mode][f"N={n}"]["per_node_overhead"]
+                                      for n in counts},
+            }
     results["goals"] = {
+        "burst_overhead_ratio_at_most_2x": {m: v["overhead_ratio"] for m, v in results["burst"].items()},
         "overhead_one_node_at_most_5s": results["modes"].get("dynamic", {}).get("N=1", {}).get("overhead"),
         "dynamic_at_least_5x_faster_than_static": {"total": results["static_over_dynamic"],
                                                    "overhead": results["overhead_static_over_dynamic"]},
