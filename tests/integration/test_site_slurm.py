@@ -20,14 +20,13 @@ import subprocess
 
 import pytest
 
+from tests.integration.site_stack import SITE_DIR, SITE_PROLOG, site_slurm_conf
 from tests.integration.stack import EVENTS_SPOOL, job_states, node_info, sbatch, slurm, wait_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SLURM_CONF = pathlib.Path("/etc/slurm/slurm.conf")
 INCLUDE = pathlib.Path("/etc/slurm/vcluster.conf")
-SITE_DIR = pathlib.Path("/var/lib/vcluster-site-test")
-SITE_PROLOG = SITE_DIR / "prolog"
 SITE_LOG = SITE_DIR / "prolog.log"
 VCLUSTER_PROLOG = "/usr/local/libexec/vcluster/slurmctld-prolog"
 
@@ -39,36 +38,10 @@ KEPT = ("SlurmctldHost", "ClusterName", "SlurmUser", "StateSaveLocation", "Slurm
 
 def _site_conf(stack_conf, hostname):
     lines = stack_conf.splitlines()
-    kept = [ln for ln in lines if ln.split("=", 1)[0] in KEPT]
+    kept = dict(ln.split("=", 1) for ln in lines if ln.split("=", 1)[0] in KEPT)
     node = [ln for ln in lines if ln.startswith(f"NodeName={hostname} ")]
     assert len(node) == 1 and len(kept) == len(KEPT), (kept, node)
-    return "\n".join([
-        "# The site's own slurm.conf (tests/integration/test_site_slurm.py); its formula owns it.",
-        *kept,
-        "AuthType=auth/munge",
-        "CredType=cred/munge",
-        # what vcluster needs from the site's file (docs/slurm-site.md)
-        "SlurmctldParameters=enable_configless",
-        "MaxNodeCount=128",
-        "TreeWidth=65533",
-        "SlurmdTimeout=0",
-        # the site's choices (this host is not booted with systemd: no cgroup plugins here)
-        "ProctrackType=proctrack/linuxproc",
-        "TaskPlugin=task/none",
-        "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_Core",
-        "SchedulerType=sched/backfill",
-        "ReturnToService=2",
-        "MpiDefault=none",
-        "MailProg=/bin/true",
-        "AccountingStorageType=accounting_storage/none",
-        "JobAcctGatherType=jobacct_gather/none",
-        "JobCompType=jobcomp/none",
-        f"PrologSlurmctld={SITE_PROLOG}",
-        *node,
-        "Include vcluster.conf",
-        "",
-    ])
+    return site_slurm_conf(kept, node[0], accounting=False)
 
 
 @pytest.fixture(scope="module")
