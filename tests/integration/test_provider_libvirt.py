@@ -286,3 +286,14 @@ class TestLibvirtNode:
         assert not [v for v in vols if v.startswith(spec.name)]
         assert spec.address not in virt_network["net"].XMLDesc(0)
         assert provider.delete([inst.id]) == []
+
+    def test_a_new_node_gets_a_retired_nodes_address(self, provider, make_specs, node):
+        """dnsmasq still holds the deleted node's lease; the new node on that address gets it anyway."""
+        old, _, _ = node
+        spec = make_specs(1)[0]
+        spec.address = old.address
+        [inst] = provider.create([spec])
+        try:
+            eventually(lambda: pings(spec.address), BOOT_TIMEOUT, f"{spec.name} answering on {spec.address}")
+        finally:
+            provider.delete([inst.id])

@@ -58,3 +58,9 @@ def test_tcg_cache_only_for_tcg_domains():
     assert tcg.findtext("features/tcg/tb-cache") == "128"
     kvm = ET.fromstring(lx.domain_xml(spec(), "kvm", "p", disks, "n", "52:54:00:aa:bb:cc", "r", tb_cache_mib=128))
     assert kvm.find("features/tcg") is None
+
+
+def test_mac_follows_the_address():
+    assert lx.mac_for("10.82.0.30") == "52:54:00:52:00:1e" == lx.mac_for("10.82.0.30")
+    assert lx.mac_for("10.82.0.31") != lx.mac_for("10.82.0.30")
+    assert lx.mac_for(None).startswith("52:54:00:")

@@ -200,7 +200,7 @@ class LibvirtProvider(Provider):
 
     def _create_one(self, spec, pool, image, networks, request):
         net_name = spec.network or self.network
-        mac = lx.random_mac()
+        mac = lx.mac_for(spec.address)
         disk, seed = f"{spec.name}.qcow2", f"{spec.name}-seed.iso"
         what = f"create {spec.name}"
         self._call("volume", what, pool.createXML, lx.overlay_xml(disk, image["disk"]), 0)

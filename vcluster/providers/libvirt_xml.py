@@ -28,8 +28,22 @@ CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet"
 
 
 def random_mac():
-    """A locally administered MAC in QEMU's 52:54:00 range."""
+    """A MAC in QEMU's 52:54:00 range, for a node without a fixed address."""
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+def mac_for(address):
+    """The MAC of the node holding ``address``: 52:54:00 and the address's last three bytes.
+
+    dnsmasq keeps a retired node's lease until it expires and will not give
+    its address to another client meanwhile. A node created later on the
+    same address gets the same MAC (and the image's DHCP client identifies
+    itself by MAC), so to dnsmasq it is the same client.
+    """
+    if not address:
+        return random_mac()
+    last3 = [int(x) for x in address.split(".")[1:]]
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in last3)
 
 
 def metadata(tags, mac, address, request):
