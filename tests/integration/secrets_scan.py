@@ -4,7 +4,7 @@ Used by tests/integration/test_secrets.py (LXD) and
 tests/integration/openstack/test_secrets_openstack.py (Nova). A secret is
 searched by its value, never by a field name: the base64 lines of a PEM
 private key, windows of the munge key's base64 text and of its raw bytes,
-the cloud password itself. Where a secret may legitimately be (a node's own
+the cloud password itself, the Slurm accounting database password. Where a secret may legitimately be (a node's own
 key file, the munge key in a cluster node's pillar) the test says so.
 
 Places searched (:class:`Watch`):
@@ -16,7 +16,7 @@ Places searched (:class:`Watch`):
   and the raw files under the cache's ``jobs`` directory;
 * logs: the master's (runners run in salt-run processes that log there),
   the controller minion's, the nodes' minion logs (pulled before a node
-  goes), slurmctld's, and the Slurm event spool;
+  goes), slurmctld's, slurmdbd's, and the Slurm event spool;
 * every runner return the test got (stdout, stderr, data).
 """
 

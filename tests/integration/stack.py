@@ -9,7 +9,10 @@ What runs, all on this machine:
   bare-metal compute node. Its highstate, from the same states the virtual
   nodes get, installs and starts munged, slurmctld and slurmd on the host;
 * LXD containers from the node image as virtual nodes, created by
-  ``salt-run vcluster.expand``.
+  ``salt-run vcluster.expand``;
+* Slurm accounting: MariaDB started by ``scripts/accounting-up.sh`` (Unix
+  socket only, password in a root-only file) and slurmdbd configured by the
+  same states (``slurm:accounting``), so tests read jobs back from ``sacct``.
 
 The host's /etc/slurm, /etc/munge and Slurm daemons are those of the test:
 the demo stack (``scripts/stack.sh``) must be down while tests run.
@@ -27,7 +30,7 @@ import uuid
 import yaml
 
 from vcluster.masterconf import addition, master_config
-from vcluster.slurm.parse import parse_record
+from vcluster.slurm.parse import jobs_from_squeue_json, parse_record
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POOL_NAMES = "tnode[01-16]"
@@ -36,8 +39,10 @@ POOL_PREFIX = "tnode"
 EVENTS_SPOOL = "/var/spool/vcluster-slurm/events"
 #: Stacks started and not yet stopped (see tests/integration/conftest.py).
 LIVE = []
-#: The host's daemons the controller's highstate starts, in stopping order.
-HOST_DAEMONS = ("slurmd", "slurmctld", "munge")
+#: The host's daemons the controller's highstate (and accounting-up.sh) starts, in stopping order.
+HOST_DAEMONS = ("slurmd", "slurmctld", "slurmdbd", "munge", "mariadb")
+#: scripts/accounting-up.sh: MariaDB, database and user; the password file it keeps (root only)
+ACCOUNTING_UP = REPO / "scripts" / "accounting-up.sh"
 
 
 def _host_memory_mb():
@@ -98,6 +103,8 @@ class ClusterStack:
         site = {
             "slurm": {
                 "membership": self.membership,
+                # slurmdbd on the controller (salt/slurm/accounting.sls)
+                "accounting": {"enabled": True},
                 "controller": {"host": self.hostname, "address": gw},
                 "nodes": {
                     self.hostname: {
@@ -141,6 +148,11 @@ class ClusterStack:
             key = base64.b64encode(os.urandom(1024)).decode()
             secrets.write_text(yaml.safe_dump({"munge": {"key": key}}))
             secrets.chmod(0o600)
+        # the database password, for the controller only (pillar/top.sls)
+        accounting = self.site / "accounting.sls"
+        if not accounting.exists():
+            accounting.touch(0o600)
+            accounting.write_text(yaml.safe_dump({"slurm": {"accounting": {"storage_pass": _storage_pass()}}}))
 
     def master_config(self):
         # what vcluster adds to a master with no settings of its own (as stack.sh)
@@ -182,6 +194,9 @@ class ClusterStack:
     def start(self):
         self.remove_leftovers()
         self._host_daemons_before = {svc: _service_running(svc) for svc in HOST_DAEMONS}
+        accounting_up()
+        if not ACCOUNTING_SINCE:
+            ACCOUNTING_SINCE.append(time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.write_site_pillar()
         self.master = self.factories.salt_master_daemon(
             self.master_id,
@@ -319,23 +334,100 @@ def sbatch(*args, script="hostname"):
     return out.strip().split(";")[0]
 
 
-def job_states(job_ids):
-    """``{job_id: state}`` from ``squeue --json`` (finished jobs stay for MinJobAge)."""
-    data = json.loads(slurm("squeue", "--json", "--states=all"))
+def accounting_up():
+    """MariaDB with Slurm's accounting database and user (idempotent, about a second when up)."""
+    proc = subprocess.run(["bash", str(ACCOUNTING_UP)], capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"scripts/accounting-up.sh failed: {proc.stderr.strip()[-2000:]}")
+
+
+def _storage_pass():
+    path = subprocess.run(["bash", str(ACCOUNTING_UP), "--print-pass-file"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    return pathlib.Path(path).read_text().strip()
+
+
+def accounting_on():
+    """Does the controller store jobs in slurmdbd (``AccountingStorageType`` of ``scontrol show config``)?"""
+    out = slurm("scontrol", "show", "config")
+    return any(line.split("=", 1)[-1].strip() == "accounting_storage/slurmdbd"
+               for line in out.splitlines() if line.startswith("AccountingStorageType"))
+
+
+#: Local time of the first stack start (``sacct`` Submit format): older records of a reused job id are not ours.
+ACCOUNTING_SINCE = []
+
+
+def accounted_jobs(job_ids):
+    """``{job_id: (state, requeues)}`` from ``sacct`` (slurmdbd), for the jobs it knows.
+
+    ``sacct -X -D -n -P -o JobIDRaw,State,Submit``: one allocation line per
+    run of a job (``-D``: each requeue leaves a record in state REQUEUED;
+    Slurm 22.05's sacct has no Restarts field), records submitted before
+    the first stack start left out; the state of the latest record, as one
+    word ("CANCELLED by 0" -> CANCELLED). Unlike slurmctld's memory, which
+    drops a finished job after MinJobAge, the accounting database keeps
+    every job.
+    """
+    if not job_ids:
+        return {}
+    out = slurm("sacct", "-X", "-D", "-n", "-P", "-o", "JobIDRaw,State,Submit",
+                "-j", ",".join(str(j) for j in job_ids))
     wanted = {str(j) for j in job_ids}
-    out = {}
-    for job in data.get("jobs", []):
-        jid = str(job.get("job_id"))
-        if jid in wanted:
-            out[jid] = job.get("job_state")
-    return out
+    since = ACCOUNTING_SINCE[0] if ACCOUNTING_SINCE else ""
+    runs = {}
+    for line in out.splitlines():
+        jid, state, submit = (line.split("|") + ["", "", ""])[:3]
+        if jid in wanted and submit >= since:
+            runs.setdefault(jid, []).append(state.split()[0] if state.strip() else "")
+    found = {}
+    for jid, states in runs.items():
+        current = [st for st in states if st != "REQUEUED"] or states
+        found[jid] = (current[-1], states.count("REQUEUED"))
+    return found
+
+
+def job_states(job_ids):
+    """``{job_id: state}``: from ``sacct`` on the stacks' controller (accounting on).
+
+    Only a site's own slurm.conf without accounting (test_site_slurm) is
+    read from slurmctld's memory instead: ``squeue --json --states=all``,
+    parsed by the product's version-aware parser (finished jobs stay there
+    for MinJobAge only).
+    """
+    if accounting_on():
+        return {jid: state for jid, (state, _) in accounted_jobs(job_ids).items()}
+    wanted = {str(j) for j in job_ids}
+    jobs = jobs_from_squeue_json(slurm("squeue", "--json", "--states=all"))
+    return {str(j.id): j.state for j in jobs if str(j.id) in wanted}
+
+
+def assert_not_requeued(job_ids):
+    """Every job is in the accounting database and none was requeued (no REQUEUED record)."""
+    found = accounted_jobs(job_ids)
+    missing = sorted({str(j) for j in job_ids} - set(found))
+    requeued = {jid: r for jid, (_, r) in found.items() if r}
+    assert not missing, f"jobs missing from sacct: {missing}"
+    assert not requeued, f"jobs requeued (sacct REQUEUED records): {requeued}"
 
 
 def wait_jobs(job_ids, states=("COMPLETED",), timeout=300):
-    """Poll until every job is in ``states``; return the final states."""
+    """Poll (sacct, see :func:`job_states`) until every job is in ``states``; return the final states.
+
+    With accounting on, a job that was requeued on the way fails at once
+    (a REQUEUED record in sacct): no test here expects one.
+    """
     deadline = time.monotonic() + timeout
+    accounting = accounting_on()
     while True:
-        seen = job_states(job_ids)
+        if accounting:
+            found = accounted_jobs(job_ids)
+            requeued = {jid: r for jid, (_, r) in found.items() if r}
+            if requeued:
+                raise AssertionError(f"jobs requeued (sacct REQUEUED records): {requeued}")
+            seen = {jid: state for jid, (state, _) in found.items()}
+        else:
+            seen = job_states(job_ids)
         if len(seen) == len(job_ids) and all(s in states for s in seen.values()):
             return seen
         if time.monotonic() > deadline:

@@ -59,8 +59,9 @@ def test_expand_runs_jobs_and_retire_leaves_nothing(stack):
     for name in names:
         assert node_info(name) is None
     assert stack.run("vcluster.status").data["nodes"] == {}
-    # no job was lost: every job submitted still shows COMPLETED
+    # no job was lost: every job submitted still shows COMPLETED in sacct, none requeued
     assert job_states(jobs) == final
+    assert_not_requeued(jobs)
 
 
 def test_retire_waits_for_running_job(stack):
@@ -74,6 +75,7 @@ def test_retire_waits_for_running_job(stack):
     assert ret.data["result"] is True, ret.data
     # the job was waited for, not killed or requeued
     assert job_states([job]) == {job: "COMPLETED"}
+    assert_not_requeued([job])
     assert node_info(name) is None
     assert lxd_instances() == []
 

@@ -24,6 +24,7 @@ are checked while the stack runs.
 
 import json
 import pathlib
+import pwd
 import stat
 import subprocess
 import time
@@ -44,6 +45,8 @@ def watch(stack):
     site = yaml.safe_load((stack.site / "secrets.sls").read_text())
     secrets.add_value("munge key (pillar base64)", site["munge"]["key"])
     secrets.add_bytes("munge key", pathlib.Path("/etc/munge/munge.key").read_bytes())
+    accounting = yaml.safe_load((stack.site / "accounting.sls").read_text())
+    secrets.add_value("accounting database password", accounting["slurm"]["accounting"]["storage_pass"])
     watching = Watch(stack.master, secrets).start()
     keys = KeyCollector(secrets).start()
     watching.keys = keys
@@ -81,6 +84,12 @@ def test_expand_join_suspend_resume_reconcile_retire(stack, watch):
     nobody = subprocess.run(["lxc", "exec", name, "--", "setpriv", "--reuid=65534", "--regid=65534",
                              "--clear-groups", "cat", PEM], capture_output=True, text=True, check=False)
     assert nobody.returncode != 0 and "PRIVATE" not in nobody.stdout, "an unprivileged user read the node's key"
+
+    # the accounting database password is the controller's alone: not in a node's pillar
+    node_pillar = stack.master.salt_cli(timeout=120).run("pillar.items", "unmask=True", minion_tgt=name,
+                                                         _timeout=120)
+    assert node_pillar.returncode == 0 and "munge" in node_pillar.stdout, node_pillar.stdout[-500:]
+    assert watch.secrets.found_in(node_pillar.stdout, ignore=["munge key (pillar base64)"]) == []
 
     job = sbatch("-p", "htc", "-w", name, script="hostname")
     assert wait_jobs([job], timeout=180) == {job: "COMPLETED"}
@@ -174,10 +183,36 @@ def test_secret_file_modes(stack, watch):
             assert mode(path) & 0o077 == 0, (path, oct(mode(path)))
 
 
+def test_accounting_password_stays_in_its_files(stack, watch):
+    """slurmdbd.conf (0600 slurm) and the site pillar file hold the password; a state run that rewrites the file does not show it."""
+    defaults = yaml.safe_load((REPO / "salt" / "slurm" / "defaults.yaml").read_text())["slurm"]
+    dbd_conf = pathlib.Path(defaults["lookup"]["dbd_config_file"])
+    assert mode(stack.site / "accounting.sls") == 0o600
+    st = dbd_conf.stat()
+    assert mode(dbd_conf) == 0o600 and pwd.getpwuid(st.st_uid).pw_name == "slurm", (oct(mode(dbd_conf)), st.st_uid)
+    assert watch.secrets.found_in(dbd_conf.read_text()) == ["accounting database password"]
+    # a local edit: the state rewrites the file, in test mode and for real, with no diff
+    with dbd_conf.open("a") as conf:
+        conf.write("# local edit\n")
+    for args in (("test=True",), ()):
+        ret = stack.master.salt_cli(timeout=600).run("state.apply", "slurm.controller", *args,
+                                                     minion_tgt=stack.controller_id, _timeout=600)
+        watch.record(f"state.apply slurm.controller {' '.join(args)}", ret)
+        assert ret.returncode == 0, ret.stdout[-3000:]
+        changed = {k: v for k, v in ret.data.items() if "slurm-accounting-config-managed" in k}
+        assert len(changed) == 1 and list(changed.values())[0]["changes"], changed
+    assert "# local edit" not in dbd_conf.read_text()
+    assert mode(dbd_conf) == 0o600
+    # slurmdbd still answers with the rewritten file, and the jobs so far are there
+    assert "accounting_storage/slurmdbd" in slurm("scontrol", "show", "config")
+    assert slurm("sacct", "-X", "-n", "-P", "-o", "JobID", "-S", "now-1hour").strip()
+
+
 def test_no_secret_anywhere(stack, watch):
     slurmctld_log = [ln.split("=", 1)[1].strip() for ln in slurm("scontrol", "show", "config").splitlines()
                      if ln.startswith("SlurmctldLogFile")]
-    extra = [stack.minion.config["log_file"], *slurmctld_log, EVENTS_SPOOL]
+    dbd_log = yaml.safe_load((REPO / "salt" / "slurm" / "defaults.yaml").read_text())["slurm"]["accounting"]["log_file"]
+    extra = [stack.minion.config["log_file"], *slurmctld_log, dbd_log, EVENTS_SPOOL]
     places = watch.places(extra_files=extra)
     leaks = {where: hits for where, text in places if (hits := watch.secrets.found_in(text))}
     counts = {"events": len(watch.bus.events), "places": len(places), "secret labels": len(watch.secrets.labels())}
@@ -198,6 +233,8 @@ def test_no_secret_anywhere(stack, watch):
     assert any(w.startswith("job cache") and "state.highstate" in w for w, _ in places)
     assert watch.node_logs, "no node's minion log was searched"
 
-    # no node key reaches a minion's pillar (the controller's holds the policy)
-    pillar = stack.call("pillar.items").stdout
-    assert watch.secrets.found_in(pillar, ignore=[lb for lb in labels if lb.startswith("munge")]) == []
+    # no node key reaches a minion's pillar (the controller's holds the policy
+    # and the accounting database password, which slurmdbd.conf needs)
+    pillar = stack.call("pillar.items", "unmask=True").stdout  # Salt 3008 masks pillar output by default
+    assert watch.secrets.found_in(pillar, ignore=[lb for lb in labels if lb.startswith("munge")]) == [
+        "accounting database password"]

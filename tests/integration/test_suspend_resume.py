@@ -5,9 +5,9 @@ liveness timeout and preemption of ``htc`` virtual nodes by ``batch`` jobs
 on the host (the bare-metal Slurm node, which is also the LXD server).
 
 Proof that a job was neither requeued nor restarted: it ends ``COMPLETED``
-with ``Restarts=0`` in ``scontrol show job`` (sacct would need slurmdbd,
-which is not installed here), and its counter file, one line per second of
-running time, holds 1..N with no gap and no repeat.
+with no REQUEUED record in ``sacct`` (the stack's slurmdbd keeps every job),
+and its counter file, one line per second of running time, holds 1..N with
+no gap and no repeat.
 """
 
 import json
@@ -19,7 +19,15 @@ import time
 
 import pytest
 
-from tests.integration.stack import ClusterStack, job_states, node_info, sbatch, slurm, wait_jobs
+from tests.integration.stack import (
+    ClusterStack,
+    assert_not_requeued,
+    job_states,
+    node_info,
+    sbatch,
+    slurm,
+    wait_jobs,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_stack]
 
@@ -124,7 +132,7 @@ def test_job_survives_long_suspension_and_nothing_lands_on_the_node(vstack, node
     assert ret.returncode == 0 and ret.data["result"] is True, ret.stdout
     suspended_at = time.monotonic()
     assert lxd_status(node) == "Frozen"
-    assert job_states([job]) == {job: "SUSPENDED"}
+    assert wait_jobs([job], states=("SUSPENDED",), timeout=30) == {job: "SUSPENDED"}
     info = node_info(node)
     assert "DRAIN" in info["State"] and "DOWN" not in info["State"], info["State"]
     assert vstack.run("vcluster.status").data["nodes"][node]["state"] == "suspended"
@@ -150,7 +158,7 @@ def test_job_survives_long_suspension_and_nothing_lands_on_the_node(vstack, node
     assert lxd_status(node) == "Running"
     final = wait_jobs([job, pinned], timeout=120)
     assert final == {job: "COMPLETED", pinned: "COMPLETED"}
-    assert show_job(job)["Restarts"] == "0"
+    assert_not_requeued([job])
     assert counter_lines(node, job) == list(range(1, seconds + 1))
     info = node_info(node)
     assert "DRAIN" not in info["State"], info
@@ -181,7 +189,7 @@ def test_preemption_freezes_and_resumes_colocated_node(vstack, nodes):
     started = time.monotonic()
     wait_until(lambda: lxd_status(node) == "Frozen", 30, f"{node} frozen by preemption")
     print(f"frozen {time.monotonic() - started:.1f} s after the high-priority job was seen running")
-    assert job_states([low])[low] == "SUSPENDED"
+    assert wait_jobs([low], states=("SUSPENDED",), timeout=30) == {low: "SUSPENDED"}
     status = vstack.run("vcluster.status").data["nodes"][node]
     assert status["state"] == "suspended" and status["reason"] == f"preempted by job {high}", status
 
@@ -192,7 +200,7 @@ def test_preemption_freezes_and_resumes_colocated_node(vstack, nodes):
     print(f"resumed {time.monotonic() - ended:.1f} s after the high-priority job was seen completed")
     assert lxd_status(node) == "Running"
     assert wait_jobs([low], timeout=120) == {low: "COMPLETED"}
-    assert show_job(low)["Restarts"] == "0"
+    assert_not_requeued([low])
     assert counter_lines(node, low) == list(range(1, seconds + 1))
 
     ret = vstack.run("vcluster.retire", f"nodes={node}")
@@ -234,7 +242,7 @@ def test_reconcile_resumes_victims_when_the_preemptors_end_was_missed(vstack):
     assert lxd_status(node) == "Running"
     assert vstack.run("vcluster.status").data["nodes"][node]["state"] == "ready"
     assert wait_jobs([low], timeout=120) == {low: "COMPLETED"}
-    assert show_job(low)["Restarts"] == "0"
+    assert_not_requeued([low])
     assert counter_lines(node, low) == list(range(1, seconds + 1))
     assert set(job_states(sorted(jobs_before))) == jobs_before  # neither job lost
 
