@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.stack import job_states, node_info, sbatch, slurm, wait_jobs
+from tests.integration.stack import assert_not_requeued, job_states, node_info, sbatch, slurm, wait_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
