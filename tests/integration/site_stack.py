@@ -17,9 +17,10 @@ three differences:
   outside the checkout (:func:`venv_factories`).
 
 The site's Slurm is a slurm.conf of its own (:func:`site_slurm_conf`) with
-job accounting (completion records by ``jobcomp/filetxt``, per-task usage by
-``jobacct_gather/linux``) and its own ``PrologSlurmctld``, ``Include
-vcluster.conf`` (``slurm:manage: include``).
+job accounting (records in its slurmdbd, per-task usage by
+``jobacct_gather/linux``, a completion log by ``jobcomp/filetxt``) and its
+own ``PrologSlurmctld``, ``Include vcluster.conf`` (``slurm:manage:
+include``).
 """
 
 import os
@@ -111,8 +112,12 @@ def site_master_config(trees, interface):
     }
 
 
-def site_slurm_conf(kept, node_line, accounting=True):
-    """The site's own slurm.conf: ``kept`` settings, its choices, its prolog and accounting, the Include."""
+def site_slurm_conf(kept, node_line, accounting=True, dbd_host=None):
+    """The site's own slurm.conf: ``kept`` settings, its choices, its prolog and accounting, the Include.
+
+    With ``dbd_host`` its accounting is stored by the slurmdbd there
+    (``scripts/accounting-up.sh --slurmdbd``).
+    """
     lines = ["# The site's own slurm.conf (tests/integration/site_stack.py); its formula owns it."]
     lines += [f"{k}={v}" for k, v in kept.items()]
     lines += [
@@ -134,9 +139,11 @@ def site_slurm_conf(kept, node_line, accounting=True):
         "MailProg=/bin/true",
     ]
     if accounting:
-        # no slurmdbd on this machine: job completion records and per-task usage, both daemonless
-        lines += ["AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/linux",
-                  "JobAcctGatherFrequency=30", "JobCompType=jobcomp/filetxt", f"JobCompLoc={JOBCOMP_LOG}"]
+        # job records in slurmdbd, per-task usage, and a job completion log of its own
+        storage = (["AccountingStorageType=accounting_storage/slurmdbd", f"AccountingStorageHost={dbd_host}"]
+                   if dbd_host else ["AccountingStorageType=accounting_storage/none"])
+        lines += storage + ["JobAcctGatherType=jobacct_gather/linux", "JobAcctGatherFrequency=30",
+                            "JobCompType=jobcomp/filetxt", f"JobCompLoc={JOBCOMP_LOG}"]
     else:
         lines += ["AccountingStorageType=accounting_storage/none", "JobAcctGatherType=jobacct_gather/none",
                   "JobCompType=jobcomp/none"]
@@ -144,7 +151,7 @@ def site_slurm_conf(kept, node_line, accounting=True):
     return "\n".join(lines)
 
 
-def install_site_slurm(kept, node_line):
+def install_site_slurm(kept, node_line, dbd_host=None):
     """Write the site's prolog, its logs (owned by SlurmUser) and slurm.conf; the conf's bytes."""
     SITE_DIR.mkdir(mode=0o755, exist_ok=True)
     SITE_PROLOG.write_text(f'#!/bin/sh\necho "job=$SLURM_JOB_ID nodes=$SLURM_JOB_NODELIST" >> {PROLOG_LOG}\n')
@@ -152,7 +159,7 @@ def install_site_slurm(kept, node_line):
     for log in (PROLOG_LOG, JOBCOMP_LOG):
         log.write_text("")
         shutil.chown(log, "slurm", "slurm")
-    data = site_slurm_conf(kept, node_line).encode()
+    data = site_slurm_conf(kept, node_line, dbd_host=dbd_host).encode()
     pathlib.Path("/etc/slurm").mkdir(exist_ok=True)
     pathlib.Path("/etc/slurm/slurm.conf").write_bytes(data)
     return data

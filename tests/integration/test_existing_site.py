@@ -5,7 +5,8 @@ The site (site_stack.py) is not vcluster's: a master with its own
 quickstart step 2 asks, vcluster's), an engine of its own that counts its
 ticks into a file, a reactor of its own on tag ``site/ping``, and a
 slurm.conf of its own with job accounting (``jobcomp/filetxt``,
-``jobacct_gather/linux``; no slurmdbd on this machine) and its own
+``jobacct_gather/linux``, records in its own slurmdbd brought up by
+``scripts/accounting-up.sh --slurmdbd``) and its own
 ``PrologSlurmctld``, which Includes vcluster.conf (``slurm:manage:
 include``). vcluster is installed from the wheel into a fresh venv
 (package_venv.py); ``python -m vcluster.masterconf --check``, then
@@ -37,7 +38,7 @@ import uuid
 import pytest
 import yaml
 
-from tests.integration.package_venv import REPO, build_wheel, make_venv
+from tests.integration.package_venv import REPO, build_wheel, make_venv, run
 from tests.integration.site_stack import (
     JOBCOMP_LOG,
     PROLOG_LOG,
@@ -49,7 +50,7 @@ from tests.integration.site_stack import (
     venv_factories,
     write_site,
 )
-from tests.integration.stack import _host_memory_mb, job_states, node_info, sbatch, wait_jobs
+from tests.integration.stack import _host_memory_mb, _service_running, job_states, node_info, sbatch, slurm, wait_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_stack]
 
@@ -67,8 +68,12 @@ KEPT = {"ClusterName": "vcluster", "SlurmUser": "slurm", "StateSaveLocation": "/
 def site(host_slurm_lock, salt_factories, lxd_network, lxd_image):
     work = pathlib.Path(tempfile.mkdtemp(prefix="vcsw", dir="/tmp"))  # short: Salt's unix sockets
     before = SLURM_CONF.read_bytes() if SLURM_CONF.exists() else None
+    daemons = {svc: _service_running(svc) for svc in ("slurmdbd", "mariadb")}
     stack = None
     try:
+        # the site's accounting: MariaDB and its own slurmdbd, cluster registered
+        run(["bash", str(REPO / "scripts" / "accounting-up.sh"), "--slurmdbd", "--cluster", KEPT["ClusterName"]],
+            timeout=600)
         venv = make_venv(work / "venv", build_wheel(work))
         hostname = socket.gethostname()
         gw = lxd_network["gateway"]
@@ -76,7 +81,7 @@ def site(host_slurm_lock, salt_factories, lxd_network, lxd_image):
         node_line = (f"NodeName={hostname} NodeAddr={gw} CPUs={os.cpu_count() or 1} "
                      f"RealMemory={max(256, _host_memory_mb() - 512)} Feature=baremetal")
         # with its address: the nodes cannot resolve the host's name
-        site_conf = install_site_slurm(dict(KEPT, SlurmctldHost=f"{hostname}({gw})"), node_line)
+        site_conf = install_site_slurm(dict(KEPT, SlurmctldHost=f"{hostname}({gw})"), node_line, dbd_host=hostname)
         stack = SiteStack(venv_factories(salt_factories, venv, work), lxd_network, work / "stack", venv, trees)
         stack.use_site_slurm({"slurm": {"manage": "include"}})
         stack.start()
@@ -85,6 +90,9 @@ def site(host_slurm_lock, salt_factories, lxd_network, lxd_image):
     finally:
         if stack is not None:
             stack.stop()
+        for svc, was_running in daemons.items():
+            if not was_running:
+                subprocess.run(["service", svc, "stop"], capture_output=True, check=False, timeout=120)
         if before is not None:
             SLURM_CONF.write_bytes(before)
         INCLUDE.unlink(missing_ok=True)
@@ -167,7 +175,13 @@ def test_vcluster_is_added_from_the_wheel_and_the_site_keeps_its_own(site):
     # the site's PrologSlurmctld ran for both jobs, the vcluster node's too
     assert sorted(PROLOG_LOG.read_text().splitlines()) == sorted([
         f"job={bare} nodes={stack.hostname}", f"job={virt} nodes={name}"])
-    # the site's accounting recorded both
+    # the site's accounting recorded both, in its slurmdbd and its completion log
+    def sacct():
+        out = slurm("sacct", "-X", "-n", "-P", "-j", f"{bare},{virt}", "-o", "JobID,State,NodeList")
+        return sorted(line.split("|") for line in out.split())
+
+    wait_for(lambda: sacct() == sorted([[bare, "COMPLETED", stack.hostname], [virt, "COMPLETED", name]]),
+             f"slurmdbd does not hold both jobs: {sacct()}")
     wait_for(lambda: all(f"JobId={j} " in JOBCOMP_LOG.read_text() for j in (bare, virt)),
              "the site's job completion records are missing")
     records = {line.split()[0]: line for line in JOBCOMP_LOG.read_text().splitlines()}
