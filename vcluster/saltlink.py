@@ -212,6 +212,15 @@ class WheelKeys:
 
     def close(self):
         self.wheel.destroy()
+        # Salt's WheelClient.destroy leaves the MasterMinion its first cmd()
+        # made (client/mixins.py ``mminion``), and MasterMinion.destroy
+        # leaves ``{}`` where its __del__ looks for ``None``: every context
+        # logged "unclosed MasterMinion" when collected, each engine tick
+        # included. Its loaders are released here, then marked torn down.
+        mminion = self.wheel.__dict__.pop("_mminion", None)
+        if mminion is not None:
+            mminion.destroy()
+            mminion.returners = mminion.functions = mminion.utils = None
 
     def master_pub(self):
         """The master's public key, asked once per runner call (not per node)."""

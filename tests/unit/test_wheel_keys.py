@@ -10,6 +10,8 @@ publish to the bus is exactly such a call): it shows that Salt's own
 """
 
 import getpass
+import gc
+import logging
 import os
 
 import threading
@@ -225,3 +227,20 @@ def test_gen_accept_of_a_name_known_to_have_no_key_skips_the_delete(monkeypatch,
     keys.opts, keys._cache = master_opts, None
     keys.gen_accept("vn1", clear=False)
     assert wheel.calls == []
+
+
+def test_close_tears_down_the_wheels_master_minion(master_opts, caplog):
+    # Salt's WheelClient.destroy leaves the MasterMinion its first call made;
+    # the engine builds a context every tick, and each left one behind
+    # ("unclosed MasterMinion" in the master log every 10 s).
+    keys = saltlink.WheelKeys(master_opts)
+    keys.all()  # a real wheel call: makes the client's MasterMinion
+    mminion = keys.wheel.__dict__.get("_mminion")
+    assert mminion is not None and mminion.functions
+    name = repr(mminion)  # how Salt's warning names it (other tests' leftovers name others)
+    keys.close()
+    assert "_mminion" not in keys.wheel.__dict__
+    with caplog.at_level(logging.WARNING):
+        del mminion, keys
+        gc.collect()
+    assert not [r for r in caplog.records if name in r.getMessage()]
