@@ -440,7 +440,7 @@ class LocalActions(_Local):
         while True:
             ret = self._call(minion, "cmd.run_all", [["pkill", "-KILL", "-x", "slurmd"]],
                              {"python_shell": False}, timeout=15)
-            if minion in ret:
+            if _answered(ret, minion):
                 break
             if time.monotonic() >= deadline:
                 raise VclusterError(f"{minion}'s minion did not answer within {timeout:g} s after the thaw")
@@ -473,6 +473,16 @@ class LocalActions(_Local):
         import salt.utils.minions  # pylint: disable=import-outside-toplevel
 
         return set(salt.utils.minions.CkMinions(self.opts).connected_ids(subset=list(names)))
+
+
+def _answered(ret, minion):
+    """Whether ``minion`` really returned in a full_return ``LocalClient.cmd`` result.
+
+    ``cmd`` lists every targeted minion: one that did not answer comes as
+    ``False`` or as ``{"out": "no_return", "ret": "Minion did not return..."}``.
+    """
+    out = ret.get(minion)
+    return isinstance(out, dict) and out.get("out") != "no_return" and isinstance(out.get("ret"), dict)
 
 
 def summarize(ret, expected=None):
