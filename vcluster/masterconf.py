@@ -63,6 +63,17 @@ TASKS_ENGINE = "vcluster_tasks"
 #: behind the first ten. Idle threads cost nothing but their stacks.
 REACTOR_THREADS = 64
 
+#: Salt 3008.3's publisher sends ZMTP heartbeats and drops a minion that
+#: misses them for 30 s. A suspended node's minion is frozen with its jobs,
+#: so the master dropped it after 30 s; on the thaw the minion saw the
+#: disconnect and its re-authentication failed inside Salt (AsyncAuth:
+#: InvalidStateError), leaving it deaf to every publish for good (seen on a
+#: warm-pool node: slurmd never restarted, the node set DOWN). Without
+#: heartbeats a vanished peer is reaped by TCP keepalive (Salt's
+#: ``tcp_keepalive_*``), which a frozen container still answers: its kernel
+#: is the host's.
+KEEP_FROZEN_MINIONS = {"zmq_heartbeat_ivl": 0, "zmq_heartbeat_timeout": 0}
+
 #: Scalar settings where vcluster needs at least its value: a site's larger
 #: one is kept, a smaller one refused.
 MINIMUMS = ("reactor_worker_threads",)
@@ -113,6 +124,8 @@ def master_config(repo, site, registry, interface, master_id, controller, pool_g
             "vcluster_policy": f"L@{master_id if master_id is not None else policy_id},{controller}",
         },
         "presence_events": True,
+        # No ZMTP heartbeat on the publish port (see KEEP_FROZEN_MINIONS).
+        **KEEP_FROZEN_MINIONS,
         # one reactor thread per concurrent join (see REACTOR_THREADS)
         "reactor_worker_threads": REACTOR_THREADS,
         # liveness, autoscale and reconcile: one long-lived engine process

@@ -278,3 +278,15 @@ def test_reactor_threads_a_larger_site_value_is_kept_a_smaller_one_refused(tmp_p
     p = plan(master)
     p.write()
     assert salt_reads(master)["reactor_worker_threads"] == masterconf.REACTOR_THREADS
+
+
+def test_the_publisher_keeps_frozen_minions_and_a_site_heartbeat_is_refused(tmp_path):
+    """Salt 3008.3 drops a minion that misses ZMTP heartbeats for 30 s: every suspended node's."""
+    master = site_master(tmp_path / "none")
+    plan(master).write()
+    read = salt_reads(master)
+    assert read["zmq_heartbeat_ivl"] == 0 and read["zmq_heartbeat_timeout"] == 0
+
+    master = site_master(tmp_path / "site", zmq_heartbeat_timeout=30000)
+    with pytest.raises(Refused, match="zmq_heartbeat_timeout: the site has 30000"):
+        plan(master)
