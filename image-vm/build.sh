@@ -42,21 +42,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-START=$(date +%s.%N)
-STEP_START=$START
-log() { printf 'build-vm: %s\n' "$*" >&2; }
-step_done() {
-    local now
-    now=$(date +%s.%N)
-    awk -v a="$STEP_START" -v b="$now" -v s="$1" 'BEGIN { printf "build-vm: %-28s %6.1f s\n", s, b - a }' >&2
-    STEP_START=$now
-}
-die() { log "$*"; exit 1; }
-remove_tree() {
-    local dir=$1
-    { findmnt -rn -o TARGET | grep -F "$dir/" || true; } | LC_ALL=C sort -r | xargs -r -n1 umount -l
-    rm -rf "$dir"
-}
+BUILD_NAME=build-vm
+source "$(dirname "$0")/../image/steps.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root (chroot, mkfs)"
 for bin in mkfs.ext4 qemu-img; do

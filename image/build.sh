@@ -31,22 +31,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-START=$(date +%s.%N)
-STEP_START=$START
-log() { printf 'build: %s\n' "$*" >&2; }
-step_done() {
-    local now
-    now=$(date +%s.%N)
-    awk -v a="$STEP_START" -v b="$now" -v s="$1" 'BEGIN { printf "build: %-28s %6.1f s\n", s, b - a }' >&2
-    STEP_START=$now
-}
-die() { log "$*"; exit 1; }
-# rm -rf that first detaches mounts a killed build may have left inside.
-remove_tree() {
-    local dir=$1
-    { findmnt -rn -o TARGET | grep -F "$dir/" || true; } | LC_ALL=C sort -r | xargs -r -n1 umount -l
-    rm -rf "$dir"
-}
+BUILD_NAME=build
+source "$(dirname "$0")/steps.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, LXD)"
 for bin in debootstrap mksquashfs lxc jq; do
