@@ -18,7 +18,7 @@ import dataclasses
 import enum
 import time
 
-from vcluster.errors import ProviderTimeout
+from vcluster.errors import ProviderError, ProviderTimeout
 
 #: Tag keys every instance carries (LXD: ``user.vcluster.<key>`` config,
 #: OpenStack: server metadata ``vcluster_<key>``, OpenNebula: USER_TEMPLATE).
@@ -202,3 +202,11 @@ class Provider(abc.ABC):
 
     def close(self):
         """Release connections."""
+
+
+def spec_names(specs):
+    """The names of a create request, in order; a name given twice is refused."""
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ProviderError(f"duplicate instance names in one create request: {', '.join(names)}")
+    return names

@@ -48,7 +48,7 @@ import libvirt
 
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError
 from vcluster.providers import libvirt_xml as lx
-from vcluster.providers.base import Host, Instance, Provider, Status
+from vcluster.providers.base import Host, Instance, Provider, Status, spec_names
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,7 @@ class LibvirtProvider(Provider):
         specs = list(specs)
         if not specs:
             return []
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ProviderError(f"duplicate instance names in one create request: {', '.join(names)}")
+        names = spec_names(specs)
         existing = {d.name() for d in self._call("list", "list domains", self.conn.listAllDomains, 0)}
         taken = sorted(set(names) & existing)
         if taken:

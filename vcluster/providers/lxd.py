@@ -40,7 +40,7 @@ import pylxd.exceptions
 import requests
 
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError, ProviderTimeout
-from vcluster.providers.base import Host, Instance, Provider, Status
+from vcluster.providers.base import Host, Instance, Provider, Status, spec_names
 
 TAG_PREFIX = "user.vcluster."
 #: Config key marking the create() call that made an instance: a rollback
@@ -192,9 +192,7 @@ class LxdProvider(Provider):
         specs = list(specs)
         if not specs:
             return []
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ProviderError(f"duplicate instance names in one create request: {', '.join(names)}")
+        names = spec_names(specs)
         taken = sorted(set(names) & set(self._names()))
         if taken:
             raise ProviderError(f"LXD already has instances named {', '.join(taken)}: delete them or use other names")
