@@ -361,13 +361,16 @@ ACCOUNTING_SINCE = []
 def accounted_jobs(job_ids):
     """``{job_id: (state, requeues)}`` from ``sacct`` (slurmdbd), for the jobs it knows.
 
-    ``sacct -X -D -n -P -o JobIDRaw,State,Submit``: one allocation line per
-    run of a job (``-D``: each requeue leaves a record in state REQUEUED;
-    Slurm 22.05's sacct has no Restarts field), records submitted before
-    the first stack start left out; the state of the latest record, as one
-    word ("CANCELLED by 0" -> CANCELLED). Unlike slurmctld's memory, which
-    drops a finished job after MinJobAge, the accounting database keeps
-    every job.
+    ``sacct -X -D -n -P -o JobIDRaw,State,Submit``: with ``-D`` every run of
+    a job leaves its own allocation record, and a requeue gives the job a
+    new submit time. Each record but the newest is therefore a run that was
+    requeued, whatever its state says: REQUEUED for ``scontrol requeue``,
+    NODE_FAIL for a node failure, PREEMPTED for preemption (Slurm 22.05's
+    sacct has no Restarts field to count them). Records submitted before
+    the first stack start are left out; the state is the newest record's,
+    as one word ("CANCELLED by 0" -> CANCELLED). Unlike slurmctld's memory,
+    which drops a finished job after MinJobAge, the accounting database
+    keeps every job.
     """
     if not job_ids:
         return {}
@@ -379,43 +382,55 @@ def accounted_jobs(job_ids):
     for line in out.splitlines():
         jid, state, submit = (line.split("|") + ["", "", ""])[:3]
         if jid in wanted and submit >= since:
-            runs.setdefault(jid, []).append(state.split()[0] if state.strip() else "")
+            runs.setdefault(jid, []).append((submit, state.split()[0] if state.strip() else ""))
     found = {}
-    for jid, states in runs.items():
-        current = [st for st in states if st != "REQUEUED"] or states
-        found[jid] = (current[-1], states.count("REQUEUED"))
+    for jid, records in runs.items():
+        records.sort(key=lambda rec: rec[0])  # stable: same-second records keep sacct's order
+        found[jid] = (records[-1][1], len(records) - 1)
     return found
 
 
-def job_states(job_ids):
-    """``{job_id: state}``: from ``sacct`` on the stacks' controller (accounting on).
+def live_jobs(job_ids):
+    """``{job_id: state}`` for the jobs slurmctld still holds in memory (``squeue --json --states=all``).
 
-    Only a site's own slurm.conf without accounting (test_site_slurm) is
-    read from slurmctld's memory instead: ``squeue --json --states=all``,
-    parsed by the product's version-aware parser (finished jobs stay there
-    for MinJobAge only).
+    Parsed by the product's version-aware parser; a finished job stays
+    there for MinJobAge only. The accounting database lags slurmctld: a job
+    Slurm just requeued shows its failed run (NODE_FAIL) in ``sacct`` until
+    its new pending record is written.
     """
-    if accounting_on():
-        return {jid: state for jid, (state, _) in accounted_jobs(job_ids).items()}
     wanted = {str(j) for j in job_ids}
     jobs = jobs_from_squeue_json(slurm("squeue", "--json", "--states=all"))
     return {str(j.id): j.state for j in jobs if str(j.id) in wanted}
 
 
+def job_states(job_ids):
+    """``{job_id: state}``: slurmctld's word for the jobs it still holds, ``sacct`` for the rest.
+
+    Without accounting (a site's own slurm.conf in test_site_slurm) only
+    slurmctld's memory is asked, see :func:`live_jobs`.
+    """
+    states = live_jobs(job_ids)
+    if accounting_on():
+        missing = [j for j in job_ids if str(j) not in states]
+        states.update({jid: state for jid, (state, _) in accounted_jobs(missing).items()})
+    return states
+
+
 def assert_not_requeued(job_ids):
-    """Every job is in the accounting database and none was requeued (no REQUEUED record)."""
+    """Every job is in the accounting database and none was requeued (one ``sacct -D`` record each)."""
     found = accounted_jobs(job_ids)
     missing = sorted({str(j) for j in job_ids} - set(found))
     requeued = {jid: r for jid, (_, r) in found.items() if r}
     assert not missing, f"jobs missing from sacct: {missing}"
-    assert not requeued, f"jobs requeued (sacct REQUEUED records): {requeued}"
+    assert not requeued, f"jobs requeued (earlier sacct -D records): {requeued}"
 
 
 def wait_jobs(job_ids, states=("COMPLETED",), timeout=300):
     """Poll (sacct, see :func:`job_states`) until every job is in ``states``; return the final states.
 
     With accounting on, a job that was requeued on the way fails at once
-    (a REQUEUED record in sacct): no test here expects one.
+    (an earlier ``sacct -D`` record, see :func:`accounted_jobs`): no test
+    here expects one.
     """
     deadline = time.monotonic() + timeout
     accounting = accounting_on()
@@ -424,7 +439,7 @@ def wait_jobs(job_ids, states=("COMPLETED",), timeout=300):
             found = accounted_jobs(job_ids)
             requeued = {jid: r for jid, (_, r) in found.items() if r}
             if requeued:
-                raise AssertionError(f"jobs requeued (sacct REQUEUED records): {requeued}")
+                raise AssertionError(f"jobs requeued (earlier sacct -D records): {requeued}")
             seen = {jid: state for jid, (state, _) in found.items()}
         else:
             seen = job_states(job_ids)

@@ -5,7 +5,8 @@ liveness timeout and preemption of ``htc`` virtual nodes by ``batch`` jobs
 on the host (the bare-metal Slurm node, which is also the LXD server).
 
 Proof that a job was neither requeued nor restarted: it ends ``COMPLETED``
-with no REQUEUED record in ``sacct`` (the stack's slurmdbd keeps every job),
+with one record in ``sacct -D`` (the stack's slurmdbd keeps every job; a
+requeue, whatever its cause, starts a second record),
 and its counter file, one line per second of running time, holds 1..N with
 no gap and no repeat.
 """
