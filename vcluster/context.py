@@ -77,7 +77,7 @@ class SaltActions(typing.Protocol):
         """Apply ``sls`` to ``target``; return ``(ok, summary)``."""
 
     def probe(self, names: list, timeout: float) -> dict:
-        """``{name: slurmd runs?}`` for the minions that answer within ``timeout``."""
+        """``{name: seconds slurmd has run, or None (no slurmd)}`` for the minions that answer within ``timeout``."""
 
     def restart_slurmd(self, minion: str, timeout: float) -> bool:
         """Kill and start an idle node's slurmd so that it registers now."""

@@ -27,10 +27,13 @@ One round:
 * a node whose slurmd listens is alive, whatever its minion does. Only the
   few nodes the scan flags (slurmd refused, silent or unresolved) get a
   closer look: one Salt probe of their
-  minions (``pgrep -x slurmd``, ``liveness:timeout`` seconds) and a second
-  scan of just them (not of a node silent to both the scan and Salt: that
-  host is gone). A flagged node whose slurmd still does not answer the
-  controller is dead; the minion's answer only says why;
+  minions (``ps -o etimes= -C slurmd``: does slurmd run, and for how
+  long; ``liveness:timeout`` seconds) and a second scan of just them (not
+  of a node silent to both the scan and Salt: that host is gone). A
+  flagged node whose slurmd still does not answer the controller is dead,
+  unless its minion sees a slurmd started less than
+  :data:`SLURMD_START_GRACE` seconds ago (restarting: ``starting`` in the
+  return, judged again next round); the minion's answer says why;
 * dead nodes are set DOWN in Slurm with a reason starting
   :data:`REASON_PREFIX` (Slurm then requeues or cancels their jobs, as it
   would with its own timeout) and ``vcluster/node/<name>/down`` is fired;
@@ -79,6 +82,11 @@ DOWN_WORDS = ("DOWN", "FAIL")
 #: Seconds the controller's SYN probe waits for silent slurmds (a listening
 #: one answers in milliseconds); at most ``liveness:timeout``.
 PROBE_WAIT = 2.0
+#: Seconds a slurmd process may run without listening before it counts as
+#: hung: a slurmd restarted by a highstate or an upgrade runs for about a
+#: second before it listens (seen: a round fell into that second and set a
+#: bare-metal node DOWN, which would have requeued its jobs).
+SLURMD_START_GRACE = 60
 #: Scan verdicts that flag a node for a closer look.
 FLAGGING = (reach.REFUSED, reach.SILENT, reach.UNRESOLVED)
 
@@ -99,7 +107,7 @@ def check(ctx, timeout=None, test=False):
     if conf.baremetal:
         pooled = _pool_names(ctx.policy)
         candidates |= {k for k in ctx.keys.accepted() if k not in registry_nodes and k not in pooled}
-    report = {"watched": 0, "down": {}, "up": [], "already_down": [], "skipped": [], "flagged": [],
+    report = {"watched": 0, "down": {}, "up": [], "already_down": [], "skipped": [], "flagged": [], "starting": [],
               "minion_silent": [], "calls": {"controller": 0, "salt_probe": 0, "provider_list": 0}}
     if test:
         report["test"] = True
@@ -269,16 +277,22 @@ def _closer_look(ctx, flagged, verdicts, timeout, wait, report):
         if now in (reach.LISTENING, "skipped", None):
             continue  # answers again (a slurmd restart, a lost packet), or no longer ours to judge
         slurmd = f"its slurmd does not answer the controller ({now})"
-        minion = minions.get(name)
-        if minion is False:
+        answered, age = name in minions, minions.get(name)
+        if answered and age is None:
             dead[name] = "its slurmd is not running"
         elif now == reach.UNRESOLVED:
             # no IPv4 address for the controller to probe (an IPv6-only
             # node, say): the scan cannot judge, and a silent minion alone
             # is no reason; only a minion that sees no slurmd is
             log.warning("liveness: cannot probe %s's slurmd (its address has no IPv4 address)", name)
-        elif minion is True:
-            dead[name] = f"{slurmd}, though its minion sees slurmd running"
+        elif answered and age < SLURMD_START_GRACE:
+            # restarted just now (a highstate, a package upgrade): slurmd
+            # runs but does not listen yet; the next round judges it
+            report["starting"].append(name)
+            log.info("liveness: %s's slurmd started %d s ago and does not listen yet; judged next round",
+                     name, age)
+        elif answered:
+            dead[name] = f"{slurmd}, though its minion sees slurmd running (for {age} s)"
         else:
             dead[name] = f"{slurmd} and its minion did not answer within {timeout:g} s"
     return dead

@@ -452,16 +452,20 @@ class LocalActions(_Local):
         return True
 
     def probe(self, names, timeout):
-        """``{name: slurmd runs?}`` for the minions that answer within ``timeout``."""
-        ret = self._call(list(names), "cmd.run_all", ["pgrep -x slurmd"], {"python_shell": False},
-                         timeout=max(1, int(timeout)), tgt_type="list")
+        """``{name: seconds slurmd has run, or None (no slurmd)}`` for the minions that answer within ``timeout``.
+
+        One ``ps -o etimes= -C slurmd`` on each minion (procps, as pgrep);
+        with several slurmd processes the oldest counts (the daemon, not a
+        child it forked a moment ago).
+        """
+        ret = self._call(list(names), "cmd.run_all", [["ps", "-o", "etimes=", "-C", "slurmd"]],
+                         {"python_shell": False}, timeout=max(1, int(timeout)), tgt_type="list")
         out = {}
         for name, answer in ret.items():
             data = answer.get("ret") if isinstance(answer, dict) else answer
             if isinstance(data, dict) and "retcode" in data:
-                out[name] = data["retcode"] == 0
+                out[name] = slurmd_age(data)
         return out
-
 
     def present(self, names):
         """Those of ``names`` whose minion holds a connection to the master's publish port.
@@ -473,6 +477,14 @@ class LocalActions(_Local):
         import salt.utils.minions  # pylint: disable=import-outside-toplevel
 
         return set(salt.utils.minions.CkMinions(self.opts).connected_ids(subset=list(names)))
+
+
+def slurmd_age(result):
+    """Seconds the oldest slurmd has run, from ``ps -o etimes= -C slurmd``'s ``cmd.run_all`` result; None: none runs."""
+    ages = [int(word) for word in str(result.get("stdout") or "").split() if word.isdigit()]
+    if result.get("retcode") != 0 or not ages:
+        return None
+    return max(ages)
 
 
 def _answered(ret, minion):

@@ -54,7 +54,7 @@ def slurm_call(ctx, fun, *args, **kwargs):
 
 
 def probe(ctx, names, timeout):
-    """``{name: True (slurmd runs) | False (minion answers, no slurmd)}``; silent nodes are absent."""
+    """``{name: seconds slurmd has run | None (minion answers, no slurmd)}``; silent nodes are absent."""
     names = list(names)
     return ctx.salt.probe(names, timeout) if names else {}
 
@@ -303,10 +303,10 @@ def _wait_alive(ctx, name, deadline):
         if left <= 0:
             raise VclusterError(f"{name} was resumed by its provider but {last} within the resume timeout")
         asked = time.monotonic()
-        answer = probe(ctx, [name], min(left, 10)).get(name)
-        if answer is True:
-            return
-        if answer is False:
+        answers = probe(ctx, [name], min(left, 10))
+        if name in answers:
+            if answers[name] is not None:
+                return
             last = "its slurmd is not running"
         # poll at most once a second (a probe of an absent minion may return at once)
         time.sleep(min(max(0.0, 1.0 - (time.monotonic() - asked)), max(0.0, deadline - time.monotonic())))

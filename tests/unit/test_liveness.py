@@ -18,6 +18,7 @@ from vcluster.context import Context
 from vcluster.errors import PolicyError
 from vcluster.providers.base import Instance, Status
 from vcluster.registry import Registry
+from vcluster.saltlink import slurmd_age
 
 PILLAR = {
     "cluster": "t",
@@ -61,6 +62,15 @@ class Controller:
         return []
 
 
+def slurmd_seconds(alive):
+    """The probe's answer for a fake minion: True -> slurmd running for an hour, False -> None (none runs)."""
+    if alive is True:
+        return 3600
+    if alive is False:
+        return None
+    return alive
+
+
 class Salt:
     """Minions: ``alive`` answers the probe (True: slurmd runs); ``connected`` the presence."""
 
@@ -71,7 +81,7 @@ class Salt:
 
     def probe(self, names, timeout):
         self.probed.append(sorted(names))
-        return {n: self.alive[n] for n in names if n in self.alive}
+        return {n: slurmd_seconds(self.alive[n]) for n in names if n in self.alive}
 
     def present(self, names):
         return self.connected & set(names)
@@ -208,6 +218,27 @@ def test_slurmd_that_runs_but_does_not_answer_the_controller_is_dead(env):
     ctx.slurm.slurmd["vn1"] = "silent"  # e.g. a firewall or a hung network between them
     ret = liveness.check(ctx)
     assert "though its minion sees slurmd running" in ret["down"]["vn1"], ret
+
+
+def test_a_slurmd_restarted_just_now_is_judged_next_round_not_set_down(env):
+    """A highstate restarts the bare-metal node's slurmd: the process runs a second before it listens.
+
+    Seen in a test stack's master log: a round fell into that second, both
+    scans found slurmd refusing, and the host was set DOWN (its jobs would
+    have been requeued). A slurmd younger than SLURMD_START_GRACE is starting.
+    """
+    ctx = env()
+    ctx.slurm.slurmd["h1"] = "refused"
+    ctx.slurm.second["h1"] = "refused"
+    ctx.salt.alive["h1"] = 1  # seconds slurmd has run
+    ret = liveness.check(ctx)
+    assert ret["down"] == {} and downs(ctx) == [], ret
+    assert ret["flagged"] == ["h1"] and ret["starting"] == ["h1"], ret
+    # still refusing once it has run past the grace: hung, set DOWN, with its age
+    ctx.salt.alive["h1"] = liveness.SLURMD_START_GRACE + 5
+    ret = liveness.check(ctx)
+    assert ret["starting"] == [] and list(ret["down"]) == ["h1"], ret
+    assert ret["down"]["h1"].endswith(f"though its minion sees slurmd running (for {liveness.SLURMD_START_GRACE + 5} s)")
 
 
 def test_a_slurmd_back_at_the_second_look_is_alive(env):
@@ -379,3 +410,13 @@ def test_a_down_node_with_a_silent_minion_is_not_reported_as_a_silent_minion(env
     ret = liveness.check(ctx)
     assert ret["minion_silent"] == [] and ret["flagged"] == [] and ret["up"] == [], ret
     assert not [t for t in ctx.events.fired if t.endswith("minion-silent")]
+
+
+@pytest.mark.parametrize("result, age", [
+    ({"retcode": 0, "stdout": "   42\n"}, 42),
+    ({"retcode": 0, "stdout": " 3605\n    1\n"}, 3605),  # the daemon and a child it just forked
+    ({"retcode": 1, "stdout": ""}, None),  # no slurmd
+    ({"retcode": 0, "stdout": "ps: garbage"}, None),
+])
+def test_the_probe_reads_slurmds_age_from_ps(result, age):
+    assert slurmd_age(result) == age

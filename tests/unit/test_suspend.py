@@ -125,12 +125,21 @@ class FakeProvider:
         pass
 
 
+def slurmd_seconds(alive):
+    """The probe's answer for a fake minion: True -> slurmd running for an hour, False -> None (none runs)."""
+    if alive is True:
+        return 3600
+    if alive is False:
+        return None
+    return alive
+
+
 class FakeSalt:
     def __init__(self, alive):
         self.alive = alive  # name -> True (slurmd runs) | False (no slurmd); absent: silent
 
     def probe(self, names, timeout):
-        return {n: self.alive[n] for n in names if n in self.alive}
+        return {n: slurmd_seconds(self.alive[n]) for n in names if n in self.alive}
 
 
 class FakeEvents:

@@ -57,7 +57,7 @@ class RecordingSlurm:
 
 class AlwaysAlive:
     def probe(self, names, timeout):
-        return dict.fromkeys(names, True)
+        return dict.fromkeys(names, 3600)  # slurmd running for an hour
 
 
 class Events:
