@@ -121,10 +121,14 @@ slurm-controller-unused-{{ kind }}-absent:
 {%- endfor %}
 
 # After a restart the init script returns before slurmctld answers: wait
-# for it (bounded) so that what follows talks to the new daemon.
+# for it (bounded) so that what follows talks to the new daemon. When it
+# never answers, the state's output ends with what slurmctld logged last.
 slurm-controller-answering:
   cmd.run:
-    - name: timeout 120 sh -c 'until {{ slurm.lookup.scontrol }} ping >/dev/null 2>&1; do sleep 0.5; done'
+    - name: >-
+        timeout 120 sh -c 'until {{ slurm.lookup.scontrol }} ping >/dev/null 2>&1; do sleep 0.5; done'
+        || { echo "slurmctld did not answer scontrol ping within 120 s; the end of its log:";
+        tail -n 15 {{ slurm.config.get("SlurmctldLogFile", "/var/log/slurm/slurmctld.log") }} 2>&1; exit 1; }
     - onchanges:
       - file: slurm-controller-node-set-managed
       - file: slurm-controller-hooks-managed
