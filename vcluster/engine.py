@@ -17,6 +17,7 @@ import hostlist
 from vcluster import bootstrap, membership, retry
 from vcluster.arguments import flag, node_names, positive_int, whole_seconds
 from vcluster import policy as _policy
+from vcluster.slurm import instance as _instance
 from vcluster.errors import (
     sentence,
     InvalidTransition,
@@ -258,6 +259,7 @@ def join(ctx, minion_id):
         fail_node(ctx, node.name, reason)
         return {"result": False, "comment": f"{node.name}: {reason}"}
     ctx.node_event(node.name, "ready", slurm_state=state)
+    _instance.record(ctx, node.name)  # Slurm's cloud accounting (23.11+); warns, never fails the join
     return {"result": True, "comment": f"{node.name} is ready ({state})"}
 
 
