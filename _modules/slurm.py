@@ -261,6 +261,34 @@ def update_node(name, state=None, reason=None, conf=None):
     return found.to_dict() if found else None
 
 
+def set_instance(name, instance_id, instance_type, extra=None, conf=None):
+    """
+    Record a node's cloud instance in Slurm: ``InstanceId``, ``InstanceType`` and ``Extra``.
+
+    One ``scontrol update``; slurmctld sends the three to slurmdbd, where
+    ``sacctmgr show instance`` lists them (Slurm 23.11 and later). On an
+    older Slurm nothing runs and the return says why:
+    ``{"set": False, "comment": "..."}``; otherwise ``{"set": True,
+    "node": {...}}`` with the node as Slurm shows it afterwards. Values are
+    letters, digits and ``. _ : @ / + , -``; ``extra`` is compact JSON
+    (``{"host":"h1","profile":"small","provider":"lxd"}``) or a dict.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.set_instance vn1 vcluster-vn1 2cpu-4096mb extra='{"host":"h1","provider":"lxd"}'
+    """
+    with _errors():
+        client = _slurm(conf)
+        release = client.release
+        if not release.instance_fields:
+            return {"set": False, "comment": f"Slurm {release.series} has no InstanceId or InstanceType on "
+                                             "nodes (23.11 and later); not recorded"}
+        found = client.set_instance(name, instance_id, instance_type, extra=extra)
+    return {"set": True, "node": found.to_dict() if found else None}
+
+
 def wait_node_state(name, states, timeout=60, interval=0.5, conf=None):
     """
     Wait until a node is in one of ``states``; return its state words.

@@ -43,7 +43,7 @@ import time
 
 from vcluster.errors import SlurmError
 from vcluster.slurm import conf as _conf
-from vcluster.slurm import hostlist, parse, reach, states, versions
+from vcluster.slurm import hostlist, instance, parse, reach, states, versions
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +342,33 @@ class Slurm:
         if len(argv) == 3:
             raise SlurmError(f"update of node {name} needs a state or a reason")
         self.run(*argv)
+
+    def set_instance(self, name, instance_id, instance_type, extra=None):
+        """Set node ``name``'s ``InstanceId``, ``InstanceType`` (and ``Extra``); return the node after.
+
+        One ``scontrol update nodename=NAME InstanceId=ID InstanceType=TYPE
+        [Extra=EXTRA]``, so slurmctld sends all three to slurmdbd at once
+        (an ``Extra`` change alone is not sent). Every value is checked
+        first (:func:`vcluster.slurm.instance.check_value`; ``extra`` as
+        JSON too). Releases before 23.11 have no instance fields: refused
+        with one sentence before anything runs.
+        """
+        _conf.validate_name(name)
+        argv = ["scontrol", "update", f"nodename={name}",
+                f"InstanceId={instance.check_value('InstanceId', instance_id)}",
+                f"InstanceType={instance.check_value('InstanceType', instance_type)}"]
+        if extra is not None:
+            extra = extra if isinstance(extra, str) else instance.extra_json(**extra)
+            if not instance.parse_extra(extra) or instance.extra_json(**instance.parse_extra(extra)) != extra:
+                raise SlurmError(f"Extra {extra!r} is invalid: use a JSON object of instance.extra_json's form, "
+                                 'such as {"host":"h1","provider":"lxd"}')
+            argv.append(f"Extra={extra}")
+        release = self.release
+        if not release.instance_fields:
+            raise SlurmError(f"Slurm {self.version() if self._version else release.series} has no InstanceId or "
+                             f"InstanceType on nodes (23.11 and later): node {name}'s instance is not recorded")
+        self.run(*argv)
+        return self.node(name)
 
     def wait_node_state(self, name, wanted, timeout=60, interval=0.5):
         """Poll until node ``name`` is in one of ``wanted``; return its state words.

@@ -60,6 +60,9 @@ class Node:
     partitions: list = dataclasses.field(default_factory=list)
     dynamic: bool = False
     version: str = ""
+    instance_id: str = ""  # 23.11+ (InstanceId=), empty when unset
+    instance_type: str = ""
+    extra: str = ""
 
     def to_dict(self):
         """Plain dict (Salt return)."""
@@ -222,6 +225,8 @@ def node_from_record(r):
         active_features=_list(r.get("ActiveFeatures")),
         gres=_text(r.get("Gres")), reason=reason, reason_user=user,
         partitions=_list(r.get("Partitions")), version=_text(r.get("Version")),
+        instance_id=_text(r.get("InstanceId")), instance_type=_text(r.get("InstanceType")),
+        extra=_text(r.get("Extra")),
     )
 
 

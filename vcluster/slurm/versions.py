@@ -56,6 +56,10 @@ class Release:
     * ``prolog_power_wait``: the PrologSlurmctld waits for powering-up nodes,
       so a job does not stay CONFIGURING until the next 30 s check (measured
       on 22.05; kept on later releases, where no change to it is recorded).
+    * ``instance_fields``: nodes have ``InstanceId`` and ``InstanceType``
+      (``scontrol update``, ``slurmd --instance-id``), which slurmctld sends
+      to slurmdbd for ``sacctmgr show instance`` (23.11+). ``Extra`` is older
+      (22.05 has it) but only reaches the database with them.
 
     ``tested``: ``captured`` (real output in the unit fixtures) or ``schema``
     (fixtures written from SchedMD's data_parser source).
@@ -74,6 +78,7 @@ class Release:
     suspend_exc_states: bool
     requeue_on_resume_failure: bool
     prolog_power_wait: bool
+    instance_fields: bool
     tested: str
 
     @property
@@ -88,24 +93,24 @@ class Release:
 
 
 def _r(series, parser, tested, *flags):
-    (job_list, objects, sinfo_key, filters, reconf, reg_addrs, aliases, power, exc, requeue, wait) = flags
+    (job_list, objects, sinfo_key, filters, reconf, reg_addrs, aliases, power, exc, requeue, wait, inst) = flags
     return Release(series, parser, job_list, objects, sinfo_key, filters, reconf, reg_addrs, aliases,
-                   power, exc, requeue, wait, tested)
+                   power, exc, requeue, wait, inst, tested)
 
 
 #: The supported releases. Columns after ``tested`` in the order of :class:`Release`:
 #: job_state_list, number_objects, sinfo_key, squeue_json_filters,
 #: reconfigure_changes_nodes, cloud_reg_addrs, node_aliases, power_command,
-#: suspend_exc_states, requeue_on_resume_failure, prolog_power_wait.
+#: suspend_exc_states, requeue_on_resume_failure, prolog_power_wait, instance_fields.
 RELEASES = {r.series: r for r in (
-    #   series   parser     tested      list   obj    sinfo     filt   reconf regadr alias  power  exc    requeue wait
-    _r("22.05", "v0.0.38", "captured", False, False, "nodes", False, False, True,  True,  False, False, False, True),
-    _r("23.02", "v0.0.39", "schema",   False, True,  "sinfo", False, False, True,  True,  False, True,  False, True),
-    _r("23.11", "v0.0.40", "schema",   True,  True,  "sinfo", False, True,  False, False, False, True,  False, True),
-    _r("24.05", "v0.0.41", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  False, True),
-    _r("24.11", "v0.0.42", "captured", True,  True,  "sinfo", True,  True,  False, False, True,  True,  False, True),
-    _r("25.05", "v0.0.43", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  True,  True),
-    _r("25.11", "v0.0.44", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  True,  True),
+    #   series   parser     tested      list   obj    sinfo     filt   reconf regadr alias  power  exc    requeue wait  inst
+    _r("22.05", "v0.0.38", "captured", False, False, "nodes", False, False, True,  True,  False, False, False, True, False),
+    _r("23.02", "v0.0.39", "schema",   False, True,  "sinfo", False, False, True,  True,  False, True,  False, True, False),
+    _r("23.11", "v0.0.40", "schema",   True,  True,  "sinfo", False, True,  False, False, False, True,  False, True, True),
+    _r("24.05", "v0.0.41", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  False, True, True),
+    _r("24.11", "v0.0.42", "captured", True,  True,  "sinfo", True,  True,  False, False, True,  True,  False, True, True),
+    _r("25.05", "v0.0.43", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  True,  True, True),
+    _r("25.11", "v0.0.44", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  True,  True, True),
 )}
 
 #: The release series the parsers were first written for (and the default of
