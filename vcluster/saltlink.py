@@ -323,6 +323,10 @@ class ControllerSlurm(_Local):
     def release_node(self, name, jobs, reason):
         return self._slurm("release_node", name, jobs=",".join(str(j) for j in jobs), reason=reason)
 
+    def set_instance(self, name, instance_id, instance_type, extra=None):
+        """``slurm.set_instance`` on the controller: ``{"set": bool, ...}`` (see _modules/slurm.py)."""
+        return self._slurm("set_instance", name, instance_id, instance_type, extra=extra)
+
     def update_node_addr(self, name, address):
         """``scontrol update nodename=NAME nodeaddr=ADDR`` (after a migration)."""
         argv = ["scontrol", "update", f"nodename={name}", f"nodeaddr={address}"]

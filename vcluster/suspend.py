@@ -30,6 +30,7 @@ import hostlist
 from vcluster import membership
 from vcluster.arguments import flag, node_names, positive_int
 from vcluster.errors import InvalidTransition, PolicyError, VclusterError, sentence
+from vcluster.slurm import instance as _instance
 from vcluster.slurm.client import HOLD_REASON
 
 log = logging.getLogger(__name__)
@@ -363,6 +364,7 @@ def migrate(ctx, node, host=None, live=True, test=False):
         ctx.registry.update(name, **fields)
     if address_changed:
         set_node_addr(ctx, name, inst.address)
+    _instance.record(ctx, name)  # Slurm's cloud accounting (23.11+) with the new host; never raises
     try:
         ctx.registry.transition(name, back, expect="migrating", actor=ctx.actor)
     except InvalidTransition:
