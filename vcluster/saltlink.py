@@ -325,7 +325,8 @@ class ControllerSlurm(_Local):
 
     def set_instance(self, name, instance_id, instance_type, extra=None):
         """``slurm.set_instance`` on the controller: ``{"set": bool, ...}`` (see _modules/slurm.py)."""
-        return self._slurm("set_instance", name, instance_id, instance_type, extra=extra)
+        # by keyword: the minion reads a positional "key=value" string as a keyword argument
+        return self._slurm("set_instance", name, instance_id=instance_id, instance_type=instance_type, extra=extra)
 
     def update_node_addr(self, name, address):
         """``scontrol update nodename=NAME nodeaddr=ADDR`` (after a migration)."""
