@@ -176,10 +176,10 @@ def main(argv=None):
             seconds, node = one_run(args.partition)
             cold.append(seconds)
             # idle for SuspendTime: SuspendProgram -> the node goes to the warm pool (frozen)
-            wait(lambda: registry_state(node) == "suspended", args.suspend_time + 180, f"{node} in the warm pool")
+            wait(lambda node=node: registry_state(node) == "suspended", args.suspend_time + 180, f"{node} in the warm pool")
             # Slurm holds a node POWERING_DOWN for SuspendTimeout whatever the
             # provider did; a job pinned before that waits for it, not for vcluster
-            wait(lambda: powered_down(node), 180, f"{node} powered down")
+            wait(lambda node=node: powered_down(node), 180, f"{node} powered down")
             seconds, _ = one_run(args.partition, pin=node)
             warm.append(seconds)
             # let it go for good: no warm pool wanted after the last sample

@@ -97,7 +97,7 @@ def baseline(repeat):
             low = h.sbatch(wrap="for i in $(seq 1 40); do sleep 1; done", partition="low", nodelist="bn1", mem=100)
             h.wait_job(low, ("RUNNING",), timeout=60)
             high = h.sbatch(wrap="sleep 5", partition="high", nodelist="bn1", mem=100)
-            freeze, thaw = watch(lambda: h.job_state(high), lambda: h.job_state(low) == "SUSPENDED")
+            freeze, thaw = watch(lambda high=high: h.job_state(high), lambda low=low: h.job_state(low) == "SUSPENDED")
             freezes.append(freeze)
             thaws.append(thaw)
             h.cancel_all()

@@ -250,7 +250,7 @@ def main(argv=None):
     results = {str(s): run_size(s, args.max_batch, args.profile, args.repeat, args.profile_sort) for s in sizes}
     report = {
         "bench": "scale",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
         "max_batch": args.max_batch,

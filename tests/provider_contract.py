@@ -148,7 +148,7 @@ class ProviderContract:
         cluster = pair["specs"][0].tags["cluster"]
         found = {i.id: i for i in provider.list(cluster)}
         assert set(found) == {i.id for i in pair["created"]}
-        for spec, inst in zip(pair["specs"], pair["created"]):
+        for spec, inst in zip(pair["specs"], pair["created"], strict=True):
             listed = found[inst.id]
             assert listed.status is Status.RUNNING
             assert listed.name == spec.name
@@ -161,7 +161,7 @@ class ProviderContract:
     def test_boot_files_delivered(self, pair, read_boot_file):
         if read_boot_file is None:
             pytest.skip("this provider's test module offers no read_boot_file hook")
-        for spec, inst in zip(pair["specs"], pair["created"]):
+        for spec, inst in zip(pair["specs"], pair["created"], strict=True):
             boot_file = spec.boot_files[-1]
             assert read_boot_file(inst, boot_file) == boot_file.content
 

@@ -93,7 +93,7 @@ def cloud_init(files, runcmd=("systemctl restart salt-minion",)):
             {
                 "path": f.path,
                 "content": f.content,
-                "permissions": "0{:o}".format(f.mode),
+                "permissions": f"0{f.mode:o}",
                 "owner": "root:root",
             }
             for f in files

@@ -53,7 +53,7 @@ def parse_since(value, now=None):
 
 
 def _aware(moment):
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.timezone.utc)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
 
 
 def _limit(value):
@@ -110,7 +110,7 @@ def read(path, node=None, since=None, limit=None, now=None):
     out = []
     for r in reversed(found):
         out.append({
-            "time": datetime.datetime.fromtimestamp(r["ts"], datetime.timezone.utc).isoformat(timespec="seconds"),
+            "time": datetime.datetime.fromtimestamp(r["ts"], datetime.UTC).isoformat(timespec="seconds"),
             "ts": r["ts"], "node": r["node"], "from": r["from_state"], "to": r["to_state"],
             "reason": r["reason"], "actor": r["actor"],
         })
@@ -122,7 +122,7 @@ def history(path, node=None, since=None, limit=None, now=None):
     events = read(path, node=node, since=since, limit=limit, now=now)
     what = f"node {node}" if node else "all nodes"
     if since is not None:
-        what += f" since {datetime.datetime.fromtimestamp(parse_since(since, now), datetime.timezone.utc).isoformat(timespec='seconds')}"
+        what += f" since {datetime.datetime.fromtimestamp(parse_since(since, now), datetime.UTC).isoformat(timespec='seconds')}"
     comment = f"{len(events)} transition(s) of {what}"
     if len(events) == _limit(limit):
         comment += f" (the newest {len(events)}; raise limit for more)"

@@ -50,10 +50,10 @@ def main(tb):
     conf_file = os.path.join(tb, "etc", "keystone", "keystone.conf")
 
     import keystone.conf
+    from keystone import exception
     from keystone.cmd import bootstrap
     from keystone.common import provider_api, sql
     from keystone.common.sql import upgrades
-    from keystone import exception
 
     conf = keystone.conf.CONF
     keystone.conf.configure()

@@ -16,7 +16,6 @@ jobs waiting for one node make one ``scontrol show node`` a second, not N.
 import copy
 import json
 import os
-import pathlib
 import subprocess
 import textwrap
 import time
@@ -255,7 +254,7 @@ def test_waiting_jobs_share_one_poller(local, fake_scontrol, tmp_path):
         assert all(p.poll() is None for p in procs.values()), "a job stopped waiting while its nodes power up"
         (tmp_path / "up").write_text("")
         waiting = len(fake_scontrol.calls())  # calls made while all five waited
-        for job, proc in procs.items():
+        for proc in procs.values():
             assert proc.wait(timeout=60) == 0, proc.stderr.read()
     finally:
         for proc in procs.values():
@@ -265,7 +264,7 @@ def test_waiting_jobs_share_one_poller(local, fake_scontrol, tmp_path):
     first = calls[:len(jobs)]
     assert sorted(callers[:len(jobs)]) == sorted(str(j) for j in jobs)
     assert sorted(first) == sorted(f"show node -o {n}" for n in jobs.values())
-    later = list(zip(callers[len(jobs):waiting], calls[len(jobs):waiting]))
+    later = list(zip(callers[len(jobs):waiting], calls[len(jobs):waiting], strict=True))
     assert len(later) >= 3
     assert len({caller for caller, _ in later}) == 1, later  # one poller (others take over as jobs end)
     for _, call in later[:3]:

@@ -52,7 +52,7 @@ def _site_conf(directory, lines, include="vcluster.conf", after=()):
         "TaskPlugin=task/cgroup,task/affinity",
         "StateSaveLocation=/srv/slurm/state",
         *lines,
-        f"NodeName=site[01-04] CPUs=8 Feature=baremetal",
+        "NodeName=site[01-04] CPUs=8 Feature=baremetal",
         "PartitionName=site Nodes=site[01-04] Default=YES",
     ]
     if include:

@@ -19,7 +19,6 @@ the demo stack (``scripts/stack.sh``) must be down while tests run.
 """
 
 import base64
-import json
 import os
 import pathlib
 import socket

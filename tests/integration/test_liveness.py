@@ -114,7 +114,7 @@ def baremetal(lstack, lxd_network, lxd_addresses):
     lxc("exec", BAREMETAL, "--", "chown", "munge:munge", "/etc/munge/munge.key")
     for unit in ("munge", "slurmd"):  # a boot-time start of the unit may still be settling: retried
         try:
-            wait_until(lambda: lxc("exec", BAREMETAL, "--", "systemctl", "restart", unit, check=False).returncode == 0,
+            wait_until(lambda unit=unit: lxc("exec", BAREMETAL, "--", "systemctl", "restart", unit, check=False).returncode == 0,
                        60, f"{unit} (re)started on tbm1", every=2)
         except AssertionError as exc:
             journal = lxc("exec", BAREMETAL, "--", "journalctl", "-u", unit, "--no-pager", check=False).stdout

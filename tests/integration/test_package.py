@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from tests.integration.package_venv import REPO, build_wheel, in_venv, make_venv, run
+
 #: The library, data trees and module directories of the checkout, and where the wheel puts them
 #: (a file setup.py's layout leaves out fails here).
 TREES = {"vcluster": "vcluster", "salt": "vcluster/share/salt", "reactor": "vcluster/share/reactor", "pillar": "vcluster/share/pillar",

@@ -280,6 +280,6 @@ def test_preemption_latency_sample(vstack, nodes):
         resumes.append(round(t_thawed - t_end, 3) if t_thawed and t_end else None)
         wait_until(lambda: vstack.run("vcluster.status").data["nodes"][node]["state"] == "ready", 60, "ready")
         slurm("scancel", low)
-        wait_until(lambda: job_states([low]).get(low) not in ("RUNNING", "COMPLETING", "SUSPENDED"), 60, "low gone")
+        wait_until(lambda low=low: job_states([low]).get(low) not in ("RUNNING", "COMPLETING", "SUSPENDED"), 60, "low gone")
     pathlib.Path(os.environ["VCLUSTER_BENCH_OUT"]).write_text(json.dumps({"freeze": freezes, "resume": resumes}))
     assert all(v is not None for v in freezes + resumes), (freezes, resumes)

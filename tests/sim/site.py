@@ -54,8 +54,7 @@ from vcluster.context import Context
 from vcluster.policy import load
 from vcluster.providers.base import Host, Instance, Provider, Status
 from vcluster.registry import Registry
-from vcluster.slurm import hostlist
-from vcluster.slurm import parse
+from vcluster.slurm import hostlist, parse
 from vcluster.suspend import WARM_REASON
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import os
 import threading
 
 from tests.unit.test_reconcile import PILLAR, Bus, MemoryKeys, MemoryProvider, MemorySlurm
-from tests.unit.test_wheel_keys import bus, body, master_opts  # noqa: F401 - fixtures
+from tests.unit.test_wheel_keys import body, bus, master_opts  # noqa: F401 - fixtures
 from vcluster import engine, saltlink
 from vcluster.context import Context
 from vcluster.policy import load

@@ -37,7 +37,7 @@ def test_a_batch_named_at_create_needs_no_call_per_server():
     assert servers[0].metadata["vcluster_nodes_00"] == ",".join(s.name for s in specs)
     assert servers[0].metadata["vcluster_registry_id"] == "req1"
     listed = {i.id: i for i in prov.list("c1")}
-    for s, inst in zip(specs, created):
+    for s, inst in zip(specs, created, strict=True):
         assert listed[inst.id].name == s.name
         assert listed[inst.id].tags == {"cluster": "c1", "node": s.name, "profile": "htc", "registry_id": "req1"}
 

@@ -250,7 +250,7 @@ def test_batch_of_ten_is_one_create_and_maps_every_server():
     assert prov.calls["list"] == 3  # BUILD, BUILD, ACTIVE: one list per round
     assert prov.calls["rename"] == 10 and prov.calls["metadata"] == 10
     assert [i.name for i in created] == [s.name for s in specs]
-    for s, inst in zip(specs, created):
+    for s, inst in zip(specs, created, strict=True):
         server = nova.db[inst.id]
         assert server.name == s.name
         assert server.metadata["vcluster_node"] == s.name and server.metadata["vcluster_registry_id"] == s.tags["registry_id"]
@@ -361,7 +361,7 @@ def test_allocated_address_is_server_metadata_single_and_multi_create():
     prov = provider(nova)
     specs = [spec(0, address="10.9.0.100"), spec(1, address="10.9.0.101"), spec(2, flavor="m1.small", address="10.9.0.102")]
     created = prov.create(specs)
-    for s, inst in zip(specs, created):
+    for s, inst in zip(specs, created, strict=True):
         assert nova.db[inst.id].metadata["vcluster_address"] == s.address
         assert "address" not in inst.tags  # metadata, not one of the instance tags
     single = [a for a in nova.create_args if a["name"] == "vn002"][0]

@@ -123,7 +123,7 @@ def test_reference_names_every_key_with_type_default_and_meaning():
         body = text.split(heading, 1)[1].split("\n### ", 1)[0]
         rows = [r for r in body.splitlines() if r.startswith("| `")]
         assert [re.match(r"\| `([^`]+)`", r).group(1) for r in rows] == list(section), section.path
-        for key, row in zip(section.values(), rows):
+        for key, row in zip(section.values(), rows, strict=True):
             cells = re.split(r"(?<!\\)\|", row)[1:-1]
             assert len(cells) == 4 and all(c.strip() for c in cells), row
             assert key.meaning and "\n" not in key.meaning, f"{section.path}:{key.name} needs one line of meaning"

@@ -8,7 +8,6 @@ count what is done to them.
 import threading
 import types
 
-
 from tests.unit.test_reconcile import PILLAR, Bus, MemoryKeys, MemoryProvider, MemorySlurm
 from vcluster import engine, reconcile
 from vcluster.context import Context
@@ -119,7 +118,7 @@ def test_fail_node_reported_twice_at_once_does_not_raise(tmp_path):
     ctx = make()
     (name,) = engine.expand(ctx, "htc", 1, wait=False)["nodes"]
     for _ in range(20):  # the window is small: try a few times
-        run_together(make, [lambda c: engine.fail_node(c, name, "gave up")] * 4)
+        run_together(make, [lambda c, name=name: engine.fail_node(c, name, "gave up")] * 4)
         (name,) = engine.expand(ctx, "htc", 1, wait=False)["nodes"]
 
 

@@ -15,10 +15,10 @@ from vcluster.registry import Registry
 class Flaky(MemoryProvider):
     """Fails the first ``failures`` creates (after creating one instance, as a half-done call would)."""
 
-    def __init__(self, failures, error=ProviderError("create tnode01: LXD did not answer (connection reset)")):
+    def __init__(self, failures, error=None):
         super().__init__()
         self.failures = failures
-        self.error = error
+        self.error = error or ProviderError("create tnode01: LXD did not answer (connection reset)")
 
     def create(self, specs):
         self.calls["create"] += 1

@@ -13,7 +13,7 @@ def test_a_new_registry_is_0600_in_a_0700_directory(tmp_path):
     path = tmp_path / "state" / "registry.sqlite"
     old = os.umask(0o022)  # the usual umask: files 0644 unless made otherwise
     try:
-        with Registry(path) as reg:
+        with Registry(path):
             assert mode(path) == 0o600
             assert mode(path.parent) == 0o700
             assert mode(f"{path}.lock") == 0o600

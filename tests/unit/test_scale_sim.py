@@ -9,6 +9,7 @@ nodes, and an expand must call the provider per batch, not per node.
 bench/scale.py measures the same operations at 100 to 10,000 nodes.
 """
 
+import itertools
 import math
 import os
 
@@ -187,7 +188,7 @@ def test_plan_batches_makes_each_part_once_and_few_archives(monkeypatch):
         data = real_bud([specs[i] for i in batch])
         assert openstack.encoded_size(data) <= openstack.USER_DATA_LIMIT
     # each batch is as long as the limit allows: one more part would not fit
-    for batch, following in zip(batches, batches[1:]):
+    for batch, following in itertools.pairwise(batches):
         if len(batch) < 50:
             assert openstack.encoded_size(real_bud([specs[i] for i in batch + following[:1]])) > \
                 openstack.USER_DATA_LIMIT

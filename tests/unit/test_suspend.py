@@ -8,8 +8,8 @@ import copy
 
 import pytest
 
-from vcluster import preempt, reconcile
 from vcluster import policy as _policy
+from vcluster import preempt, reconcile
 from vcluster import suspend as sus
 from vcluster.context import Context
 from vcluster.errors import PolicyError, ProviderError

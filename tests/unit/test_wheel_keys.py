@@ -9,11 +9,10 @@ publish to the bus is exactly such a call): it shows that Salt's own
 ``key.gen_accept`` publishes the private key, and that ours publishes none.
 """
 
-import getpass
 import gc
+import getpass
 import logging
 import os
-
 import threading
 
 import pytest

@@ -21,6 +21,7 @@ import ipaddress
 
 from vcluster.errors import PolicyError
 from vcluster.policy import checks as _c
+from vcluster.policy import sections as _s
 from vcluster.policy.checks import ROOT
 from vcluster.policy.maps import SECRET_KEYS, FrozenMap, Settings, is_secret
 from vcluster.policy.objects import (
@@ -42,7 +43,6 @@ from vcluster.policy.objects import (
 from vcluster.policy.provider_options import DRIVER_OPTIONS, DRIVERS, EXTRA_KEYS, PROVIDER_KEYS
 from vcluster.policy.schema import REQUIRED, Key, Section, parse, unknown
 from vcluster.policy.sections import DEFAULT_REGISTRY, MEMBERSHIPS, SUSPEND_MODES
-from vcluster.policy import sections as _s
 
 __all__ = [
     "DEFAULT_REGISTRY", "DRIVERS", "DRIVER_OPTIONS", "EXTRA_KEYS", "MEMBERSHIPS", "PROVIDER_KEYS", "REQUIRED",
@@ -171,7 +171,7 @@ def _pick(value, key, path, defined, kind):
         if len(defined) == 1:
             return next(iter(defined))
         raise PolicyError(
-            "{} is required when more than one {} is defined, got nothing".format(_join(path, key), kind)
+            f"{_join(path, key)} is required when more than one {kind} is defined, got nothing"
         )
     if value not in defined:
         raise _fail(

@@ -59,8 +59,7 @@ def _table(section, doc):
         lines += [doc, ""]
     lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
     for key in section.values():
-        lines.append("| `{}` | {} | {} | {} |".format(
-            key.name, _cell(key.type_text), _cell(_default(key)), _cell(key.meaning)))
+        lines.append(f"| `{key.name}` | {_cell(key.type_text)} | {_cell(_default(key))} | {_cell(key.meaning)} |")
     return lines + [""]
 
 

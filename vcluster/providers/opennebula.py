@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import shlex
-import socket
 import stat
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -312,7 +311,7 @@ class OpenNebulaProvider(Provider):
             if _is_quota(msg):
                 raise QuotaExceeded(f"OpenNebula at {self.endpoint} refused over quota: {msg}") from None
             raise ProviderError(f"OpenNebula call one.{method} failed: {msg}") from None
-        except (requests.Timeout, socket.timeout, TimeoutError):
+        except (requests.Timeout, TimeoutError):
             raise ProviderTimeout(
                 f"OpenNebula at {self.endpoint} did not answer one.{method} within {self.timeout:g} s"
             ) from None
@@ -395,7 +394,7 @@ class OpenNebulaProvider(Provider):
         templates = [self._template_id(spec) for spec in specs]  # before any side effect
         created = []
         try:
-            for spec, template_id in zip(specs, templates):
+            for spec, template_id in zip(specs, templates, strict=True):
                 extra = self.extra_template(spec)
                 vid = self._call("create", "template.instantiate", template_id, spec.name, False, extra, False)
                 created.append((str(vid), spec))

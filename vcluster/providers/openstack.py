@@ -302,7 +302,7 @@ def cloud_config(spec, launch_index=None, minion_start=DEFAULT_MINION_START):
             "path": f.path,
             "encoding": "b64",
             "content": base64.b64encode(f.content.encode()).decode(),
-            "permissions": "0{:o}".format(f.mode),
+            "permissions": f"0{f.mode:o}",
             "owner": "root:root",
         }
         for f in spec.boot_files
@@ -770,7 +770,7 @@ class OpenStackProvider(Provider):
         groups_seen = {}
         resolved = [self._resolve(spec, groups_seen) for spec in specs]
         keys = [None if (spec.network and spec.address) else batch_key(spec, res, by_request=not self.name_servers)
-                for spec, res in zip(specs, resolved)]
+                for spec, res in zip(specs, resolved, strict=True)]
         max_batch = self.max_batch if self.name_servers else min(self.max_batch, BATCH_IDENTITY_MAX)
         batches = plan_batches(specs, keys, max_batch, self.multi_create, self.minion_start)
         request_id = uuid.uuid4().hex[:12]
@@ -1066,12 +1066,12 @@ class OpenStackProvider(Provider):
             pass
         hosts = []
         for rp in providers:
-            inv = self._call("hosts", lambda: placement.get(f"/resource_providers/{rp['uuid']}/inventories").json()["inventories"])
+            inv = self._call("hosts", lambda rp=rp: placement.get(f"/resource_providers/{rp['uuid']}/inventories").json()["inventories"])
             if "VCPU" not in inv:
                 continue
-            usage = self._call("hosts", lambda: placement.get(f"/resource_providers/{rp['uuid']}/usages").json()["usages"])
+            usage = self._call("hosts", lambda rp=rp: placement.get(f"/resource_providers/{rp['uuid']}/usages").json()["usages"])
 
-            def free(rc):
+            def free(rc, inv=inv, usage=usage):
                 item = inv.get(rc)
                 if not item:
                     return 0

@@ -33,7 +33,7 @@ def test_batch_named_servers_on_nova(os_provider_factory, cluster_name):
     raw = list(prov.conn.compute.servers(details=True, tags=tag_cluster(cluster_name)))
     assert len(raw) == COUNT and len({s.reservation_id for s in raw}) == 1  # one multi-create
     by_id = {s.id: s for s in raw}
-    for spec, inst in zip(specs, created):
+    for spec, inst in zip(specs, created, strict=True):
         server = by_id[inst.id]
         assert server.name != spec.name and server.name.startswith("vcluster-")  # Nova's own batch name
         assert batch_member(server) == (spec.name, spec.address)
@@ -44,7 +44,7 @@ def test_batch_named_servers_on_nova(os_provider_factory, cluster_name):
 
     listed = {i.id: i for i in prov.list(cluster_name)}
     assert prov.calls["list"] >= 1
-    for spec, inst in zip(specs, created):
+    for spec, inst in zip(specs, created, strict=True):
         assert listed[inst.id].name == spec.name
         assert listed[inst.id].tags["node"] == spec.name and listed[inst.id].tags["registry_id"] == "req-batch"
         assert prov.get(inst.id).name == spec.name

@@ -80,7 +80,7 @@ def test_multi_create_is_one_request(fleet):
 def test_every_server_named_and_tagged_like_its_spec(fleet):
     prov, cluster = fleet["provider"], fleet["cluster"]
     by_id = {s.id: s for s in raw_servers(prov, cluster)}
-    for spec, inst in zip(fleet["specs"], fleet["created"]):
+    for spec, inst in zip(fleet["specs"], fleet["created"], strict=True):
         assert inst.name == spec.name and inst.status is Status.RUNNING
         server = by_id[inst.id]
         assert server.name == spec.name

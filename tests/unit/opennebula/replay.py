@@ -59,7 +59,7 @@ def _same_xml(expected, actual):
         return False
     echildren = sorted(expected, key=lambda e: e.tag)
     achildren = sorted(actual, key=lambda e: e.tag)
-    return len(echildren) == len(achildren) and all(_same_xml(e, a) for e, a in zip(echildren, achildren))
+    return len(echildren) == len(achildren) and all(_same_xml(e, a) for e, a in zip(echildren, achildren, strict=True))
 
 
 def _load(name):
@@ -79,7 +79,7 @@ def _matches(expected, actual):
         return isinstance(actual, str) and _same_xml(ET.fromstring(_load(expected["xml_file"])), ET.fromstring(actual))
     if isinstance(expected, list):
         return isinstance(actual, (list, tuple)) and len(expected) == len(actual) and all(
-            _matches(e, a) for e, a in zip(expected, actual)
+            _matches(e, a) for e, a in zip(expected, actual, strict=True)
         )
     return expected == actual and type(expected) is type(actual)
 

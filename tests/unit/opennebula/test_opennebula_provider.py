@@ -37,8 +37,8 @@ import pytest
 from tests.unit.opennebula.common import ENDPOINT, FAKE_KEY, PASSWORD, SESSION, USER, spec
 from tests.unit.opennebula.replay import ReplayTransport
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError, ProviderTimeout, QuotaExceeded
-from vcluster.providers.base import BootFile, Status
 from vcluster.providers import opennebula as one
+from vcluster.providers.base import BootFile, Status
 from vcluster.providers.opennebula import OpenNebulaProvider, cloud_config, start_script, status_of
 
 
