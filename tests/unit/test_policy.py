@@ -64,8 +64,7 @@ def test_example_pillar_loads():
     assert (htc.cpus, htc.memory, htc.features, htc.partition) == (1, 1024, ("virtual", "htc"), "htc")
     assert (mem.cpus, mem.memory) == (2, 2048)
     assert htc.network == "vcbr0"
-    assert pol.pool_of("htc") is pool
-    assert pol.provider_of(htc).name == "lxd"
+    assert pol.pools[htc.pool] is pool and pol.providers[htc.provider].name == "lxd"
     assert pol.membership_of("mem") == "dynamic"
 
 

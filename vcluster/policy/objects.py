@@ -138,15 +138,6 @@ class Policy:
         prof = profile if isinstance(profile, Profile) else self.profile(profile)
         return prof.membership
 
-    def pool_of(self, profile):
-        """The :class:`Pool` of a profile (name or object)."""
-        prof = profile if isinstance(profile, Profile) else self.profile(profile)
-        return self.pools[prof.pool]
-
-    def provider_of(self, profile):
-        """The :class:`ProviderConfig` of a profile (name or object)."""
-        prof = profile if isinstance(profile, Profile) else self.profile(profile)
-        return self.providers[prof.provider]
 
     def as_dict(self):
         """Plain data for runner returns; secrets are replaced by ``<hidden>``."""
