@@ -9,6 +9,8 @@ Providers deliver these files their own way: LXD pushes them before the first
 start, OpenStack writes them with cloud-init, OpenNebula with its context.
 """
 
+import base64
+
 import yaml
 
 from vcluster.providers.base import BootFile
@@ -83,10 +85,45 @@ def boot_files(node, profile, membership, master, key_pair, master_pub,
     ]
 
 
-def cloud_init(files, runcmd=("systemctl restart salt-minion",)):
-    """Render boot files as cloud-init user-data (``#cloud-config``).
+def cloud_config(files, hostname=None, launch_index=None, runcmd=(), start_command=None):
+    """Boot files as cloud-init user-data (``#cloud-config``): the one writer every provider uses.
 
-    Used by providers whose instances run cloud-init (OpenStack).
+    ``files`` are written base64-encoded with their modes (keys, configs);
+    ``hostname`` sets the guest's name; ``launch_index`` marks the part of a
+    multi-part archive meant for that instance of a Nova multi-create;
+    ``runcmd`` entries (argv lists, or shell lines as cloud-init takes
+    them) run first, then ``start_command`` (a shell line, e.g. the
+    minion's start) as ``sh -c``.
+    """
+    doc = {}
+    if launch_index is not None:
+        doc["launch-index"] = launch_index
+    if hostname is not None:
+        doc["hostname"] = hostname
+        doc["preserve_hostname"] = False
+    doc["write_files"] = [
+        {
+            "path": f.path,
+            "encoding": "b64",
+            "content": base64.b64encode(f.content.encode("utf-8")).decode("ascii"),
+            "permissions": f"0{int(f.mode):o}",
+            "owner": "root:root",
+        }
+        for f in files
+    ]
+    commands = [list(cmd) if isinstance(cmd, (list, tuple)) else cmd for cmd in runcmd]
+    if start_command:
+        commands.append(["sh", "-c", start_command])
+    if commands:
+        doc["runcmd"] = commands
+    return "#cloud-config\n" + yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)
+
+
+def cloud_init(files, runcmd=("systemctl restart salt-minion",)):
+    """Boot files as plain-text ``write_files`` for the libvirt image's own seed reader.
+
+    The VM image's ``vcluster-seed`` reads ``content`` as plain text; every
+    other provider uses :func:`cloud_config`.
     """
     doc = {
         "write_files": [

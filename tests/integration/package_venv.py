@@ -15,6 +15,7 @@ requirements (``salt>=3008.0,<3009`` ...) against what is there.
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,8 +30,17 @@ def run(cmd, timeout=300, **kw):
 
 
 def build_wheel(work):
-    """``pip wheel`` of this checkout into ``work/dist``; the wheel's path."""
-    run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--quiet", "-w", str(work / "dist")],
+    """``pip wheel`` of this checkout's files into ``work/dist``; the wheel's path.
+
+    Built from a copy without ``build/`` and ``*.egg-info``: pip builds a
+    local directory in place, and setuptools' ``build/lib`` keeps modules
+    deleted from the source since the last build (a removed module would
+    ship in the wheel).
+    """
+    source = work / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__",
+                                                                 ".pytest_cache", ".ruff_cache"))
+    run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--quiet", "-w", str(work / "dist")],
         cwd=work)
     (whl,) = (work / "dist").glob("vcluster-*.whl")
     return whl

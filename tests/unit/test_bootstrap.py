@@ -1,5 +1,7 @@
 """Boot files of a new node: minion config, pinned master key, own key, grains."""
 
+import base64
+
 import yaml
 
 from vcluster import bootstrap, policy
@@ -65,11 +67,20 @@ def test_private_key_never_shows_in_repr():
     assert "SECRET" not in repr(spec)
 
 
-def test_cloud_init_writes_every_file_with_its_mode():
-    data = bootstrap.cloud_init(list(files().values()))
+def test_cloud_config_writes_every_file_with_its_mode():
+    data = bootstrap.cloud_config(list(files().values()), runcmd=[["true"]],
+                                  start_command="systemctl restart salt-minion")
     assert data.startswith("#cloud-config\n")
     doc = yaml.safe_load(data)
     by_path = {f["path"]: f for f in doc["write_files"]}
-    assert by_path["/etc/salt/pki/minion/minion.pem"]["permissions"] == "0400"
-    assert by_path["/etc/salt/pki/minion/minion.pem"]["content"] == KEYS["priv"]
-    assert ["systemctl", "restart", "salt-minion"] in doc["runcmd"]
+    pem = by_path["/etc/salt/pki/minion/minion.pem"]
+    assert pem["permissions"] == "0400" and pem["encoding"] == "b64"
+    assert base64.b64decode(pem["content"]).decode() == KEYS["priv"]
+    assert doc["runcmd"] == [["true"], ["sh", "-c", "systemctl restart salt-minion"]]
+    assert "hostname" not in doc and "launch-index" not in doc
+
+
+def test_cloud_config_names_the_host_and_its_launch_index():
+    doc = yaml.safe_load(bootstrap.cloud_config([], hostname="vn3", launch_index=2))
+    assert (doc["hostname"], doc["preserve_hostname"], doc["launch-index"]) == ("vn3", False, 2)
+    assert doc["write_files"] == [] and "runcmd" not in doc

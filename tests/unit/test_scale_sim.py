@@ -176,8 +176,9 @@ def test_plan_batches_makes_each_part_once_and_few_archives(monkeypatch):
         made["batch_user_data"] += 1
         return real_bud(*args, **kwargs)
 
-    monkeypatch.setattr(openstack, "cloud_config", cloud_config)
-    monkeypatch.setattr(openstack, "batch_user_data", batch_user_data)
+    # where plan_batches looks them up: the package's user-data module
+    monkeypatch.setattr(openstack.userdata, "cloud_config", cloud_config)
+    monkeypatch.setattr(openstack.userdata, "batch_user_data", batch_user_data)
     # ~3 KiB of incompressible boot data per node, like a minion key pair: the limit splits batches
     specs = [spec(i, boot=os.urandom(1800).hex()) for i in range(120)]
     batches = openstack.plan_batches(specs, ["k"] * 120, max_batch=50)

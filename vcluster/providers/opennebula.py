@@ -39,6 +39,7 @@ import xmlrpc.client
 
 import requests
 
+from vcluster import bootstrap
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError, ProviderTimeout, QuotaExceeded
 from vcluster.providers.base import Host, Instance, Provider, Status
 
@@ -478,7 +479,7 @@ class OpenNebulaProvider(Provider):
             _sub(ctx, key, value)
         start_command = self._opt(spec, "start_command", DEFAULT_START_COMMAND)
         if self._opt(spec, "boot", "start_script") == "cloud_init":
-            _sub(ctx, "USER_DATA", _b64(cloud_config(spec.boot_files, start_command)))
+            _sub(ctx, "USER_DATA", _b64(bootstrap.cloud_config(spec.boot_files, start_command=start_command)))
             _sub(ctx, "USERDATA_ENCODING", "base64")
         else:
             _sub(ctx, "START_SCRIPT_BASE64", _b64(start_script(spec.boot_files, start_command)))
@@ -710,20 +711,6 @@ def start_script(files, start_command=DEFAULT_START_COMMAND):
     return "\n".join(lines) + "\n"
 
 
-def cloud_config(files, start_command=DEFAULT_START_COMMAND):
-    """``#cloud-config`` (JSON is valid YAML) writing ``files`` for cloud-init images."""
-    doc = {
-        "write_files": [
-            {"path": f.path, "encoding": "b64", "permissions": f"0{int(f.mode):o}", "owner": "root:root",
-             "content": base64.b64encode(f.content.encode("utf-8")).decode("ascii")}
-            for f in files
-        ],
-    }
-    if start_command:
-        doc["runcmd"] = [["sh", "-c", start_command]]
-    return "#cloud-config\n" + json.dumps(doc, indent=1, sort_keys=True) + "\n"
-
-
 # -- small helpers ---------------------------------------------------------------
 
 class _NotFound(ProviderError):
@@ -805,4 +792,4 @@ def _host_of(vm):
     return str(last.HOSTNAME) if last is not None and last.HOSTNAME else None
 
 
-__all__ = ["OpenNebulaProvider", "status_of", "state_names", "start_script", "cloud_config"]
+__all__ = ["OpenNebulaProvider", "status_of", "state_names", "start_script"]

@@ -23,7 +23,6 @@ simulator replays to the same results.
 """
 
 import base64
-import json
 import logging
 import os
 import socket
@@ -33,13 +32,14 @@ import traceback
 import xml.etree.ElementTree as ET
 
 import pytest
+import yaml
 
 from tests.unit.opennebula.common import ENDPOINT, FAKE_KEY, PASSWORD, SESSION, USER, spec
 from tests.unit.opennebula.replay import ReplayTransport
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError, ProviderTimeout, QuotaExceeded
 from vcluster.providers import opennebula as one
 from vcluster.providers.base import BootFile, Status
-from vcluster.providers.opennebula import OpenNebulaProvider, cloud_config, start_script, status_of
+from vcluster.providers.opennebula import OpenNebulaProvider, start_script, status_of
 
 
 def _secret_free(*texts):
@@ -252,11 +252,11 @@ def test_cloud_init_boot_mode_uses_user_data(replay):
     assert root.find("CONTEXT/USERDATA_ENCODING").text == "base64"
     user_data = base64.b64decode(root.find("CONTEXT/USER_DATA").text).decode()
     assert user_data.startswith("#cloud-config\n")
-    doc = json.loads(user_data.split("\n", 1)[1])
+    doc = yaml.safe_load(user_data)
     pem = [f for f in doc["write_files"] if f["path"].endswith("minion.pem")][0]
     assert pem["permissions"] == "0400" and base64.b64decode(pem["content"]).decode() == FAKE_KEY
+    assert doc["runcmd"][-1][:2] == ["sh", "-c"] and "salt-minion" in doc["runcmd"][-1][2]
     assert root.find("CPU").text == "1" and root.find("VCPU").text == "2"
-    assert cloud_config([], "") == '#cloud-config\n{\n "write_files": []\n}\n'
 
 
 # -- suspend / resume / migrate ----------------------------------------------------------

@@ -1,95 +1,11 @@
-"""OpenStack provider: virtual nodes as Nova servers, through openstacksdk.
-
-Configuration (``vcluster:providers:<name>`` in master-only pillar)::
-
-    driver: openstack
-    cloud: mycloud            # a clouds.yaml entry ...
-    clouds_yaml: /etc/vcluster/clouds.yaml   # optional path to that file
-    auth: {auth_url: ..., username: ..., password: ..., project_name: ...}
-                              # ... or the auth dict itself (never logged)
-    region_name: RegionOne    # optional, also interface, verify, cacert, auth_type
-    networks: auto            # servers without spec.network: auto | none
-    boot_timeout: 600         # seconds from create to ACTIVE
-    action_timeout: 300       # suspend/resume/migrate/delete deadlines
-    poll_interval: 2          # seconds between status polls
-    multi_create: true        # one Nova request per batch of identical specs
-    max_batch: 50             # largest min_count/max_count of one request
-    api_retries: 4            # retries of a 5xx answer (idempotent calls)
-    api_retry_deadline: 60    # seconds a call may spend retrying
-    api_concurrency: 8        # parallel per-server calls (rename, metadata, delete)
-    name_servers: true        # rename and tag each multi-created server (2 calls per server);
-                              # false: the batch's create call names its nodes, no call per server
-
-How a batch is created and mapped
----------------------------------
-Specs that share image, flavor, network mode, server group, availability
-zone, key and security groups go to Nova in one ``POST /servers`` with
-``min_count = max_count = N`` (chunks of ``max_batch`` and of Nova's 64 KiB
-user-data limit). Nova gives the N servers the display names
-``<base>-1 .. <base>-N`` and sets ``launch_index`` 0..N-1 in that order. The
-provider therefore fixes the mapping *before* the request: spec ``i`` of the
-batch is launch index ``i``.
-
-- The guest learns who it is from its user data: a MIME multi-part archive with
-  one ``#cloud-config`` part per spec, each carrying ``launch-index: i`` (and a
-  ``Launch-Index`` header). cloud-init applies only the part whose index is the
-  instance's own launch index (from the metadata service / config drive), so
-  the guest writes its own boot files and hostname, with no race against the
-  renames below.
-- The API side: every server of the request carries the tag
-  ``vcluster-req=<id>`` and the metadata ``vcluster_batch``; the first poll
-  round (one list call filtered by that tag) maps each server to its spec by
-  ``launch_index`` (or the ``-<n>`` name suffix when the caller may not see
-  launch_index). As soon as a multi-created server is ACTIVE it is renamed
-  to its node name and given ``vcluster_node`` and ``vcluster_registry_id``
-  (2 calls per server, in a thread pool while the poll goes on): Nova
-  refuses metadata changes before ACTIVE, and a rename while the server is
-  still a build request was seen to be lost when the cell took it over.
-  ``vcluster_cluster`` and ``vcluster_profile`` are set at create.
-
-With ``name_servers: false`` there is no call per server: the create call of
-a batch carries the batch's node names and addresses in launch-index order
-as metadata (``vcluster_nodes_00``, ``vcluster_nodes_01``... and
-``vcluster_addresses_NN``: comma-separated lists cut into Nova's
-255-character values) and ``vcluster_registry_id`` (a batch then holds one
-request's specs, at most 100 of them). The servers keep Nova's display
-names ``<base>-<n>``; the provider names each one from its launch index (or
-its ``-<n>`` suffix) when it lists them, so ``list``, ``get`` and reconcile
-see the node names as before. An expand costs one create per batch and one
-list per poll round, whatever the number of nodes; ``openstack server
-list`` shows the batch names.
-
-A batch of one is a plain create with the final name, metadata and a single
-cloud-config. Specs with a fixed address (``spec.network`` and
-``spec.address``) are always created one per request, since Nova refuses a
-fixed IP in a multi-create; Nova creates their port with that fixed IP from
-``networks=[{"uuid": net, "fixed_ip": addr}]`` and deletes it with the server.
-
-Note: with multi-create every guest of a batch can read the whole batch's
-user data (its peers' boot files, minion keys included) from the metadata
-service. Set ``multi_create: false`` where that is not acceptable.
-
-Tags and metadata: every server has the tags ``vcluster``,
-``vcluster-cluster=<cluster>`` and ``vcluster-req=<id>`` (server-side filters
-for ``list_all``, ``list`` and the polling of one create) and the metadata
-``vcluster_cluster``, ``vcluster_node``, ``vcluster_profile``,
-``vcluster_registry_id`` and, when the node has an allocated address,
-``vcluster_address``.
-"""
+"""The OpenStack provider class: Nova servers as virtual nodes (see the package docstring)."""
 
 import base64
 import concurrent.futures
-import email.mime.multipart
-import email.mime.text
-import gzip
-import hashlib
 import logging
-import re
 import threading
 import time
 import uuid
-
-import yaml
 
 from vcluster.errors import (
     PolicyError,
@@ -98,60 +14,25 @@ from vcluster.errors import (
     ProviderTimeout,
     QuotaExceeded,
 )
-from vcluster.providers.base import TAG_KEYS, Host, Instance, Provider, Status
+from vcluster.providers.base import TAG_KEYS, Host, Provider
+from vcluster.providers.openstack import userdata
+from vcluster.providers.openstack.batching import batch_key, map_batch, plan_batches
+from vcluster.providers.openstack.servers import (
+    BATCH_IDENTITY_MAX,
+    META_PREFIX,
+    TAG_ALL,
+    batch_identity,
+    fault_message,
+    nova_status,
+    spec_metadata,
+    tag_cluster,
+    tag_request,
+    to_instance,
+)
 
 log = logging.getLogger(__name__)
 
-
-class _NoBodies(logging.Filter):
-    """Keep HTTP bodies out of keystoneauth's debug log.
-
-    At ``debug`` keystoneauth logs every request body (``REQ: curl ... -d``)
-    and response body (``RESP BODY:``). A server create sends the nodes'
-    user data, which holds their minion private keys, and Nova returns it
-    to admins in every server GET: seen in the master's log at debug. The
-    lines stay (method, URL, status, headers, with keystoneauth's own token
-    masking); the bodies are replaced by a note.
-    """
-
-    def filter(self, record):
-        msg = record.getMessage()
-        if record.name.endswith(".body") or msg.startswith("RESP BODY:"):
-            record.msg, record.args = "RESP BODY: <not logged (vcluster: may hold user data)>", ()
-        elif " -d '" in msg:
-            record.msg, record.args = msg[:msg.index(" -d '")] + " -d <not logged (vcluster: may hold user data)>", ()
-        return True
-
-
-for _name in ("keystoneauth.session", "keystoneauth.session.request", "keystoneauth.session.body"):
-    logging.getLogger(_name).addFilter(_NoBodies())
-
-META_PREFIX = "vcluster_"
-TAG_ALL = "vcluster"
-USER_DATA_LIMIT = 65535  # Nova's limit on the base64 text of user_data
 SERVER_GROUP_POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
-DEFAULT_MINION_START = (
-    "systemctl enable --now salt-minion 2>/dev/null || service salt-minion start || salt-minion -d"
-)
-
-NOVA_STATUS = {
-    "BUILD": Status.BUILDING,
-    "ACTIVE": Status.RUNNING,
-    "SUSPENDED": Status.SUSPENDED,
-    "PAUSED": Status.PAUSED,
-    "SHELVED": Status.SHELVED,
-    "SHELVED_OFFLOADED": Status.SHELVED,
-    "SHUTOFF": Status.STOPPED,
-    "STOPPED": Status.STOPPED,
-    "MIGRATING": Status.MIGRATING,
-    "RESIZE": Status.MIGRATING,
-    "VERIFY_RESIZE": Status.MIGRATING,
-    "REVERT_RESIZE": Status.MIGRATING,
-    "ERROR": Status.ERROR,
-    "DELETED": Status.DELETED,
-    "SOFT_DELETED": Status.DELETED,
-}
-
 SUSPEND_MODES = {
     # mode: (openstacksdk proxy method, Nova statuses that mean done)
     "suspend": ("suspend_server", ("SUSPENDED",)),
@@ -167,312 +48,6 @@ RESUME_ACTIONS = {
     "SHUTOFF": ("start", "start_server"),
 }
 _SECRET_KEYS = ("password", "secret", "token", "application_credential_secret", "key")
-
-
-def tag_cluster(cluster):
-    """Server tag naming the cluster (Nova tags: at most 60 characters, no ',' or '/')."""
-    tag = f"vcluster-cluster={cluster}"
-    if len(tag) > 60 or "," in tag or "/" in tag:
-        tag = "vcluster-cluster#" + hashlib.sha256(str(cluster).encode()).hexdigest()[:32]
-    return tag
-
-
-def tag_request(request_id):
-    return f"vcluster-req={request_id}"
-
-
-def nova_status(server):
-    return (getattr(server, "status", None) or "UNKNOWN").upper()
-
-
-def to_status(server):
-    return NOVA_STATUS.get(nova_status(server), Status.UNKNOWN)
-
-
-def first_ipv4(addresses):
-    for entries in (addresses or {}).values():
-        for entry in entries or []:
-            if entry.get("version", 4) == 4 and entry.get("addr"):
-                return entry["addr"]
-    return None
-
-
-def fault_message(server):
-    fault = getattr(server, "fault", None) or {}
-    if isinstance(fault, dict):
-        return fault.get("message") or None
-    return str(fault) or None
-
-
-#: Metadata of a batch created with ``name_servers: false``: its nodes and addresses in launch-index order.
-BATCH_NODES = META_PREFIX + "nodes_"
-BATCH_ADDRESSES = META_PREFIX + "addresses_"
-#: Nova's longest metadata value.
-META_VALUE_LIMIT = 255
-#: Largest batch named by its metadata: 100 names of 63 characters and their addresses are about
-#: 33 metadata items, well within Nova's default of 128 per server.
-BATCH_IDENTITY_MAX = 100
-_SUFFIX = re.compile(r"-(\d+)$")
-
-
-def batch_identity(specs):
-    """Metadata naming every node of a batch by launch index (``name_servers: false``)."""
-    meta = {META_PREFIX + "registry_id": str(specs[0].tags["registry_id"])}
-    for prefix, values in ((BATCH_NODES, [s.name for s in specs]),
-                           (BATCH_ADDRESSES, [s.address or "" for s in specs])):
-        text = ",".join(values)
-        for i in range(0, max(1, len(text)), META_VALUE_LIMIT):
-            meta[f"{prefix}{i // META_VALUE_LIMIT:02d}"] = text[i:i + META_VALUE_LIMIT]
-    return meta
-
-
-def _batch_list(meta, prefix):
-    keys = sorted(k for k in meta if k.startswith(prefix) and k[len(prefix):].isdigit())
-    return "".join(str(meta[k]) for k in keys).split(",") if keys else None
-
-
-def batch_member(server):
-    """``(node name, address or None)`` of a server of a batch created with ``name_servers: false``, or None."""
-    meta = dict(getattr(server, "metadata", None) or {})
-    names = _batch_list(meta, BATCH_NODES)
-    if not names:
-        return None
-    index = getattr(server, "launch_index", None)
-    if index is None:  # not shown to this caller: the display name's -<n> suffix (1-based)
-        match = _SUFFIX.search(getattr(server, "name", None) or "")
-        index = int(match.group(1)) - 1 if match else None
-    if index is None or not 0 <= int(index) < len(names):
-        return None
-    addresses = _batch_list(meta, BATCH_ADDRESSES) or []
-    address = addresses[int(index)] if int(index) < len(addresses) else ""
-    return names[int(index)], address or None
-
-
-def to_instance(server):
-    """Normalise an openstacksdk Server into an :class:`Instance`.
-
-    A server of a batch created with ``name_servers: false`` is named after
-    its node (from the batch's metadata and its launch index), as a renamed
-    one is.
-    """
-    meta = dict(getattr(server, "metadata", None) or {})
-    tags = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX) and k[len(META_PREFIX):] in TAG_KEYS}
-    name = server.name
-    if "node" not in tags:
-        member = batch_member(server)
-        if member is not None:
-            name = tags["node"] = member[0]
-    return Instance(
-        id=server.id,
-        name=name,
-        status=to_status(server),
-        address=first_ipv4(getattr(server, "addresses", None)),
-        host=getattr(server, "compute_host", None) or getattr(server, "hypervisor_hostname", None),
-        tags=tags,
-        fault=fault_message(server) if nova_status(server) == "ERROR" else None,
-    )
-
-
-def spec_metadata(spec):
-    """Server metadata of one spec: ``vcluster_<key>`` for every tag key, and ``vcluster_address``.
-
-    ``vcluster_address`` is the address the registry allocated to the node.
-    With a ``network`` it is also the server's fixed IP; without one (``networks:
-    none`` or ``auto``) Nova does not use it, and it tells the guest's (or the
-    site's) network tooling which address the node was given.
-    """
-    meta = {META_PREFIX + key: str(spec.tags[key]) for key in TAG_KEYS if spec.tags.get(key) is not None}
-    if spec.address:
-        meta[META_PREFIX + "address"] = str(spec.address)
-    return meta
-
-
-# -- user data ----------------------------------------------------------------
-
-
-def cloud_config(spec, launch_index=None, minion_start=DEFAULT_MINION_START):
-    """The ``#cloud-config`` text for one spec: hostname, boot files, minion start."""
-    doc = {}
-    if launch_index is not None:
-        doc["launch-index"] = launch_index
-    doc["hostname"] = spec.name
-    doc["preserve_hostname"] = False
-    files = [
-        {
-            "path": f.path,
-            "encoding": "b64",
-            "content": base64.b64encode(f.content.encode()).decode(),
-            "permissions": f"0{f.mode:o}",
-            "owner": "root:root",
-        }
-        for f in spec.boot_files
-    ]
-    if files:
-        doc["write_files"] = files
-    commands = list(spec.extra.get("runcmd", []))
-    if minion_start:
-        commands.append(["sh", "-c", minion_start])
-    if commands:
-        doc["runcmd"] = commands
-    return "#cloud-config\n" + yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)
-
-
-def batch_user_data(specs, minion_start=DEFAULT_MINION_START, texts=None):
-    """User data bytes for a batch: a single cloud-config, or a multi-part archive by launch index.
-
-    The archive is gzip-compressed (cloud-init detects it) when that is what
-    makes it fit Nova's limit. ``texts`` may give the parts'
-    :func:`cloud_config` texts already made (``texts[i]`` for launch index
-    ``i``).
-    """
-    if len(specs) == 1:
-        return (texts[0] if texts else cloud_config(specs[0], minion_start=minion_start)).encode()
-    archive = email.mime.multipart.MIMEMultipart("mixed")
-    for index, spec in enumerate(specs):
-        text = texts[index] if texts else cloud_config(spec, index, minion_start)
-        charset = "us-ascii" if text.isascii() else "utf-8"  # us-ascii parts stay readable (7bit)
-        part = email.mime.text.MIMEText(text, "cloud-config", charset)
-        part.add_header("Launch-Index", str(index))
-        part.add_header("Content-Disposition", "attachment", filename=f"{spec.name}.cfg")
-        archive.attach(part)
-    raw = archive.as_bytes()
-    if encoded_size(raw) > USER_DATA_LIMIT:
-        packed = gzip.compress(raw, mtime=0)
-        if encoded_size(packed) < encoded_size(raw):
-            return packed
-    return raw
-
-
-def encoded_size(data):
-    return 4 * ((len(data) + 2) // 3)
-
-
-def parse_user_data(data):
-    """Inverse of :func:`batch_user_data` for tests and debugging: [(launch_index, cloud-config dict)]."""
-    if isinstance(data, str):
-        data = base64.b64decode(data)
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    if data.startswith(b"#cloud-config"):
-        return [(None, yaml.safe_load(data.decode()))]
-    import email
-
-    msg = email.message_from_bytes(data)
-    parts = []
-    for part in msg.get_payload():
-        text = part.get_payload(decode=True).decode()
-        index = part.get("Launch-Index")
-        parts.append((int(index) if index is not None else None, yaml.safe_load(text)))
-    return parts
-
-
-# -- batching -----------------------------------------------------------------
-
-
-def batch_key(spec, resolved, by_request=False):
-    """Specs with equal keys may share one multi-create request.
-
-    ``by_request``: specs of different requests (``registry_id`` tags) never
-    share one (``name_servers: false`` sets the tag once per batch).
-    """
-    extra = spec.extra or {}
-    return (spec.tags.get("registry_id") if by_request else None,) + (
-        resolved["image"],
-        resolved["flavor"],
-        resolved.get("network"),
-        resolved.get("server_group"),
-        extra.get("availability_zone"),
-        extra.get("key_name"),
-        tuple(extra.get("security_groups") or ()),
-        bool(extra.get("config_drive", False)),
-        spec.tags.get("cluster"),
-        spec.tags.get("profile"),
-    )
-
-
-def plan_batches(specs, keys, max_batch=50, multi_create=True, minion_start=DEFAULT_MINION_START):
-    """Group spec indexes into create requests.
-
-    ``keys[i]`` is the batch key of ``specs[i]`` or ``None`` for a spec that
-    must be created alone (fixed address). Returns a list of lists of indexes;
-    order within a batch is the launch-index order. Each batch fits
-    ``max_batch`` and Nova's user-data limit.
-    """
-    batches = []
-    groups = {}
-    order = []
-    for i, key in enumerate(keys):
-        if key is None or not multi_create or max_batch <= 1:
-            batches.append([i])
-            continue
-        if key not in groups:
-            groups[key] = []
-            order.append(key)
-        groups[key].append(i)
-    texts = {}  # (spec index, launch index) -> its cloud-config, made once
-
-    def text(i, index):
-        if (i, index) not in texts:
-            texts[i, index] = cloud_config(specs[i], index, minion_start)
-        return texts[i, index]
-
-    def fits(members):
-        data = batch_user_data([specs[j] for j in members], minion_start,
-                               texts=[text(j, index) for index, j in enumerate(members)])
-        return encoded_size(data) <= USER_DATA_LIMIT
-
-    for key in order:
-        members = groups[key]
-        start = 0
-        while start < len(members):
-            rest = members[start:start + max_batch]
-            # the longest prefix whose plain text (parts plus generous MIME headers) fits: no archive built
-            count, estimate = 0, 0
-            for index, i in enumerate(rest):
-                estimate += len(text(i, index).encode()) + 400
-                if count and 4 * ((estimate + 2) // 3) > USER_DATA_LIMIT:
-                    break
-                count += 1
-            # gzip may fit more: the longest prefix that does, by bisection (a few archives per
-            # batch, not one per added part: that was quadratic in the batch size)
-            low, high = count, len(rest)
-            while low < high:
-                mid = (low + high + 1) // 2
-                if fits(rest[:mid]):
-                    low = mid
-                else:
-                    high = mid - 1
-            batches.append(rest[:low])
-            start += low
-    return batches
-
-
-def map_batch(servers, base_name, size):
-    """Map the servers of one multi-create to launch indexes 0..size-1.
-
-    Uses ``launch_index`` where the API shows it (admin), else the ``-<n>``
-    suffix Nova appends to the display name. Raises :class:`ProviderError`
-    when the servers do not form exactly one of each index.
-    """
-    mapped = {}
-    pattern = re.compile(re.escape(base_name) + r"-(\d+)$")
-    for server in servers:
-        index = getattr(server, "launch_index", None)
-        if index is None:
-            match = pattern.match(server.name or "")
-            if match:
-                index = int(match.group(1)) - 1
-        if index is None or not 0 <= index < size or index in mapped:
-            raise ProviderError(
-                f"cannot map server {server.id} ({server.name!r}) of multi-create {base_name} to a node"
-            )
-        mapped[index] = server
-    if len(mapped) != size:
-        raise ProviderError(f"Nova reports {len(mapped)} of the {size} servers of multi-create {base_name}")
-    return mapped
-
-
-# -- the provider ---------------------------------------------------------------
 
 
 class OpenStackProvider(Provider):
@@ -505,7 +80,7 @@ class OpenStackProvider(Provider):
         self.retry_backoff = float(config.get("api_retry_backoff", 0.5))
         self.concurrency = max(1, int(config.get("api_concurrency", 8)))
         self.default_networks = config.get("networks", "auto")
-        self.minion_start = config.get("minion_start", DEFAULT_MINION_START)
+        self.minion_start = config.get("minion_start", userdata.DEFAULT_MINION_START)
         self.name_servers = bool(config.get("name_servers", True))
 
     def __repr__(self):
@@ -729,7 +304,7 @@ class OpenStackProvider(Provider):
             networks = [net]
         else:
             networks = extra.get("networks", self.default_networks)
-        user_data = batch_user_data(specs, self.minion_start)
+        user_data = userdata.batch_user_data(specs, self.minion_start)
         args = {
             "name": first.name if single else base_name,
             "image_id": resolved["image"],
