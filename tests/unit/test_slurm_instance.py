@@ -10,6 +10,7 @@ a real 24.11 controller. The engine's side (join, migrate) runs on the real
 registry and policy with the in-memory Slurm and provider of test_suspend.
 """
 
+import datetime
 import importlib.util
 import json
 import logging
@@ -21,7 +22,7 @@ from tests.unit import test_suspend as ts
 from vcluster import suspend as sus
 from vcluster.errors import SlurmError
 from vcluster.slurm import client as _client
-from vcluster.slurm import instance, parse, versions
+from vcluster.slurm import instance, parse, versions, vmtime
 from vcluster.slurm.client import Slurm
 
 DATA = pathlib.Path(__file__).parent / "data" / "slurm"
@@ -266,3 +267,50 @@ def test_module_on_24_11_returns_the_node(module):
                                                                                "profile": "htc"})
     assert ret["set"] is True and ret["node"]["instance_id"] == "vcluster-vn1"
     assert run.calls[0][-1] == f"Extra={EXTRA}"
+
+
+# -- VM time per job (sacct joined with sacctmgr show instance) ---------------------------
+
+INSTANCES = """\
+cl1|i-0001|m1.small|{"host":"h2","provider":"os1"}|2026-12-07T10:00:00|2026-12-07T11:00:00
+cl1|i-0002|m1.small|{"host":"h1","provider":"os1"}|2026-12-07T12:00:00|Unknown
+cl2|i-0003|m1.large||2026-12-07T10:30:00|2026-12-07T10:45:00
+"""
+
+
+def _ts(text):
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").timestamp()
+
+
+def test_vm_time_joins_jobs_and_instances_by_node_and_overlap():
+    sacct = ("7|cl[1-2]|2026-12-07T10:40:00|2026-12-07T10:50:00\n"   # both nodes, overlaps cl2's end
+             "8|cl1|2026-12-07T10:59:00|2026-12-07T12:01:00\n"       # across two instances of cl1
+             "9|cl1|2026-12-07T12:30:00|Unknown\n"                   # still running
+             "10|None assigned|Unknown|Unknown\n"                    # never started
+             "11|vn1|2026-12-07T10:00:00|2026-12-07T10:10:00\n")     # a node without instances
+    rows = vmtime.job_vm_seconds(sacct, INSTANCES, now=_ts("2026-12-07T13:00:00"))
+    assert rows == [
+        ("7", "cl1", "i-0001", "m1.small", '{"host":"h2","provider":"os1"}', 600),
+        ("7", "cl2", "i-0003", "m1.large", "", 300),
+        ("8", "cl1", "i-0001", "m1.small", '{"host":"h2","provider":"os1"}', 60),
+        ("8", "cl1", "i-0002", "m1.small", '{"host":"h1","provider":"os1"}', 60),
+        ("9", "cl1", "i-0002", "m1.small", '{"host":"h1","provider":"os1"}', 1800),
+    ]
+    text = vmtime.report(sacct, INSTANCES, now=_ts("2026-12-07T13:00:00"))
+    assert text.splitlines()[-3:] == ["7|total||||900", "8|total||||120", "9|total||||1800"]
+
+
+def test_vm_time_refuses_output_of_another_format():
+    with pytest.raises(SlurmError, match=r"sacct line '7\|cl1' does not have 4 \|-separated fields"):
+        vmtime.job_vm_seconds("7|cl1\n", INSTANCES)
+    with pytest.raises(SlurmError, match="job 7 Start '10:40' is not a time"):
+        vmtime.job_vm_seconds("7|cl1|10:40|Unknown\n", INSTANCES)
+
+
+def test_vm_time_command_line(tmp_path, capsys):
+    (tmp_path / "jobs").write_text("7|cl2|2026-12-07T10:40:00|2026-12-07T10:50:00\n")
+    (tmp_path / "inst").write_text(INSTANCES)
+    assert vmtime.main([str(tmp_path / "jobs"), str(tmp_path / "inst")]) == 0
+    assert capsys.readouterr().out == "7|cl2|i-0003|m1.large||300\n7|total||||300\n"
+    assert vmtime.main([str(tmp_path / "missing"), str(tmp_path / "inst")]) == 1
+    assert vmtime.main([]) == 2
