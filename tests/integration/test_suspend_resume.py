@@ -283,3 +283,36 @@ def test_preemption_latency_sample(vstack, nodes):
         wait_until(lambda low=low: job_states([low]).get(low) not in ("RUNNING", "COMPLETING", "SUSPENDED"), 60, "low gone")
     pathlib.Path(os.environ["VCLUSTER_BENCH_OUT"]).write_text(json.dumps({"freeze": freezes, "resume": resumes}))
     assert all(v is not None for v in freezes + resumes), (freezes, resumes)
+
+
+@pytest.mark.skipif(not os.environ.get("VCLUSTER_BENCH_OUT"), reason="run by bench/resume_after.py")
+def test_resume_time_after_freeze_sample(vstack, nodes):
+    """bench/resume_after.py: ``vcluster.resume`` wall time after a freeze of each length asked for.
+
+    A counter job runs on the node through every freeze (never requeued,
+    no line lost); the lengths come from ``VCLUSTER_BENCH_FREEZES`` (seconds,
+    comma-separated), shortest first.
+    """
+    node = nodes[0]
+    lengths = [int(x) for x in os.environ.get("VCLUSTER_BENCH_FREEZES", "5,60").split(",")]
+    seconds = sum(lengths) + 20 * len(lengths) + 30
+    job = sbatch("-p", "htc", "-w", node, script=counter_script(seconds))
+    wait_jobs([job], states=("RUNNING",), timeout=60)
+    samples = []
+    for length in lengths:
+        ret = vstack.run("vcluster.suspend", f"nodes={node}")
+        assert ret.data["result"] is True, ret.stdout
+        frozen_at = time.monotonic()
+        time.sleep(max(0.0, length - (time.monotonic() - frozen_at)))  # the freeze being measured
+        start = time.monotonic()
+        ret = vstack.run("vcluster.resume", f"nodes={node}")
+        resumed = time.monotonic() - start
+        assert ret.data["result"] is True, ret.stdout
+        wait_until(lambda: job_states([job]).get(job) == "RUNNING", 60, f"job {job} running again")
+        samples.append({"frozen_seconds": round(start - frozen_at, 1), "resume_seconds": round(resumed, 3),
+                        "job_running_seconds": round(time.monotonic() - start, 3)})
+        print(f"frozen {start - frozen_at:.0f} s: vcluster.resume took {resumed:.2f} s")
+    assert wait_jobs([job], timeout=seconds + 60) == {job: "COMPLETED"}
+    assert_not_requeued([job])
+    assert counter_lines(node, job) == list(range(1, seconds + 1))
+    pathlib.Path(os.environ["VCLUSTER_BENCH_OUT"]).write_text(json.dumps(samples))
