@@ -133,8 +133,9 @@ def launch(ctx, prof, provider, nodes, request_id):
     join handler acts on booting nodes only. On failure everything is
     rolled back (instances, keys, names, addresses).
     """
+    # one transaction for the whole request (all or none), then the events
+    ctx.registry.transition_many([n.name for n in nodes], "booting", expect="allocated", actor=ctx.actor)
     for n in nodes:
-        ctx.registry.transition(n.name, "booting", expect="allocated", actor=ctx.actor)
         ctx.node_event(n.name, "booting")
     created = []
     try:
@@ -152,12 +153,14 @@ def launch(ctx, prof, provider, nodes, request_id):
         for n in nodes:
             _release(ctx, n.name, reason, delete_instance=False)
         return reason
+    # one transaction for the request; a node failed and released while the
+    # create call ran is skipped there, and its instance deleted: no orphan
+    gone = ctx.registry.update_many({n.name: {"instance_id": inst.id, "host": inst.host}
+                                     for n, inst in zip(nodes, instances)})
     for n, inst in zip(nodes, instances):
-        if ctx.registry.get(n.name) is None:
-            # failed and released while the create call ran: do not orphan it
+        if n.name in gone:
             _quietly(provider.delete, [inst.id])
             continue
-        ctx.registry.update(n.name, instance_id=inst.id, host=inst.host)
         ctx.node_event(n.name, "created", instance=inst.id, host=inst.host)
     return None
 

@@ -488,30 +488,51 @@ class Registry:
             raise InvalidTransition(f"{to_state!r} is not a node state (states: {', '.join(sorted(STATES))})")
         expected = {expect} if isinstance(expect, str) else set(expect) if expect is not None else None
         with self._write() as db:
-            node = self._active_row(db, name)
-            if expected is not None and node.state not in expected:
-                raise InvalidTransition(
-                    f"node {name} is {node.state}, not {'|'.join(sorted(expected))}, so it does not go to {to_state}"
-                )
-            if to_state not in TRANSITIONS[node.state]:
-                allowed = "|".join(sorted(TRANSITIONS[node.state])) or "nothing"
-                raise InvalidTransition(
-                    f"node {name} cannot go from {node.state} to {to_state} (allowed: {allowed})"
-                )
-            from_state, old_address = node.state, node.address
-            node.state = to_state
-            node.updated = time.time()
-            if reason is not None:
-                node.reason = reason
-            elif to_state == "ready":
-                node.reason = None
-            for key, value in fields.items():
-                setattr(node, key, value)
-            self._save(db, node, old_address)
-            self._audit(db, node.updated, node, from_state, to_state, reason, actor)
-            if to_state == "released":
-                db.execute("UPDATE slots SET node_id = NULL WHERE node_id = ?", (node.id,))
-                db.execute("DELETE FROM jobs WHERE node = ?", (name,))
+            return self._transition(db, name, to_state, reason, expected, actor, fields)
+
+    def transition_many(self, names, to_state, reason=None, expect=None, actor=None):
+        """:meth:`transition` of every one of ``names`` in one transaction; the new :class:`Node` list.
+
+        All or none: one name that is not active or not in ``expect`` (or
+        cannot go to ``to_state``) rolls back the others and raises as
+        :meth:`transition` does. An expand's nodes go to ``booting`` together
+        (one writer lock and one commit for a burst of 32, not 32).
+        """
+        names = list(names)
+        if len(set(names)) != len(names):
+            raise RegistryError(f"transition_many takes each node once; got {', '.join(names)}")
+        if to_state not in STATES:
+            raise InvalidTransition(f"{to_state!r} is not a node state (states: {', '.join(sorted(STATES))})")
+        expected = {expect} if isinstance(expect, str) else set(expect) if expect is not None else None
+        with self._write() as db:
+            return [self._transition(db, name, to_state, reason, expected, actor, {}) for name in names]
+
+    def _transition(self, db, name, to_state, reason, expected, actor, fields):
+        """One node's move inside the caller's transaction (see :meth:`transition`)."""
+        node = self._active_row(db, name)
+        if expected is not None and node.state not in expected:
+            raise InvalidTransition(
+                f"node {name} is {node.state}, not {'|'.join(sorted(expected))}, so it does not go to {to_state}"
+            )
+        if to_state not in TRANSITIONS[node.state]:
+            allowed = "|".join(sorted(TRANSITIONS[node.state])) or "nothing"
+            raise InvalidTransition(
+                f"node {name} cannot go from {node.state} to {to_state} (allowed: {allowed})"
+            )
+        from_state, old_address = node.state, node.address
+        node.state = to_state
+        node.updated = time.time()
+        if reason is not None:
+            node.reason = reason
+        elif to_state == "ready":
+            node.reason = None
+        for key, value in fields.items():
+            setattr(node, key, value)
+        self._save(db, node, old_address)
+        self._audit(db, node.updated, node, from_state, to_state, reason, actor)
+        if to_state == "released":
+            db.execute("UPDATE slots SET node_id = NULL WHERE node_id = ?", (node.id,))
+            db.execute("DELETE FROM jobs WHERE node = ?", (name,))
         return node
 
     def update(self, name, **fields):
@@ -527,6 +548,33 @@ class Registry:
             node.updated = time.time()
             self._save(db, node, old_address)
         return node
+
+    def update_many(self, changes):
+        """:meth:`update` of several nodes in one transaction: ``{name: {field: value}}``.
+
+        A name no longer active (released meanwhile, say by its join
+        handler) is skipped, not an error: the others are still written,
+        and the skipped names are returned (a set) so the caller can undo
+        what it made for them (an expand deletes their instances).
+        """
+        for name, fields in changes.items():
+            unknown = sorted(set(fields) - set(MUTABLE_FIELDS))
+            if unknown:
+                raise RegistryError(f"update cannot set {', '.join(unknown)}; settable: {', '.join(MUTABLE_FIELDS)}")
+        gone = set()
+        with self._write() as db:
+            for name, fields in changes.items():
+                try:
+                    node = self._active_row(db, name)
+                except RegistryError:
+                    gone.add(name)
+                    continue
+                old_address = node.address
+                for key, value in fields.items():
+                    setattr(node, key, value)
+                node.updated = time.time()
+                self._save(db, node, old_address)
+        return gone
 
     def _save(self, db, node, old_address):
         try:

@@ -371,3 +371,27 @@ def test_attrs_kept_with_the_node(reg):
 def test_memory_registry():
     with Registry(":memory:") as reg:
         assert [n.name for n in reg.allocate(POOL, "htc", "lxd", 2, "r")] == ["n1", "n2"]
+
+
+def test_transition_many_moves_all_in_one_transaction_or_none(reg):
+    reg.allocate(POOL, "htc", "lxd", 3, "r")
+    moved = reg.transition_many(["n1", "n2"], "booting", expect="allocated", actor="test")
+    assert [(n.name, n.state) for n in moved] == [("n1", "booting"), ("n2", "booting")]
+    assert reg.audit("n2")[0]["to_state"] == "booting" and reg.audit("n2")[0]["actor"] == "test"
+    # n1 is booting, not allocated: nothing moves, n3 included
+    with pytest.raises(InvalidTransition, match="n1 is booting"):
+        reg.transition_many(["n3", "n1"], "booting", expect="allocated")
+    assert reg.get("n3").state == "allocated"
+    with pytest.raises(RegistryError, match="each node once"):
+        reg.transition_many(["n3", "n3"], "booting")
+
+
+def test_update_many_skips_released_nodes_and_names_them(reg):
+    reg.allocate(POOL, "htc", "lxd", 2, "r")
+    reg.fail("n2", "gone meanwhile")
+    reg.release("n2", "gone meanwhile")
+    gone = reg.update_many({"n1": {"instance_id": "i-1", "host": "hv1"}, "n2": {"instance_id": "i-2"}})
+    assert gone == {"n2"}
+    assert (reg.get("n1").instance_id, reg.get("n1").host) == ("i-1", "hv1")
+    with pytest.raises(RegistryError, match="cannot set profile"):
+        reg.update_many({"n1": {"profile": "mem"}})
