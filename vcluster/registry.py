@@ -557,7 +557,7 @@ class Registry:
         and the skipped names are returned (a set) so the caller can undo
         what it made for them (an expand deletes their instances).
         """
-        for name, fields in changes.items():
+        for fields in changes.values():
             unknown = sorted(set(fields) - set(MUTABLE_FIELDS))
             if unknown:
                 raise RegistryError(f"update cannot set {', '.join(unknown)}; settable: {', '.join(MUTABLE_FIELDS)}")
