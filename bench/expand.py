@@ -17,6 +17,10 @@ slurmctld, reconfigure, resume; the baseline) in the same run, it reports:
 * ``overhead``: the rest of the runner's time, all vcluster's: before boot
   the context, allocation and key generation; after it the node's
   highstate and joining Slurm;
+* ``salt_run_exit``: the runner's return event (``salt/run/<jid>/ret``)
+  to the end of the ``salt-run`` process, part of ``overhead``: the
+  command line's own end; ``last_ready_to_return``: the last node's
+  ``ready`` event to the runner's return;
 * ``cpu_busy``: CPU seconds the whole machine (guests included) spent
   during the expand, against ``cores`` times ``total`` available;
 * ``timeline``: per node, seconds after the create call at which its minion
@@ -112,6 +116,8 @@ class Watcher(threading.Thread):
                     self.seen.setdefault(("highstate", ret.group(1)), now)
                 elif re.match(r"salt/run/\d+/new$", tag) and data.get("fun") == "runner.vcluster.expand":
                     self.seen.setdefault(("runner", "expand"), now)
+                elif re.match(r"salt/run/\d+/ret$", tag) and data.get("fun") == "runner.vcluster.expand":
+                    self.seen.setdefault(("runner", "ret"), now)
                 elif re.match(r"salt/run/\d+/progress$", tag):
                     message = data.get("message") or (data.get("event") or {}).get("message") or ""
                     if message.startswith("creating "):
@@ -166,6 +172,7 @@ def measure(watcher, profile, count):
     starts = [watcher.seen.get(("start", n)) for n in names]
     runner = watcher.seen.get(("runner", "expand"))
     creating = watcher.seen.get(("creating", "expand"))
+    returned = watcher.seen.get(("runner", "ret"))
     retire = salt_run("vcluster.retire", f"nodes={','.join(names)}", "force=True")
     if not retire.get("result"):
         raise SystemExit(f"retire failed: {retire.get('comment')}")
@@ -186,6 +193,11 @@ def measure(watcher, profile, count):
         "overhead_before_boot": round(creating - runner, 2),
         "overhead_after_boot": round(t1 - max(starts), 2),
         "per_node_overhead": round(overhead / count, 2),
+        # the runner's return event to salt-run's exit: the command line's
+        # own end (it reads every event of the master bus meanwhile)
+        "salt_run_exit": round(t1 - returned, 2) if returned else None,
+        "last_ready_to_return": round(returned - max(watcher.seen[("ready", n)] for n in names), 2)
+        if returned and all(("ready", n) in watcher.seen for n in names) else None,
         "cpu_busy": round(cpu1 - cpu0, 1),
         "cores": os.cpu_count(),
         "timeline": timeline,
