@@ -52,14 +52,16 @@ def transient(exc):
 
 
 def call(func, attempts, backoff, deadline, is_transient=transient, before_retry=None, on_retry=None,
-         clock=time.monotonic, wait=None):
+         clock=time.monotonic, wait=None, quiet=False):
     """``func()``, tried up to ``attempts`` times until ``deadline`` (a ``clock`` value).
 
-    Waits ``backoff``, then twice as long, ... between tries (never past the
-    deadline). ``before_retry(exc)`` runs before each new try (clean-up),
-    ``on_retry(attempt, exc, delay)`` reports it. The last error is raised
-    when tries or time run out, or at once when it is not transient.
-    ``wait(seconds)`` defaults to an interruptible event wait.
+    The one retry loop of the product (provider creates, every OpenStack
+    API call, Salt wheel calls). Waits ``backoff``, then twice as long, ...
+    between tries (never past the deadline). ``before_retry(exc)`` runs
+    before each new try (clean-up), ``on_retry(attempt, exc, delay)``
+    reports it (``quiet``: only it; otherwise a warning is logged too). The
+    last error is raised when tries or time run out, or at once when it is
+    not transient. ``wait(seconds)`` defaults to an interruptible event wait.
     """
     if wait is None:
         import threading
@@ -76,7 +78,8 @@ def call(func, attempts, backoff, deadline, is_transient=transient, before_retry
             left = deadline - clock()
             if attempt >= attempts or not is_transient(exc) or left <= delay:
                 raise
-            log.warning("attempt %d of %d failed (%s); retrying in %.1f s", attempt, attempts, exc, delay)
+            if not quiet:
+                log.warning("attempt %d of %d failed (%s); retrying in %.1f s", attempt, attempts, exc, delay)
             if on_retry is not None:
                 on_retry(attempt, exc, delay)
             if delay > 0:

@@ -29,6 +29,7 @@ from vcluster.providers.openstack.servers import (
     tag_request,
     to_instance,
 )
+from vcluster.retry import call as retry_call
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,14 @@ RESUME_ACTIONS = {
     "SHUTOFF": ("start", "start_server"),
 }
 _SECRET_KEYS = ("password", "secret", "token", "application_credential_secret", "key")
+
+
+class _Failed(Exception):
+    """An API call that failed with an HTTP status (0: no answer); only its status goes into messages."""
+
+    def __init__(self, error, status, transient):
+        super().__init__(status or type(error).__name__)
+        self.error, self.status, self.transient = error, status, transient
 
 
 class OpenStackProvider(Provider):
@@ -140,37 +149,34 @@ class OpenStackProvider(Provider):
         from keystoneauth1 import exceptions as ks_exc
         from openstack import exceptions as os_exc
 
-        deadline = time.monotonic() + self.retry_deadline
-        delay = self.retry_backoff
-        attempt = 0
-        while True:
+        def once():
             self._count(kind)
             try:
                 return fn(*args, **kwargs)
             except os_exc.HttpException as exc:
                 status = exc.status_code or 0
-                transient = status >= 500
-                error = exc
+                raise _Failed(exc, status, transient=status >= 500) from None
             except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.RetriableConnectionFailure) as exc:
-                transient, status, error = True, 0, exc
+                raise _Failed(exc, 0, transient=True) from None
             except ks_exc.Unauthorized:
                 raise ProviderError(f"the cloud of provider {self.name} rejected its credentials") from None
             except ks_exc.ClientException as exc:
                 raise ProviderError(f"OpenStack {kind} call failed: {type(exc).__name__}") from None
             except os_exc.SDKException as exc:  # endpoint missing, bad config... (no HTTP status)
                 raise ProviderError(f"OpenStack {kind} call failed: {type(exc).__name__}: {str(exc)[:300]}") from None
-            if transient and retry and attempt < self.retries and time.monotonic() + delay < deadline:
-                attempt += 1
-                self._count("retry")
-                log.info(
-                    "OpenStack %s call failed (%s), retry %d in %.1f s",
-                    kind, status or type(error).__name__, attempt, delay,
-                )
-                time.sleep(delay)
-                delay *= 2
-                continue
-            translated = self._translate(kind, error, status)
-            translated.http_status = status
+
+        def on_retry(attempt, failed, delay):
+            self._count("retry")
+            log.info("OpenStack %s call failed (%s), retry %d in %.1f s", kind, failed, attempt, delay)
+
+        try:
+            return retry_call(once, self.retries + 1 if retry else 1, self.retry_backoff,
+                              time.monotonic() + self.retry_deadline,
+                              is_transient=lambda exc: isinstance(exc, _Failed) and exc.transient,
+                              on_retry=on_retry, wait=time.sleep, quiet=True)
+        except _Failed as failed:
+            translated = self._translate(kind, failed.error, failed.status)
+            translated.http_status = failed.status
             raise translated from None
 
     @staticmethod
