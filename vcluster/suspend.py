@@ -364,7 +364,7 @@ def migrate(ctx, node, host=None, live=True, test=False):
         ctx.registry.update(name, **fields)
     if address_changed:
         set_node_addr(ctx, name, inst.address)
-    _instance.record(ctx, name)  # Slurm's cloud accounting (23.11+) with the new host; never raises
+    _instance.record(ctx, name, drained=back == "suspended")  # Slurm's cloud accounting (23.11+); never raises
     try:
         ctx.registry.transition(name, back, expect="migrating", actor=ctx.actor)
     except InvalidTransition:

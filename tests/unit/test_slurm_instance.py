@@ -10,6 +10,7 @@ a real 24.11 controller. The engine's side (join, migrate) runs on the real
 registry and policy with the in-memory Slurm and provider of test_suspend.
 """
 
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -208,6 +209,27 @@ def test_migrate_records_the_new_host(ctx):
     # after Slurm has the new address, before the node is ready again
     names = [call[0] for call in c.slurm.calls]
     assert names.index("update_node_addr") < names.index("set_instance")
+
+
+def test_migrating_a_suspended_dynamic_node_leaves_the_fields(ctx, caplog):
+    c = ctx()
+    c.slurm.nodes_["vn1"] = {"state": ["IDLE", "DRAIN"], "reason": sus.DRAIN_REASON}
+    c.registry.transition("vn1", "suspending")
+    c.registry.transition("vn1", "suspended")
+    with caplog.at_level(logging.INFO, logger="vcluster.slurm.instance"):
+        assert sus.migrate(c, "vn1", host="h2")["result"] is True
+    assert "set_instance" not in [call[0] for call in c.slurm.calls]
+    assert "slurmdbd would end its drain event" in caplog.text
+    assert c.registry.get("vn1").state == "suspended"
+
+
+def test_a_drained_cloud_node_is_recorded(ctx, monkeypatch):
+    c = ctx()
+    get = c.registry.get
+    monkeypatch.setattr(c.registry, "get", lambda name: dataclasses.replace(get(name), membership="cloud")
+                        if name == "vn1" else get(name))  # a cloud node's row, without cloud's policy
+    assert instance.record(c, "vn1", drained=True) is True
+    assert instance.record(c, "vn2", drained=True) is False  # the profile's membership: dynamic
 
 
 def test_failure_warns_in_one_sentence_and_the_migration_goes_on(ctx, caplog):

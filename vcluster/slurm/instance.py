@@ -93,17 +93,29 @@ def fields(node, profile):
     }
 
 
-def record(ctx, name):
+def record(ctx, name, drained=False):
     """Set ``name``'s InstanceId, InstanceType and Extra in Slurm from its registry row; never raises.
 
     Returns True when Slurm took them, False otherwise: a release without
     the fields (before 23.11, logged at info) or any failure (a warning of
     one sentence; the node's join or migration goes on).
+
+    ``drained``: the node is drained in Slurm (a suspended node being
+    migrated). Then only a cloud-membership node is updated: for any other
+    node slurmdbd would write a ``node-update`` event that ends the node's
+    open DRAIN event in its accounting (``as_mysql_node_update`` on a node
+    without a ``POWERED_DOWN`` event), and would list no instance of it
+    anyway.
     """
     try:
         node = ctx.registry.get(name)
         if node is None or not node.instance_id:
             log.info("node %s has no instance; Slurm's instance fields are not set", name)
+            return False
+        mode = node.membership or ctx.policy.membership_of(node.profile)
+        if drained and mode != "cloud":
+            log.info("node %s is drained and of %s membership: its instance fields are left as they are "
+                     "(slurmdbd would end its drain event)", name, mode)
             return False
         wanted = fields(node, ctx.policy.profiles[node.profile])
         ret = ctx.slurm.set_instance(name, **wanted)
