@@ -31,8 +31,12 @@ What Slurm does with them (read in SchedMD's source at slurm-24-11-5-1):
   that never was ``POWERED_DOWN`` in the database (a dynamic node created
   ``State=FUTURE``, as vcluster's dynamic and static membership make them)
   has no such event: slurmctld's update reaches slurmdbd, which writes
-  nothing that ``sacctmgr show instance`` lists. Cloud membership's nodes
-  (``State=CLOUD``, powered down until Slurm resumes them) are listed.
+  nothing that ``sacctmgr show instance`` lists, but adds a zero-length
+  ``node-update`` event (``sacctmgr show event``) that also ends an open
+  event of the node, such as its DRAIN (``as_mysql_node_down`` then
+  ``as_mysql_node_up``); hence :func:`record`'s ``drained``. Cloud
+  membership's nodes (``State=CLOUD``, powered down until Slurm resumes
+  them) are listed.
 
 The values go into slurmdbd's SQL unescaped (``extra='%s'``), so every
 value is checked against :data:`_VALUE` before anything runs.
