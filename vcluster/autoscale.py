@@ -40,14 +40,13 @@ import time
 from vcluster import engine
 from vcluster.arguments import flag
 from vcluster.errors import VclusterError
+from vcluster.slurm import states
 from vcluster.suspend import WARM_REASON
 
 log = logging.getLogger(__name__)
 
 #: Seconds between schedule ticks (the runner decides whether it is due).
 SCHEDULE_TICK = 10
-#: Job states in which a per-job node is still needed.
-LIVE = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING", "REQUEUED", "RESIZING", "STOPPED")
 #: Pending reasons that more nodes would not cure.
 NOT_FOR_NODES = ("Dependency", "JobHeldUser", "JobHeldAdmin", "BeginTime", "DependencyNeverSatisfied",
                  "PartitionDown", "PartitionInactive", "AssocGrpJobsLimit", "QOSMaxJobsPerUserLimit")
@@ -116,7 +115,7 @@ def plan(policy, nodes, slurm_nodes, jobs, state, now):
     """
     busy = set()
     for job in jobs:
-        if job.get("state") in LIVE:
+        if job.get("state") in states.JOB_NOT_DONE:
             busy.update(job.get("nodes") or [])
     per_job_nodes = {n for names in state.get("jobs", {}).values() for n in names}
     idle_since = state.setdefault("idle_since", {})
@@ -282,7 +281,7 @@ def _per_job(ctx, state, jobs, test):  # noqa: ARG001 - same signature for run()
     """Flagged jobs still to serve, and served jobs that ended (from the one job listing of this run)."""
     scale = ctx.policy.autoscale
     profiles = sorted(n for n, p in scale.profiles.items() if p.per_job)
-    live = {str(j["id"]) for j in jobs if j.get("state") in LIVE}
+    live = {str(j["id"]) for j in jobs if j.get("state") in states.JOB_NOT_DONE}
     ended = sorted(j for j in state.get("jobs", {}) if j not in live)
     if not profiles:
         return {"serve": [], "ended": ended}

@@ -54,6 +54,7 @@ import hostlist
 from vcluster import preempt, suspend
 from vcluster.arguments import flag, seconds
 from vcluster.errors import InvalidTransition, PolicyError, RegistryError, VclusterError, sentence
+from vcluster.slurm import states
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,6 @@ TO_RETIRING = {
     "migrating": ("ready", "draining", "retiring"),
     "retiring": (),
 }
-#: Slurm job states that hold a node.
-LIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED", "PENDING")
 #: Slurm words of a cloud-mode node in Slurm's power-saving hands: powered off
 #: (no instance expected), or powering up (Slurm waits ResumeTimeout, then runs
 #: ResumeFailProgram and requeues its jobs itself).
@@ -237,7 +236,7 @@ def _requeue_jobs(ctx, name):
     """Requeue the live jobs of Slurm node ``name`` (none is lost: they run elsewhere)."""
     requeued = []
     for job in ctx.slurm.jobs(nodes=[name]):
-        if job.get("state") in LIVE_JOB_STATES and job.get("state") != "PENDING":
+        if job.get("state") in states.JOB_ON_NODES:
             ctx.slurm.requeue(job["id"])
             requeued.append(job["id"])
     return requeued

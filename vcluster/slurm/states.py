@@ -30,6 +30,16 @@ JOB_FLAG_PRECEDENCE = ("COMPLETING", "STAGE_OUT", "CONFIGURING", "RESIZING", "RE
                        "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT", "STOPPED", "REVOKED",
                        "RESV_DEL_HOLD", "SIGNALING")
 
+#: Job states (the one word of :func:`job_state`) of a job that holds its
+#: nodes now: a node with such a job is busy, and removing it ends the job.
+JOB_ON_NODES = ("CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING", "STOPPED", "SIGNALING",
+                "STAGE_OUT", "RESIZING")
+#: Job states of a job Slurm has not finished: waiting, or on its nodes.
+#: ``squeue`` also lists jobs that ended within ``MinJobAge`` (COMPLETED,
+#: CANCELLED, FAILED, TIMEOUT, NODE_FAIL ...), which are in neither group.
+JOB_NOT_DONE = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT", "RESV_DEL_HOLD") \
+    + JOB_ON_NODES
+
 #: Markers of dynamic nodes; not state words.
 DYNAMIC_MARKERS = ("DYNAMIC_NORM", "DYNAMIC_FUTURE")
 
