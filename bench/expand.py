@@ -207,7 +207,7 @@ def measure(watcher, profile, count):
 def retire_all():
     """Retire every vcluster node first: switching membership under live nodes of the
     other mode breaks their slurmd, and a static push goes to every node there is."""
-    names = sorted((salt_run("vcluster.status").get("nodes") or {}))
+    names = sorted(salt_run("vcluster.status").get("nodes") or {})
     if names:
         ret = salt_run("vcluster.retire", f"nodes={','.join(names)}", "force=True")
         if not ret.get("result"):

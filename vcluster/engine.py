@@ -15,24 +15,23 @@ import uuid
 import hostlist
 
 from vcluster import bootstrap, membership, retry
-from vcluster.arguments import flag, node_names, positive_int, whole_seconds
 from vcluster import policy as _policy
-from vcluster.slurm import instance as _instance
+from vcluster.arguments import flag, node_names, positive_int, whole_seconds
 from vcluster.errors import (
-    sentence,
     InvalidTransition,
     PolicyError,
     RegistryError,
     VclusterError,
+    sentence,
 )
+from vcluster.slurm import instance as _instance
+from vcluster.slurm import states
 
 log = logging.getLogger(__name__)
 
 #: States in which a node may be retired by the admin (a suspended node only
 #: when it holds no job: suspended jobs are not finished, see retire).
 RETIRABLE = ("ready", "draining", "failed", "suspended")
-#: Slurm job states that mean "still holds the node".
-LIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED")
 
 
 # -- input validation --------------------------------------------------------
@@ -67,7 +66,7 @@ def plan(ctx, profile, count):
         "provider": prof.provider,
         "membership": ctx.policy.membership_of(prof.name),
         "count": count,
-        "nodes": dict(zip(names, addrs)),
+        "nodes": dict(zip(names, addrs, strict=True)),
         "comment": (
             f"would create {count} node(s) of profile {prof.name}"
             if ok
@@ -156,8 +155,8 @@ def launch(ctx, prof, provider, nodes, request_id):
     # one transaction for the request; a node failed and released while the
     # create call ran is skipped there, and its instance deleted: no orphan
     gone = ctx.registry.update_many({n.name: {"instance_id": inst.id, "host": inst.host}
-                                     for n, inst in zip(nodes, instances)})
-    for n, inst in zip(nodes, instances):
+                                     for n, inst in zip(nodes, instances, strict=True)})
+    for n, inst in zip(nodes, instances, strict=True):
         if n.name in gone:
             _quietly(provider.delete, [inst.id])
             continue
@@ -361,7 +360,7 @@ def retire(ctx, nodes, force=False, wait=600, test=False):
         busy = _busy_nodes(ctx, draining)
         if force and busy:
             for job in ctx.slurm.jobs(nodes=sorted(busy)):
-                if job.get("state") in LIVE_JOB_STATES:
+                if job.get("state") in states.JOB_ON_NODES:
                     ctx.slurm.requeue(job["id"])
             ctx.events.progress(f"requeued jobs on {hostlist.collect_hostlist(sorted(busy))}")
             busy = _busy_nodes(ctx, draining)
@@ -416,7 +415,7 @@ def _live_jobs(ctx, names):
     if not names:
         return out
     for job in ctx.slurm.jobs(nodes=list(names)):
-        if job.get("state") in LIVE_JOB_STATES:
+        if job.get("state") in states.JOB_ON_NODES:
             for n in job.get("nodes", []):
                 if n in names:
                     out.setdefault(n, []).append(job["id"])
@@ -426,7 +425,7 @@ def _live_jobs(ctx, names):
 def _busy_nodes(ctx, names):
     busy = set()
     for job in ctx.slurm.jobs(nodes=names):
-        if job.get("state") in LIVE_JOB_STATES:
+        if job.get("state") in states.JOB_ON_NODES:
             busy.update(n for n in job.get("nodes", []) if n in names)
     return busy
 
@@ -475,11 +474,6 @@ def shrink(ctx, count, profile, force=False, wait=600, test=False):
 
 # -- status and reconcile ----------------------------------------------------
 
-#: Slurm job states in which a job is alive on its nodes (status's ``jobs``):
-#: ``squeue`` also lists jobs that ended within ``MinJobAge`` (COMPLETED,
-#: CANCELLED, FAILED, TIMEOUT ... with the nodes they ran on), which are not.
-ALIVE_JOB_STATES = ("RUNNING", "SUSPENDED", "COMPLETING", "CONFIGURING", "STOPPED", "SIGNALING",
-                    "STAGE_OUT", "RESIZING")
 #: Columns of :func:`status_rows`, in order.
 STATUS_COLUMNS = ("node", "state", "slurm", "instance", "jobs", "address", "profile", "host", "reason")
 
@@ -490,7 +484,7 @@ def status(ctx):
     ``result`` is False when Slurm or a provider could not be asked: the
     nodes' Slurm state (and jobs) or instance status then read ``unknown``
     (never ``absent``), ``unknown`` names the part and the comment says why.
-    ``jobs`` lists only jobs alive in Slurm (:data:`ALIVE_JOB_STATES`).
+    ``jobs`` lists only jobs alive in Slurm (:data:`vcluster.slurm.states.JOB_ON_NODES`).
     """
     nodes = ctx.registry.nodes()
     unknown, why = [], []
@@ -499,7 +493,7 @@ def status(ctx):
         slurm = {s["name"]: s for s in ctx.slurm.nodes()}
         jobs = {}
         for job in ctx.slurm.jobs():
-            if job.get("state") not in ALIVE_JOB_STATES:
+            if job.get("state") not in states.JOB_ON_NODES:
                 continue  # ended: squeue keeps it MinJobAge seconds with the nodes it ran on
             for name in job.get("nodes", []):
                 jobs.setdefault(name, []).append(job["id"])
@@ -588,7 +582,6 @@ def _minion_warnings(ctx, nodes, slurm):
 
 # reconcile lives in vcluster/reconcile.py (it imports this module lazily)
 from vcluster.reconcile import reconcile  # noqa: E402,F401
-
 
 # -- helpers -------------------------------------------------------------------
 

@@ -133,7 +133,7 @@ def _pool_digest(pool):
 def _iso(ts):
     if ts is None:
         return None
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds")
 
 
 @dataclasses.dataclass
@@ -350,7 +350,7 @@ class Registry:
             raise PoolExhausted(f"pool {pool.name!r} has {free} free nodes, wanted {count}")
         now = time.time()
         nodes = []
-        for name, address in zip(names, addresses):
+        for name, address in zip(names, addresses, strict=True):
             cur = db.execute(
                 "INSERT INTO nodes (name, address, pool, profile, provider, state, request_id, "
                 "membership, attrs, created, updated) VALUES (?, ?, ?, ?, ?, 'allocated', ?, ?, ?, ?, ?)",
@@ -423,7 +423,7 @@ class Registry:
             addresses = [None] * count
         now = time.time()
         nodes = []
-        for name, address in zip(names, addresses):
+        for name, address in zip(names, addresses, strict=True):
             cur = db.execute(
                 "INSERT INTO nodes (name, address, pool, profile, provider, state, request_id, "
                 "membership, attrs, created, updated) VALUES (?, ?, ?, ?, ?, 'allocated', ?, ?, ?, ?, ?)",

@@ -119,8 +119,15 @@ def create(ctx, profile, provider, specs):
                         {"profile": profile.name, "attempt": attempt, "error": sentence(exc),
                          "nodes": sorted(names)})
 
+    def once():
+        instances = provider.create(specs)
+        if len(instances) != len(specs):  # the contract: one instance per spec, in order
+            raise ProviderError(f"provider {provider.name} returned {len(instances)} instance(s) "
+                                f"for {len(specs)} node(s)")
+        return instances
+
     try:
-        return call(lambda: provider.create(specs), faults.create_attempts, faults.create_backoff,
+        return call(once, faults.create_attempts, faults.create_backoff,
                     time.monotonic() + faults.create_deadline, before_retry=leftovers, on_retry=report)
     except Exception as exc:
         # a provider that broke its all-or-nothing promise (timeout) leaves nothing behind either

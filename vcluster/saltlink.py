@@ -12,9 +12,9 @@ import logging
 import threading
 import time
 
+import salt.cache
 import salt.client
 import salt.config
-import salt.cache
 import salt.crypt
 import salt.pillar
 import salt.utils.event

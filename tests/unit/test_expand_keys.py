@@ -135,3 +135,23 @@ def test_expand_hands_the_private_key_to_the_boot_files_only(tmp_path, master_op
     for where, text in seen.items():
         for pem in pems.values():
             assert not any(line in text for line in body(pem)), f"a private key in the {where}"
+
+
+class ShortProvider(MemoryProvider):
+    """Breaks the provider contract: one instance fewer than the specs it was given."""
+
+    def create(self, specs):
+        return super().create(specs)[:-1]
+
+
+def test_a_provider_returning_fewer_instances_than_specs_fails_the_expand_and_leaves_nothing(tmp_path):
+    keys = CountingKeys()
+    ctx = Context(policy=load({**PILLAR, "faults": {"create_attempts": 1}}), registry=Registry(tmp_path / "r.sqlite"),
+                  keys=keys, slurm=MemorySlurm(), salt=None, events=Bus())
+    provider = ShortProvider()
+    ctx._providers["lxd"] = provider
+    ret = engine.expand(ctx, "htc", 2, wait=False)
+    assert ret["result"] is False
+    assert "returned 1 instance(s) for 2 node(s)" in ret["comment"], ret
+    # the instance the provider made but did not return is found by its tags and deleted too
+    assert ctx.registry.nodes() == [] and provider.instances == {} and keys.keys == set()
