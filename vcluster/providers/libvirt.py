@@ -21,6 +21,8 @@ Config keys (pillar ``vcluster:providers:<name>``):
                   default, 1024, cost 512 MiB more QEMU RSS per guest here).
 ``clock_sync_timeout``  seconds resume waits for the guest agent to step
                   the guest clock (default 30).
+``minion_restart_timeout``  seconds resume from a save waits for the guest
+                  agent's ``systemctl restart salt-minion`` (default 60).
 
 ``spec.extra`` may hold ``machine`` and ``cmdline`` overriding the provider's.
 
@@ -34,17 +36,21 @@ Instance ids are domain names (the node names). Suspend modes: ``pause``
 stops the vCPUs (RAM kept, virDomainSuspend); ``save`` (and ``suspend``,
 the engine's word for "memory to disk where the provider can") is libvirt's
 managed save: the guest's RAM goes to a file on the hypervisor and the QEMU
-process exits, so the host gets the memory back; ``resume`` restores it.
+process exits, so the host gets the memory back; ``resume`` restores it,
+steps the guest clock and restarts the guest's salt-minion (its connection to
+the master did not survive the save, see :meth:`LibvirtProvider.resume`).
 """
 
+import base64
+import json
 import logging
-import os
 import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
 
 import libvirt
+import libvirt_qemu
 
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError
 from vcluster.providers import libvirt_xml as lx
@@ -90,6 +96,7 @@ class LibvirtProvider(Provider):
         self.machine = self.config.get("machine") or "pc"
         self.cmdline = self.config.get("cmdline") or lx.CMDLINE
         self.clock_sync_timeout = float(self.config.get("clock_sync_timeout") or 30)
+        self.minion_restart_timeout = float(self.config.get("minion_restart_timeout") or 60)
         self.tb_cache_mib = int(self.config.get("tcg_cache_mib") or 128)
         self._conn = None
         self._domain_type = None
@@ -419,25 +426,84 @@ class LibvirtProvider(Provider):
         """Undo a pause (virDomainResume) or a save (start from the managed save image).
 
         The guest's clock stood still meanwhile: it is stepped to the host's
-        through the guest agent. Returns ``{"seconds", "clock_offset_before",
-        "clock_offset_after"}`` (guest minus host, seconds; ``None`` when the
-        agent did not answer within ``clock_sync_timeout``).
+        through the guest agent. After a save the guest's salt-minion is
+        restarted through the agent too: its TCP connections to the master
+        were frozen in the saved RAM while the master's side ended (the
+        master restarted, or its kernel gave up on the vanished peer). A
+        minion restored 30 s later sent nothing on them and heard no publish
+        in the 90 s measured (its own keepalive fires after 300 s of the
+        guest's clock, which stood still), and a re-authentication after such a disconnect
+        can die in Salt 3008.3 (``AsyncAuth._authenticate``:
+        InvalidStateError, seen on thawed containers). A pause keeps QEMU,
+        its network port and every socket, so the minion is left alone.
+        slurmd is never restarted: it holds no connection to slurmctld
+        between messages (each RPC is its own connection under
+        ``MessageTimeout``), and a restart while jobs run is a risk for
+        nothing.
+
+        Returns ``{"seconds", "clock_offset_before", "clock_offset_after",
+        "minion_restart"}``: offsets are guest minus host, seconds (``None``
+        when the agent did not answer within ``clock_sync_timeout``);
+        ``minion_restart`` is ``None`` after a pause, else ``{"ok",
+        "seconds", "error"}`` (``error`` says why ``ok`` is false).
         """
         what = f"resume {instance_id}"
         dom = self._domain(instance_id, what)
         status = self._status(dom)
         start = time.monotonic()
         if status is Status.RUNNING:
-            return {"seconds": 0.0, "clock_offset_before": None, "clock_offset_after": None}
+            return {"seconds": 0.0, "clock_offset_before": None, "clock_offset_after": None, "minion_restart": None}
+        restored = False
         if status is Status.PAUSED:
             self._call("resume", what, dom.resume)
         elif status is Status.SUSPENDED and not dom.isActive():
             self._call("resume", what, dom.createWithFlags, libvirt.VIR_DOMAIN_START_BYPASS_CACHE)
+            restored = True
         else:
             raise ProviderStateError(f"cannot resume {instance_id}: it is {status.value}, not paused or saved")
         seconds = round(time.monotonic() - start, 2)
         before, after = self._step_clock(dom, what)
-        return {"seconds": seconds, "clock_offset_before": before, "clock_offset_after": after}
+        restart = self._restart_minion(dom, what) if restored else None
+        return {"seconds": seconds, "clock_offset_before": before, "clock_offset_after": after,
+                "minion_restart": restart}
+
+    def _guest_exec(self, dom, argv, deadline, what):
+        """Run ``argv`` in the guest through the agent; ``(exit code, output)`` or raise ProviderError at ``deadline``."""
+        command = {"execute": "guest-exec",
+                   "arguments": {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}}
+        while True:  # the agent answers a moment after a restore
+            try:
+                pid = json.loads(self._call("agent", what, libvirt_qemu.qemuAgentCommand, dom,
+                                            json.dumps(command), 10, 0))["return"]["pid"]
+                break
+            except ProviderError as exc:
+                if time.monotonic() >= deadline:
+                    raise ProviderError(f"the guest agent did not run {' '.join(argv)}: {exc}") from exc
+                time.sleep(0.2)
+        status = {"execute": "guest-exec-status", "arguments": {"pid": pid}}
+        while True:
+            got = json.loads(self._call("agent", what, libvirt_qemu.qemuAgentCommand, dom,
+                                        json.dumps(status), 10, 0))["return"]
+            if got.get("exited"):
+                out = b"".join(base64.b64decode(got.get(k) or "") for k in ("out-data", "err-data"))
+                return got.get("exitcode", got.get("signal")), out.decode(errors="replace").strip()
+            if time.monotonic() >= deadline:
+                raise ProviderError(f"{' '.join(argv)} did not end in the guest within the deadline")
+            time.sleep(0.2)
+
+    def _restart_minion(self, dom, what):
+        """``systemctl restart salt-minion`` in the guest, within ``minion_restart_timeout``."""
+        start = time.monotonic()
+        argv = ("/bin/systemctl", "restart", "salt-minion")
+        try:
+            code, out = self._guest_exec(dom, argv, start + self.minion_restart_timeout, what)
+            error = None if code == 0 else f"systemctl restart salt-minion exited {code}: {out[-300:]}"
+        except ProviderError as exc:
+            error = str(exc)
+        seconds = round(time.monotonic() - start, 2)
+        if error:
+            log.warning("%s: the guest's salt-minion was not restarted: %s", what, error)
+        return {"ok": error is None, "seconds": seconds, "error": error}
 
     def clock_offset(self, instance_id):
         """Guest clock minus host clock in seconds, read through the guest agent."""
