@@ -178,6 +178,9 @@ LIBVIRT = DriverOptions(
             "is 1024, on top of the guest's RAM); unused under KVM", shown_default="driver: `128`"),
         Key("clock_sync_timeout", c.positive_number, None, "seconds resume waits for the guest agent to step "
             "the guest clock to the host's", shown_default="driver: `30`"),
+        Key("minion_restart_timeout", c.positive_number, None, "seconds resume from a save waits for the guest "
+            "agent's `systemctl restart salt-minion` (the minion's connections did not survive the save)",
+            shown_default="driver: `60`"),
     ),
     Section(
         "vcluster:profiles:<name>:extra (driver: libvirt)", "",
