@@ -211,7 +211,9 @@ class ChrootSlurmHarness(_h.SlurmHarness):
             lines = fh.read().splitlines()
         lines = [ln for ln in lines if not ln.startswith("AccountingStorage")]
         lines += ["AccountingStorageType=accounting_storage/slurmdbd",
-                  f"AccountingStorageHost={self.hostname}", f"AccountingStoragePort={self.dbd_port}"]
+                  f"AccountingStorageHost={self.hostname}", f"AccountingStoragePort={self.dbd_port}",
+                  # the munge socket of connections to slurmdbd (AuthInfo is not used for them)
+                  f"AccountingStoragePass={self.munge_socket}"]
         with open(self.conf, "w", encoding="utf-8") as fh:
             fh.write("\n".join(lines) + "\n")
 
