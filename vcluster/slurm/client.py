@@ -62,9 +62,8 @@ POWER_WORDS = {"POWER_UP": ("up",), "POWER_DOWN": ("down",), "POWER_DOWN_ASAP": 
 #: Node states Slurm only accepts together with a reason.
 NEEDS_REASON = ("DRAIN", "DOWN", "FAIL")
 
-#: Job states in which a job holds (or will hold) node resources.
-LIVE_JOB_STATES = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING",
-                   "REQUEUED", "RESIZING", "STOPPED", "SIGNALING", "STAGE_OUT")
+#: Job states in which a job holds (or will hold) node resources: the one group, in :mod:`states`.
+LIVE_JOB_STATES = states.JOB_NOT_DONE
 
 
 #: Node states in which Slurm expects no answer from slurmd (not yet there,
