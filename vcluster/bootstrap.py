@@ -117,24 +117,3 @@ def cloud_config(files, hostname=None, launch_index=None, runcmd=(), start_comma
     if commands:
         doc["runcmd"] = commands
     return "#cloud-config\n" + yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)
-
-
-def cloud_init(files, runcmd=("systemctl restart salt-minion",)):
-    """Boot files as plain-text ``write_files`` for the libvirt image's own seed reader.
-
-    The VM image's ``vcluster-seed`` reads ``content`` as plain text; every
-    other provider uses :func:`cloud_config`.
-    """
-    doc = {
-        "write_files": [
-            {
-                "path": f.path,
-                "content": f.content,
-                "permissions": f"0{f.mode:o}",
-                "owner": "root:root",
-            }
-            for f in files
-        ],
-        "runcmd": [list(cmd.split()) for cmd in runcmd],
-    }
-    return "#cloud-config\n" + yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)

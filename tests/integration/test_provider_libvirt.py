@@ -10,6 +10,7 @@ a real salt-master of the module's own (salt-factories, on the network's
 gateway, its key pre-accepted as expand does), which runs jobs on it.
 """
 
+import base64
 import ipaddress
 import os
 import subprocess
@@ -117,7 +118,9 @@ class TestLibvirtProviderContract(ProviderContract):
 
         def read(instance, boot_file):
             doc = yaml.safe_load(seed_user_data(provider, instance.id))
-            return next(f["content"] for f in doc["write_files"] if f["path"] == boot_file.path)
+            entry = next(f for f in doc["write_files"] if f["path"] == boot_file.path)
+            assert entry["encoding"] == "b64", entry  # as cloud-init and the image's vcluster-seed read it
+            return base64.b64decode(entry["content"]).decode()
 
         return read
 

@@ -151,7 +151,7 @@ def seed_iso(spec, instance_id):
     """The NoCloud seed of ``spec`` as ISO 9660 bytes (label ``cidata``).
 
     ``user-data`` is the same ``#cloud-config`` the OpenStack provider
-    sends (:func:`vcluster.bootstrap.cloud_init`, without ``runcmd``: the
+    sends (:func:`vcluster.bootstrap.cloud_config`, without ``runcmd``: the
     image's vcluster-seed.service writes the files before the minion
     starts). It holds the minion's private key: the seed volume is deleted
     with the node.
@@ -165,7 +165,7 @@ def seed_iso(spec, instance_id):
         src = os.path.join(tmp, "seed")
         os.mkdir(src)
         with open(os.path.join(src, "user-data"), "w") as out:
-            out.write(bootstrap.cloud_init(spec.boot_files, runcmd=()))
+            out.write(bootstrap.cloud_config(spec.boot_files))
         with open(os.path.join(src, "meta-data"), "w") as out:
             out.write(meta)
         iso = os.path.join(tmp, "seed.iso")
