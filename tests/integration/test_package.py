@@ -82,6 +82,7 @@ def test_wheel_metadata(wheel):
         'pylxd>=2.3; extra == "lxd"', 'openstacksdk>=4.0; extra == "openstack"', 'pyone>=6.8; extra == "opennebula"',
         'libvirt-python>=9.0; extra == "libvirt"',
         'pytest>=8; extra == "test"', 'pytest-salt-factories>=1.0.5; extra == "test"', 'cryptography; extra == "test"',
+        'ruff>=0.6; extra == "test"',
     ])
     assert "License-Expression: Apache-2.0" in meta
     assert "vcluster-0.1.0.dist-info/licenses/LICENSE" in names
