@@ -191,6 +191,12 @@ def _create_private(path):
         pass
 
 
+def _check_mutable(fields):
+    """Refuse fields :meth:`Registry.update` may not set, naming them."""
+    unknown = sorted(set(fields) - set(MUTABLE_FIELDS))
+    if unknown:
+        raise RegistryError(f"update cannot set {', '.join(unknown)}; settable: {', '.join(MUTABLE_FIELDS)}")
+
 class Registry:
     """The registry in one SQLite file; open one per process (or thread).
 
@@ -537,16 +543,10 @@ class Registry:
 
     def update(self, name, **fields):
         """Set ``instance_id``/``host``/``address`` of an active node without a state change."""
-        unknown = sorted(set(fields) - set(MUTABLE_FIELDS))
-        if unknown:
-            raise RegistryError(f"update cannot set {', '.join(unknown)}; settable: {', '.join(MUTABLE_FIELDS)}")
+        _check_mutable(fields)
         with self._write() as db:
             node = self._active_row(db, name)
-            old_address = node.address
-            for key, value in fields.items():
-                setattr(node, key, value)
-            node.updated = time.time()
-            self._save(db, node, old_address)
+            self._set_fields(db, node, fields)
         return node
 
     def update_many(self, changes):
@@ -558,9 +558,7 @@ class Registry:
         what it made for them (an expand deletes their instances).
         """
         for fields in changes.values():
-            unknown = sorted(set(fields) - set(MUTABLE_FIELDS))
-            if unknown:
-                raise RegistryError(f"update cannot set {', '.join(unknown)}; settable: {', '.join(MUTABLE_FIELDS)}")
+            _check_mutable(fields)
         gone = set()
         with self._write() as db:
             for name, fields in changes.items():
@@ -569,12 +567,15 @@ class Registry:
                 except RegistryError:
                     gone.add(name)
                     continue
-                old_address = node.address
-                for key, value in fields.items():
-                    setattr(node, key, value)
-                node.updated = time.time()
-                self._save(db, node, old_address)
+                self._set_fields(db, node, fields)
         return gone
+
+    def _set_fields(self, db, node, fields):
+        old_address = node.address
+        for key, value in fields.items():
+            setattr(node, key, value)
+        node.updated = time.time()
+        self._save(db, node, old_address)
 
     def _save(self, db, node, old_address):
         try:

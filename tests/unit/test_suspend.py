@@ -8,6 +8,7 @@ import copy
 
 import pytest
 
+from tests.unit.test_liveness import slurmd_seconds
 from vcluster import policy as _policy
 from vcluster import preempt, reconcile
 from vcluster import suspend as sus
@@ -123,15 +124,6 @@ class FakeProvider:
 
     def close(self):
         pass
-
-
-def slurmd_seconds(alive):
-    """The probe's answer for a fake minion: True -> slurmd running for an hour, False -> None (none runs)."""
-    if alive is True:
-        return 3600
-    if alive is False:
-        return None
-    return alive
 
 
 class FakeSalt:
