@@ -14,7 +14,7 @@ import yaml
 from vcluster import policy
 from vcluster.errors import PolicyError
 from vcluster.policy import reference, sections
-from vcluster.policy.provider_options import DRIVER_OPTIONS
+from vcluster.policy.provider_options import driver_options
 from vcluster.policy.schema import REQUIRED
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -115,8 +115,8 @@ def test_update_rewrites_only_the_generated_part(tmp_path):
 def test_reference_names_every_key_with_type_default_and_meaning():
     text = reference.reference()
     tables = [(s, "") for s, _ in all_sections()]
-    tables += [(d.options, d.driver) for d in DRIVER_OPTIONS.values()]
-    tables += [(d.extra, d.driver) for d in DRIVER_OPTIONS.values()]
+    tables += [(d.options, d.driver) for d in driver_options().values()]
+    tables += [(d.extra, d.driver) for d in driver_options().values()]
     for section, _driver in tables:
         heading = f"### `{section.path}`"
         assert heading in text, heading
@@ -153,17 +153,17 @@ def test_validator_accepts_exactly_the_schema_keys(section, where):
         policy.load(data)
     accepted = set(section)
     if section is sections.PROVIDER_COMMON:
-        accepted |= set(DRIVER_OPTIONS["lxd"].options)
+        accepted |= set(driver_options()["lxd"].options)
     assert str(err.value).endswith("accepted keys are " + ", ".join(sorted(accepted)))
 
 
-@pytest.mark.parametrize("driver", sorted(DRIVER_OPTIONS))
+@pytest.mark.parametrize("driver", sorted(driver_options()))
 def test_validator_accepts_exactly_the_driver_keys(driver):
     data = base()
     data["providers"] = {"p": {"driver": driver, "zz_not_a_key": 1}}
     with pytest.raises(PolicyError) as err:
         policy.load(data)
-    accepted = set(DRIVER_OPTIONS[driver].options) | {"driver"}
+    accepted = set(driver_options()[driver].options) | {"driver"}
     assert str(err.value).endswith("accepted keys are " + ", ".join(sorted(accepted)))
     data = base()
     data["profiles"]["htc"]["extra"] = {"zz_not_a_key": 1}
@@ -174,7 +174,7 @@ def test_validator_accepts_exactly_the_driver_keys(driver):
         data["profiles"]["htc"]["flavor"] = "m1.small"
     with pytest.raises(PolicyError) as err:
         policy.load(data)
-    assert str(err.value).endswith("accepted keys are " + ", ".join(sorted(DRIVER_OPTIONS[driver].extra)))
+    assert str(err.value).endswith("accepted keys are " + ", ".join(sorted(driver_options()[driver].extra)))
 
 
 @pytest.mark.parametrize("name", ["reconcile", "faults", "power_save", "liveness", "suspend", "preemption",

@@ -6,8 +6,8 @@ that names the full key path and the offending value, for example
 ``vcluster:profiles:htc:cpus must be a positive integer, got 'two'``.
 
 Each section accepts exactly the keys of its schema section
-(:mod:`vcluster.policy.sections`; provider options in
-:mod:`vcluster.policy.provider_options`): key, checker, default and one line
+(:mod:`vcluster.policy.sections`; each driver's options in its provider's
+option module, loaded by :mod:`vcluster.policy.provider_options`): key, checker, default and one line
 of meaning. An unknown key is an error, so a typo never passes silently.
 Adding a key is one :class:`~vcluster.policy.schema.Key` in its section:
 validation, the section's dataclass (flat sections) and the reference in
@@ -40,16 +40,17 @@ from vcluster.policy.objects import (
     Reconcile,
     Suspend,
 )
-from vcluster.policy.provider_options import DRIVER_OPTIONS, DRIVERS, EXTRA_KEYS, PROVIDER_KEYS
+from vcluster.policy.provider_options import driver_options, extra_keys, provider_keys
 from vcluster.policy.schema import REQUIRED, Key, Section, parse, unknown
 from vcluster.policy.sections import DEFAULT_REGISTRY, MEMBERSHIPS, SUSPEND_MODES
+from vcluster.providers import DRIVERS
 
 __all__ = [
-    "DEFAULT_REGISTRY", "DRIVERS", "DRIVER_OPTIONS", "EXTRA_KEYS", "MEMBERSHIPS", "PROVIDER_KEYS", "REQUIRED",
-    "ROOT", "SECRET_KEYS", "SUSPEND_MODES", "Autoscale", "AutoscaleProfile", "Faults", "FrozenMap", "Key",
-    "Limits", "Liveness", "Metrics", "Policy", "PolicyError", "Pool", "PowerSave", "Preemption", "Profile",
-    "ProviderConfig", "Reconcile", "Section", "Settings", "Suspend", "is_secret", "load", "validate_count",
-    "validate_request",
+    "DEFAULT_REGISTRY", "DRIVERS", "MEMBERSHIPS", "REQUIRED", "ROOT", "SECRET_KEYS", "SUSPEND_MODES",
+    "Autoscale", "AutoscaleProfile", "Faults", "FrozenMap", "Key", "Limits", "Liveness", "Metrics", "Policy",
+    "PolicyError", "Pool", "PowerSave", "Preemption", "Profile", "ProviderConfig", "Reconcile", "Section",
+    "Settings", "Suspend", "driver_options", "extra_keys", "is_secret", "load", "provider_keys",
+    "validate_count", "validate_request",
 ]
 
 MAX_POOL_ADDRESSES = 65536
@@ -159,7 +160,7 @@ def _parse_provider(name, data, path):
     if data.get("driver") is None and name in DRIVERS:
         data["driver"] = name  # a provider called 'lxd' defaults to driver lxd
     driver = parse({"driver": data.get("driver")}, path, _s.PROVIDER_COMMON)["driver"]
-    fields = parse(data, path, dict(_s.PROVIDER_COMMON, **PROVIDER_KEYS[driver]))
+    fields = parse(data, path, dict(_s.PROVIDER_COMMON, **provider_keys(driver)))
     fields.pop("driver")
     options = {k: v for k, v in fields.items() if v is not None}
     return ProviderConfig(name=name, driver=driver, options=Settings(options))
@@ -194,8 +195,8 @@ def _parse_profile(name, data, path, pools, providers, membership):
         fields["network"] = provider.options.get("network")
     extra = fields["extra"] or {}
     for key in extra:
-        if key not in EXTRA_KEYS[driver]:
-            raise unknown(_join(path, "extra"), key, EXTRA_KEYS[driver])
+        if key not in extra_keys(driver):
+            raise unknown(_join(path, "extra"), key, extra_keys(driver))
     fields["extra"] = FrozenMap(extra)
     if fields["resume_timeout"] is not None:
         if fields["membership"] != "cloud":

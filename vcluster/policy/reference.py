@@ -9,18 +9,21 @@ docs/policy.md`` replaces the part between :data:`BEGIN` and :data:`END`
 import collections.abc
 
 from vcluster.policy import sections as s
-from vcluster.policy.provider_options import DRIVER_OPTIONS
+from vcluster.policy.provider_options import driver_options
 from vcluster.policy.schema import REQUIRED
 
 BEGIN = "<!-- BEGIN GENERATED REFERENCE: python -m vcluster.policy --update docs/policy.md -->"
 END = "<!-- END GENERATED REFERENCE -->"
 COMMAND = "python -m vcluster.policy --update docs/policy.md"
 
-#: Sections shown right after another one (the per-driver tables).
-_FOLLOWERS = {
-    id(s.PROVIDER_COMMON): [(d.options, d.doc) for d in DRIVER_OPTIONS.values()],
-    id(s.PROFILE): [(d.extra, "") for d in DRIVER_OPTIONS.values()],
-}
+
+def _followers(section):
+    """(section, doc) of the tables shown right after ``section``: the per-driver ones."""
+    if section is s.PROVIDER_COMMON:
+        return [(d.options, d.doc) for d in driver_options().values()]
+    if section is s.PROFILE:
+        return [(d.extra, "") for d in driver_options().values()]
+    return []
 
 
 def _cell(text):
@@ -65,7 +68,7 @@ def _table(section, doc):
 
 def _walk(section, doc, out):
     out += _table(section, doc)
-    for follower, fdoc in _FOLLOWERS.get(id(section), []):
+    for follower, fdoc in _followers(section):
         out += _table(follower, fdoc)
     for key in section.values():
         if key.section is not None:
@@ -79,7 +82,7 @@ def reference():
         "## Reference",
         "",
         "Every key the validator accepts, generated from its schema (`vcluster/policy/sections.py`, "
-        f"`vcluster/policy/provider_options.py`) by `{COMMAND}`: edit the schema, not this part. "
+        f"each driver's `vcluster/providers/<driver>_options.py`) by `{COMMAND}`: edit the schema, not this part. "
         "A default of *none* means unset; *driver: x* is what the provider uses when the key is unset.",
         "",
     ]

@@ -5,8 +5,10 @@ default, type and one line of meaning. The same objects drive validation
 (:func:`vcluster.policy.load` reads every section through
 :func:`Section.parse`), the frozen dataclasses of the flat sections
 (:meth:`Section.dataclass`) and the generated reference in docs/policy.md
-(``python -m vcluster.policy --reference``). Provider options live in
-:mod:`vcluster.policy.provider_options`, one object per driver.
+(``python -m vcluster.policy --reference``). Each driver's options are one
+:class:`DriverOptions` object in its provider's options module
+(``vcluster/providers/<driver>_options.py``), which
+:mod:`vcluster.policy.provider_options` loads.
 """
 
 import collections.abc
@@ -101,6 +103,24 @@ class Section(collections.abc.Mapping):
                 fields.append((key.name, typing.Any, dataclasses.field(default=key.default)))
         body = dict(namespace or {}, __doc__=doc, __module__="vcluster.policy")
         return dataclasses.make_dataclass(cls_name, fields, namespace=body, frozen=True, kw_only=kw_only)
+
+
+@dataclasses.dataclass(frozen=True)
+class DriverOptions:
+    """What ``vcluster:providers:<name>`` and ``profiles:<name>:extra`` accept for one driver.
+
+    ``options`` are the keys of ``vcluster:providers:<name>`` besides
+    ``driver``; ``extra`` the keys a profile's ``extra`` mapping may hold
+    (passed to the provider as ``InstanceSpec.extra``, values unchecked
+    here). A default of ``None`` leaves the value to the driver;
+    ``shown_default`` says what the driver then uses. ``doc`` heads the
+    driver's table in the reference.
+    """
+
+    driver: str
+    doc: str
+    options: Section
+    extra: Section
 
 
 def parse(data, path, spec):

@@ -1,14 +1,15 @@
 """The sections of the ``vcluster:`` pillar: every key, its checker, default and meaning.
 
 Validation, the dataclasses of :mod:`vcluster.policy.objects` and the
-reference in docs/policy.md all read these objects; provider options are in
-:mod:`vcluster.policy.provider_options`.
+reference in docs/policy.md all read these objects; each driver's options
+are in its provider's option module (:mod:`vcluster.policy.provider_options`
+loads them).
 """
 
 from vcluster.policy import checks as c
 from vcluster.policy.maps import FrozenMap
-from vcluster.policy.provider_options import DRIVERS
 from vcluster.policy.schema import REQUIRED, Key, Section
+from vcluster.providers import DRIVERS
 
 MEMBERSHIPS = ("dynamic", "static", "cloud")
 SUSPEND_MODES = ("suspend", "pause")
@@ -174,7 +175,7 @@ PROVIDER_COMMON = Section(
     "(`password`, `token`, `key`, `secret`, `auth`, `session`, `trust_password` and anything ending in "
     "`_password`, `_token`, `_secret`, `_key`) are passed to the provider but shown as `<hidden>` in every "
     "repr, log line and runner return; prefer credential files readable by the master only.",
-    Key("driver", c.choice(DRIVERS), REQUIRED, "which provider module creates the instances",
+    Key("driver", c.choice(tuple(DRIVERS)), REQUIRED, "which provider module creates the instances",
         shown_default="**required**, except for a provider named after a driver (`lxd:` → `lxd`)"),
 )
 
