@@ -11,7 +11,7 @@ from vcluster.policy.schema import REQUIRED, DriverOptions, Key, Section
 
 OPTIONS = DriverOptions(
     "opennebula",
-    "OpenNebula VMs over XML-RPC through pyone; keys vcluster/providers/opennebula.py reads.",
+    "OpenNebula VMs over XML-RPC through pyone; keys vcluster/providers/opennebula/ reads.",
     Section(
         "vcluster:providers:<name> (driver: opennebula)", "",
         Key("endpoint", c.string, REQUIRED, "XML-RPC URL, e.g. `https://one:2633/RPC2`"),

@@ -130,8 +130,8 @@ class RecordingTransport(xmlrpc.client.Transport):
 
     Use it against a real OpenNebula (or the simulator) to make a cassette::
 
-        rec = RecordingTransport(provider._transport)
-        provider._server._ServerProxy__transport = rec
+        rec = RecordingTransport(provider._one.transport)
+        provider._one.server._ServerProxy__transport = rec
         ...  # drive the provider
         rec.save(path, session)
     """

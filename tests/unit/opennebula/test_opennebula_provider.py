@@ -40,6 +40,7 @@ from vcluster.errors import PolicyError, ProviderError, ProviderStateError, Prov
 from vcluster.providers import opennebula as one
 from vcluster.providers.base import BootFile, Status
 from vcluster.providers.opennebula import OpenNebulaProvider, start_script, status_of
+from vcluster.providers.opennebula import states as one_states
 
 
 def _secret_free(*texts):
@@ -451,12 +452,12 @@ def test_replay_transport_checks_the_session():
 
 
 def test_local_state_rules_match_the_messages_they_print():
-    """``ALLOWED_LABELS`` (shown to the admin) says exactly what ``_allowed`` lets through."""
+    """``ALLOWED_LABELS`` (shown to the admin) says exactly what ``states.allowed`` lets through."""
     for action, labels in one.ALLOWED_LABELS.items():
         allowed = set()
         for s, sname in enumerate(one.VM_STATES):
             lcms = range(len(one.LCM_STATES)) if sname == "ACTIVE" else [0]
             for lcm in lcms:
-                if one._allowed(action, sname, one.LCM_STATES[lcm]):
+                if one_states.allowed(action, sname, one.LCM_STATES[lcm]):
                     allowed.add(one.state_label(s, lcm))
         assert allowed == set(labels), action
