@@ -80,8 +80,11 @@ for ``list_all``, ``list`` and the polling of one create) and the metadata
 # Modules of the package, by concern: ``logfilter`` (keystoneauth's log
 # without bodies), ``servers`` (Nova server <-> Instance, tags, metadata,
 # batch identity), ``userdata`` (cloud-config parts and archives),
-# ``batching`` (multi-create planning and mapping), ``provider`` (the
-# class: API calls, retries, errors).
+# ``batching`` (multi-create planning and mapping), ``api`` (connection,
+# API calls, retries, error mapping), ``create`` (lookups, batch requests,
+# the poll until ACTIVE, cleanup), ``provider`` (the class: delete, list,
+# suspend/resume/migrate, capacity). The driver's options are in
+# ``vcluster.providers.openstack_options``.
 from vcluster.providers.openstack import logfilter  # noqa: F401 - installs the log filter first
 from vcluster.providers.openstack.batching import batch_key, map_batch, plan_batches
 from vcluster.providers.openstack.provider import OpenStackProvider
