@@ -11,7 +11,7 @@ from vcluster.policy.schema import REQUIRED, DriverOptions, Key, Section
 
 OPTIONS = DriverOptions(
     "lxd",
-    "System containers on an LXD server; keys vcluster/providers/lxd.py reads.",
+    "System containers on an LXD server; keys vcluster/providers/lxd/ reads.",
     Section(
         "vcluster:providers:<name> (driver: lxd)", "",
         Key("network", c.string, REQUIRED, "LXD managed bridge the containers attach to"),

@@ -355,8 +355,8 @@ class OpenNebulaProvider(Provider):
     @staticmethod
     def _refusal(vm, what, action):
         label = state_label(vm.STATE, vm.LCM_STATE)
-        allowed = ", ".join(ALLOWED_LABELS[action])
-        return f"cannot {what} VM {vm.ID} ({vm.NAME}) in state {label}; OpenNebula allows it in {allowed}"
+        accepted = ", ".join(ALLOWED_LABELS[action])
+        return f"cannot {what} VM {vm.ID} ({vm.NAME}) in state {label}; OpenNebula allows it in {accepted}"
 
     # -- hosts -----------------------------------------------------------------
 
