@@ -22,6 +22,7 @@ from salt.exceptions import CommandExecutionError
 
 from vcluster.errors import SlurmError
 from vcluster.slurm import client as _client
+from vcluster.slurm import states as _states
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def job_count(nodes=None, states=None, conf=None):  # pylint: disable=redefined-
         salt ctl slurm.job_count nodes=vn1 states=RUNNING
     """
     with _errors():
-        return _slurm(conf).job_count(nodes=nodes, states=states or _client.LIVE_JOB_STATES)
+        return _slurm(conf).job_count(nodes=nodes, states=states or _states.JOB_NOT_DONE)
 
 
 def partitions(conf=None):
@@ -259,6 +260,24 @@ def update_node(name, state=None, reason=None, conf=None):
     with _errors():
         found = _slurm(conf).update_node(name, state=state, reason=reason)
     return found.to_dict() if found else None
+
+
+def update_node_addr(name, address, conf=None):
+    """
+    Change the address slurmctld reaches a node at (``scontrol update nodename= nodeaddr=``).
+
+    For a node that moved (vcluster's migrate gives it a new address).
+    ``address`` is an IP address or a host name; anything else is refused
+    with one sentence before the command runs. Returns True.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.update_node_addr vn1 10.77.0.121
+    """
+    with _errors():
+        return _slurm(conf).update_node_addr(name, address)
 
 
 def set_instance(name, instance_id, instance_type, extra=None, conf=None):
@@ -393,6 +412,48 @@ def _ids(jobs):
     if isinstance(jobs, (str, int)):
         return [j.strip() for j in str(jobs).split(",") if j.strip()]
     return [str(j) for j in jobs]
+
+
+def reserve_for_job(jobid, nodes, user, conf=None):  # pylint: disable=redefined-outer-name
+    """
+    Give a held job nodes of its own: a reservation on ``nodes`` for ``user``, the job moved into it and released.
+
+    vcluster's per-job nodes (autoscale) in one call: ``scontrol create
+    reservation ReservationName=vcjob<jobid>`` (``StartTime=now
+    Duration=infinite Flags=IGNORE_JOBS``), ``scontrol update JobId=<jobid>
+    ReservationName=vcjob<jobid> ReqNodeList=<nodes>``, ``scontrol release
+    <jobid>``. A failing step stops the call with Slurm's words; the steps
+    before it stay. Returns ``{"reservation": "vcjob<jobid>", "nodes": [...]}``.
+
+    jobid
+        The held job (``42`` or an array task ``42_3``).
+    nodes
+        Comma-separated names, a hostlist or a list; at least one.
+    user
+        The job's user (the only one the reservation admits).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.reserve_for_job 42 nodes=vn7,vn8 user=alice
+    """
+    with _errors():
+        return _slurm(conf).reserve_for_job(jobid, nodes, user)
+
+
+def delete_reservation(name, conf=None):
+    """
+    Delete a reservation (``scontrol delete ReservationName=``); fails with Slurm's words if it does not exist.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.delete_reservation vcjob42
+    """
+    with _errors():
+        return _slurm(conf).delete_reservation(name)
 
 
 def requeue(jobid, hold=False, conf=None):

@@ -40,7 +40,7 @@ import time
 from vcluster import engine
 from vcluster.arguments import flag
 from vcluster.errors import VclusterError
-from vcluster.slurm import states
+from vcluster.slurm import jobctl, states
 from vcluster.suspend import WARM_REASON
 
 log = logging.getLogger(__name__)
@@ -241,18 +241,6 @@ def run(ctx, scheduled=False, test=False):
 # -- per-job nodes ---------------------------------------------------------------------------
 
 
-def _controller_cmd(ctx, argv, timeout=60):
-    """Run one Slurm client command on the controller's minion; its stdout."""
-    ret = ctx.salt._call(ctx.policy.controller, "cmd.run_all", [argv],  # noqa: SLF001
-                         kwarg={"python_shell": False}, timeout=timeout)
-    data = (ret.get(ctx.policy.controller) or {}).get("ret")
-    if not isinstance(data, dict):
-        raise VclusterError(f"the controller's minion did not run {argv[0]}")
-    if data.get("retcode") != 0:
-        raise VclusterError(f"{' '.join(argv[:3])} failed: {(data.get('stderr') or '').strip()[:200]}")
-    return data.get("stdout") or ""
-
-
 def flagged_jobs(jobs, flag, per_job_profiles):
     """Held pending jobs whose comment is ``flag`` or ``flag:<profile>``: ``[{id, user, count, profile}]``.
 
@@ -306,14 +294,9 @@ def _serve_jobs(ctx, state, per_job, errors):
             errors.append(f"job {job['id']}: {ret['comment']}")
             steps[job["id"]] = f"failed: {ret['comment']}"
             continue
-        resv = f"vcjob{job['id']}"
         try:
-            _controller_cmd(ctx, ["scontrol", "create", "reservation", f"ReservationName={resv}",
-                                  f"Nodes={','.join(names)}", "StartTime=now", "Duration=infinite",
-                                  f"Users={job['user']}", "Flags=IGNORE_JOBS"])
-            _controller_cmd(ctx, ["scontrol", "update", f"JobId={job['id']}", f"ReservationName={resv}",
-                                  f"ReqNodeList={','.join(names)}"])
-            _controller_cmd(ctx, ["scontrol", "release", job["id"]])
+            # one controller call: a reservation vcjob<id> on the nodes, the job moved into it and released
+            ctx.slurm.reserve_for_job(job["id"], names, job["user"])
         except VclusterError as exc:
             errors.append(f"job {job['id']}: {exc}")
         state.setdefault("jobs", {})[job["id"]] = names
@@ -328,7 +311,7 @@ def _serve_jobs(ctx, state, per_job, errors):
                 steps[job_id] = ret["comment"]
                 continue
         try:
-            _controller_cmd(ctx, ["scontrol", "delete", f"ReservationName=vcjob{job_id}"])
+            ctx.slurm.delete_reservation(jobctl.job_reservation(job_id))
         except VclusterError:
             pass
         state["jobs"].pop(job_id, None)

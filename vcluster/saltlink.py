@@ -329,14 +329,18 @@ class ControllerSlurm(_Local):
         return self._slurm("set_instance", name, instance_id=instance_id, instance_type=instance_type, extra=extra)
 
     def update_node_addr(self, name, address):
-        """``scontrol update nodename=NAME nodeaddr=ADDR`` (after a migration)."""
-        argv = ["scontrol", "update", f"nodename={name}", f"nodeaddr={address}"]
-        ret = self._call(self.controller, "cmd.run_all", [argv], {"python_shell": False}, timeout=60)
-        data = (ret.get(self.controller) or {}).get("ret")
-        if not isinstance(data, dict) or data.get("retcode") != 0:
-            text = data.get("stderr") if isinstance(data, dict) else data
-            raise SlurmError(f"Slurm did not take the new address {address} of {name}: {text or 'no answer'}")
-        return True
+        """``slurm.update_node_addr`` on the controller (after a migration)."""
+        try:
+            return self._slurm("update_node_addr", name, address=address)  # by keyword: taken as it is
+        except SlurmError as exc:
+            raise SlurmError(f"Slurm did not take the new address {address} of {name}: {exc}") from None
+
+    def reserve_for_job(self, job_id, nodes, user):
+        """``slurm.reserve_for_job`` on the controller: the job's own nodes, reserved for it; the job released."""
+        return self._slurm("reserve_for_job", jobid=str(job_id), nodes=",".join(nodes), user=user)
+
+    def delete_reservation(self, name):
+        return self._slurm("delete_reservation", name)
 
     def liveness_scan(self, names, wait):
         """Slurm's view of ``names`` and a SYN probe of their slurmds, from the controller: one call."""

@@ -109,6 +109,38 @@ def test_hold_and_release_node_in_one_call_each(slurm, slurm_cluster, slurm_node
     slurm_cluster.cancel_all(nodes=[name])
 
 
+def test_update_node_addr_moves_the_node_and_back(slurm, slurm_cluster, slurm_node):
+    name = slurm_node()
+    home = slurm.node(name)["addr"]
+    assert slurm.update_node_addr(name, "10.231.255.254") is True
+    assert slurm.node(name)["addr"] == "10.231.255.254"
+    assert slurm.update_node_addr(name, home) is True
+    assert slurm.node(name)["addr"] == home
+    with pytest.raises(CommandExecutionError, match=r"^node address '10\.0\.0\.1 state=down' is invalid"):
+        slurm.update_node_addr(name, "10.0.0.1 state=down")
+    with pytest.raises(CommandExecutionError, match="^scontrol update nodename=nosuchnode failed: "):
+        slurm.update_node_addr("nosuchnode", "10.231.255.253")
+
+
+def test_reserve_for_job_runs_the_held_job_on_its_own_node(slurm, slurm_cluster, slurm_node):
+    name = slurm_node()
+    jobid = slurm_cluster.sbatch(wrap="sleep 300", hold=True, mem=50, name="perjob")
+    assert slurm.job(jobid)["reason"] == "JobHeldUser"
+    assert slurm.reserve_for_job(jobid, nodes=name, user="root") == {"reservation": f"vcjob{jobid}",
+                                                                     "nodes": [name]}
+    slurm_cluster.wait_job(jobid, ("RUNNING",))
+    assert slurm.job(jobid)["nodes"] == [name]
+    shown = slurm_cluster.scontrol("show", "-o", "reservation", f"vcjob{jobid}")
+    assert f"Nodes={name} " in shown and "Users=root " in shown and "IGNORE_JOBS" in shown
+    slurm_cluster.cancel_all(nodes=[name])
+    assert slurm.delete_reservation(f"vcjob{jobid}") is True
+    with pytest.raises(CommandExecutionError, match=f"^scontrol delete ReservationName=vcjob{jobid} failed: "):
+        slurm.delete_reservation(f"vcjob{jobid}")
+    # a step Slurm refuses stops the call with Slurm's words
+    with pytest.raises(CommandExecutionError, match="^scontrol create reservation failed: "):
+        slurm.reserve_for_job(987654, nodes=name, user="nosuchuser")
+
+
 def test_job_unknown_is_none(slurm):
     assert slurm.job(987654) is None
 

@@ -222,6 +222,17 @@ class MemorySlurm:
     def update_node(self, name, state, reason=None):
         self.updates.append((name, state, reason))
 
+    def delete_node(self, name):
+        self.updates.append((name, "deleted", None))
+
+    def reserve_for_job(self, job_id, nodes, user):
+        self.updates.append((str(job_id), "reserved", (list(nodes), user)))
+        return {"reservation": f"vcjob{job_id}", "nodes": list(nodes)}
+
+    def delete_reservation(self, name):
+        self.updates.append((name, "reservation deleted", None))
+        return True
+
 
 class Bus:
     def __init__(self):
@@ -531,3 +542,40 @@ def test_state_file_round_trip(tmp_path):
     state["jobs"]["5"] = ["dn01"]
     autoscale.save_state(path, state)
     assert autoscale.load_state(path)["jobs"] == {"5": ["dn01"]}
+
+
+# -- per-job nodes: served through the Slurm client, ended and cleaned up ------------------
+
+
+class JoiningBus(Bus):
+    """A bus whose wait sees the new nodes join, as the reactor's join would make them."""
+
+    def wait_for_nodes(self, registry, names, done_states, deadline):
+        for name in names:
+            if registry.get(name).state == "booting":
+                registry.transition(name, "joining")
+                registry.transition(name, "ready")
+
+
+def test_a_held_flagged_job_gets_its_nodes_then_they_go_when_it_ends(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["autoscale"] = {"profiles": {"htc": {"per_job": True}}}
+    reg = Registry(tmp_path / "registry.sqlite")
+    ctx = Context(policy=policy.load(data), registry=reg, keys=MemoryKeys(), slurm=MemorySlurm(), salt=Salt(),
+                  events=JoiningBus())
+    ctx._providers["lxd"] = MemoryProvider()
+    held = {"id": 7, "state": "PENDING", "comment": "vcluster-own", "node_count": 2, "user": "alice",
+            "reason": "JobHeldUser", "partition": "htc", "nodes": []}
+    ctx.slurm.jobs_ = [held]
+    ret = autoscale.run(ctx)
+    assert ret["result"] is True, ret
+    assert ret["per_job"] == {"7": "own nodes dn01,dn02"}
+    assert ("7", "reserved", (["dn01", "dn02"], "alice")) in ctx.slurm.updates
+    assert ctx.salt.calls == []  # Slurm is reached only through ctx.slurm
+    # the job ran and ended: its nodes are retired and its reservation deleted
+    ctx.slurm.jobs_ = [dict(held, state="COMPLETED", reason="None")]
+    ret = autoscale.run(ctx)
+    assert ret["per_job"] == {"7": "ended; retired dn01,dn02"}, ret
+    assert ("vcjob7", "reservation deleted", None) in ctx.slurm.updates
+    assert [n.name for n in reg.nodes() if n.active] == []
+    reg.close()

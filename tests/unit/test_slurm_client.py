@@ -9,11 +9,12 @@ real one.
 
 import json
 import pathlib
+import re
 
 import pytest
 
 from vcluster.errors import SlurmError
-from vcluster.slurm import hostlist, parse, versions
+from vcluster.slurm import hostlist, jobctl, parse, versions
 from vcluster.slurm.client import Slurm
 
 DATA = pathlib.Path(__file__).parent / "data" / "slurm"
@@ -109,7 +110,7 @@ def _squeue_on(nodes, jobs):
 
     out = "".join(line(j) + "\n" for j in jobs if wanted & set(j.nodes))
     argv = ("squeue", "--noheader", "--all", "--states=all", f"--nodelist={hostlist.collect(sorted(wanted))}",
-            f"--format={Slurm._ON_FORMAT}")
+            f"--format={parse.SQUEUE_TEXT_FORMAT}")
     return argv, (0, out, "")
 
 
@@ -315,6 +316,82 @@ def test_submit_script_on_stdin():
     runner = Runner({("sbatch", "--parsable"): (0, "43;cluster\n", "")})
     assert Slurm(runner=runner).submit(script="#!/bin/sh\ntrue\n") == 43
     assert runner.calls[0][2].startswith("#!/bin/sh")
+
+
+# -- a node's new address, a job's own reservation ------------------------------------------
+
+
+def test_update_node_addr_is_one_update():
+    argv = ("scontrol", "update", "nodename=vn1", "nodeaddr=10.77.0.121")
+    runner = Runner({argv: (0, "", "")})
+    assert Slurm(runner=runner).update_node_addr("vn1", "10.77.0.121") is True
+    assert [c[0] for c in runner.calls] == [list(argv)]
+
+
+@pytest.mark.parametrize(("name", "address", "message"), [
+    ("vn1", "10.0.0.1 state=down", "node address '10.0.0.1 state=down' is invalid: use an IP address or a host name"),
+    ("vn1", "", "node address '' is invalid"),
+    ("vn1", None, "node address None is invalid"),
+    ("vn1", "-bad.example", "node address '-bad.example' is invalid"),
+    ("vn 1", "10.0.0.1", "node name 'vn 1' is invalid"),
+])
+def test_update_node_addr_refuses_bad_values_before_running_anything(name, address, message):
+    runner = Runner()
+    with pytest.raises(SlurmError, match=f"^{message}"):
+        Slurm(runner=runner).update_node_addr(name, address)
+    assert runner.calls == []
+
+
+RESERVE = [
+    ("scontrol", "create", "reservation", "ReservationName=vcjob42", "Nodes=vn7,vn8", "StartTime=now",
+     "Duration=infinite", "Users=alice", "Flags=IGNORE_JOBS"),
+    ("scontrol", "update", "JobId=42", "ReservationName=vcjob42", "ReqNodeList=vn7,vn8"),
+    ("scontrol", "release", "42"),
+]
+
+
+@pytest.mark.parametrize("nodes", [["vn7", "vn8"], "vn7,vn8", "vn[7-8]"])
+def test_reserve_for_job_runs_the_three_commands_in_order(nodes):
+    runner = Runner({argv: (0, "", "") for argv in RESERVE})
+    assert Slurm(runner=runner).reserve_for_job(42, nodes, "alice") == {"reservation": "vcjob42",
+                                                                      "nodes": ["vn7", "vn8"]}
+    assert [tuple(c[0]) for c in runner.calls] == RESERVE
+
+
+def test_reserve_for_job_stops_at_the_first_refusal_with_slurms_words():
+    # Slurm's words, as the functional harness's 22.05 slurmctld says them (tests/functional/test_slurm_module.py)
+    runner = Runner({RESERVE[0]: (1, "", "Error creating the reservation: Invalid user id\n")})
+    with pytest.raises(SlurmError, match="^scontrol create reservation failed: Error creating the reservation: "
+                                         "Invalid user id$"):
+        Slurm(runner=runner).reserve_for_job("42", ["vn7", "vn8"], "alice")
+    assert [tuple(c[0]) for c in runner.calls] == RESERVE[:1]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("42x", ["vn7"], "alice"), "job id '42x' is invalid: use a number such as 42 or 42_3"),
+    (("42", [], "alice"), "nodes [] is invalid: give at least one node name (a list or a hostlist)"),
+    (("42", None, "alice"), "nodes None is invalid: give at least one node name"),
+    (("42", ["vn 7"], "alice"), "node name 'vn 7' is invalid"),
+    (("42", ["vn7"], "alice Flags=MAINT"), "user 'alice Flags=MAINT' is invalid: use a user name of letters"),
+    (("42", ["vn7"], None), "user None is invalid"),
+])
+def test_reserve_for_job_refuses_bad_values_before_running_anything(args, message):
+    runner = Runner()
+    with pytest.raises(SlurmError, match="^" + re.escape(message)):
+        Slurm(runner=runner).reserve_for_job(*args)
+    assert runner.calls == []
+
+
+def test_delete_reservation():
+    argv = ("scontrol", "delete", "ReservationName=vcjob42")
+    runner = Runner({argv: (1, "", "delete_reservation ReservationName=vcjob42: Requested reservation is invalid\n")})
+    with pytest.raises(SlurmError, match="^scontrol delete ReservationName=vcjob42 failed: delete_reservation "
+                                         "ReservationName=vcjob42: Requested reservation is invalid$"):
+        Slurm(runner=runner).delete_reservation(jobctl.job_reservation(42))
+    runner.answers[argv] = (0, "", "")
+    assert Slurm(runner=runner).delete_reservation("vcjob42") is True
+    with pytest.raises(SlurmError, match="^reservation name 'a b' is invalid: use up to 64 letters"):
+        Slurm(runner=Runner()).delete_reservation("a b")
 
 
 def test_missing_binary():

@@ -35,6 +35,7 @@ Measured on Slurm 22.05.8 (and the same on 24.11.5 unless said):
   ``scontrol power up|down [asap|force]`` from 24.05 (see :meth:`Slurm.update_node`).
 """
 
+import ipaddress
 import logging
 import os
 import re
@@ -44,6 +45,9 @@ import time
 from vcluster.errors import SlurmError
 from vcluster.slurm import conf as _conf
 from vcluster.slurm import hostlist, instance, parse, reach, states, versions
+from vcluster.slurm.jobctl import HOLD_REASON, JobControl, _job_id
+
+__all__ = ["HOLD_REASON", "NODE_UPDATE_STATES", "Slurm", "subprocess_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +56,12 @@ NODE_UPDATE_STATES = ("RESUME", "DRAIN", "UNDRAIN", "DOWN", "IDLE", "FUTURE", "F
                       "POWER_DOWN", "POWER_DOWN_ASAP", "POWER_DOWN_FORCE", "POWER_UP",
                       "CANCEL_REBOOT")
 
-#: Drain reason of a node vcluster holds (suspended with its jobs).
-HOLD_REASON = "vcluster suspend"
-
 #: ``state=`` values that are ``scontrol power ...`` words from 24.05.
 POWER_WORDS = {"POWER_UP": ("up",), "POWER_DOWN": ("down",), "POWER_DOWN_ASAP": ("down", "asap"),
                "POWER_DOWN_FORCE": ("down", "force")}
 
 #: Node states Slurm only accepts together with a reason.
 NEEDS_REASON = ("DRAIN", "DOWN", "FAIL")
-
-#: Job states in which a job holds (or will hold) node resources: the one group, in :mod:`states`.
-LIVE_JOB_STATES = states.JOB_NOT_DONE
 
 
 #: Node states in which Slurm expects no answer from slurmd (not yet there,
@@ -92,8 +90,8 @@ def _message(rc, out, err):
     return "; ".join(lines) if lines else f"exit code {rc}"
 
 
-class Slurm:
-    """Client of one Slurm controller.
+class Slurm(JobControl):
+    """Client of one Slurm controller (its job commands in :class:`~vcluster.slurm.jobctl.JobControl`).
 
     ``conf`` is the path of a slurm.conf to use instead of the default (sets
     ``SLURM_CONF``). ``runner(argv, env, timeout, stdin)`` returns ``(rc, out, err)``.
@@ -222,9 +220,6 @@ class Slurm:
             jobs = [j for j in jobs if j.state in wanted_states]
         return jobs
 
-    #: squeue --format of :meth:`jobs_on`: fields split by US (0x1f), the job name last.
-    _ON_FORMAT = "\x1f".join(("%A", "%T", "%P", "%N", "%F", "%K", "%C", "%D", "%u", "%Q", "%r", "%k", "%j"))
-
     def jobs_on(self, nodes):
         """Jobs (any state) on the hostlist ``nodes``, from ``squeue --nodelist``; list of Job.
 
@@ -240,29 +235,14 @@ class Slurm:
             return []
         self.release  # noqa: B018 - reads and checks the version once, as every listing does
         rc, out, err = self.run("squeue", "--noheader", "--all", "--states=all",
-                                f"--nodelist={hostlist.collect(names)}", f"--format={self._ON_FORMAT}", ok=(0, 1))
+                                f"--nodelist={hostlist.collect(names)}", f"--format={parse.SQUEUE_TEXT_FORMAT}", ok=(0, 1))
         if rc == 1:
             if "Invalid node name" not in (out + err):
                 raise SlurmError(f"squeue --nodelist failed: {_message(rc, out, err)}")
             _, out, _ = self.run("squeue", "--all", "--json")
             wanted = set(names)
             return [j for j in parse.jobs_from_squeue_json(out, self.release) if wanted & set(j.nodes)]
-        jobs = []
-        for line in out.splitlines():
-            f = line.split("\x1f", 12)
-            if len(f) != 13 or not f[0].isdigit():
-                raise SlurmError(f"squeue --nodelist printed an unexpected line: {line[:120]!r}")
-            array = f[5] not in ("N/A", "")
-
-            def number(text):
-                return int(text) if text.isdigit() else 0
-
-            jobs.append(parse.Job(
-                id=int(f[0]), name=f[12], state=f[1], nodes=hostlist.expand(f[3]) if f[3] else [],
-                partition=f[2], user=f[8], priority=number(f[9]), reason="" if f[10] == "None" else f[10],
-                array_job_id=number(f[4]) if array else 0, array_tasks=f[5] if array else "",
-                cpus=number(f[6]), node_count=number(f[7]), comment="" if f[11] == "(null)" else f[11]))
-        return jobs
+        return parse.jobs_from_squeue_text(out)
 
     def job(self, job_id):
         """The Job ``job_id`` (``scontrol show job``), or None when Slurm does not know it."""
@@ -280,7 +260,7 @@ class Slurm:
         _, out, _ = self.run("scontrol", "show", "-o", "partition")
         return parse.partitions_from_scontrol(out, self.release)
 
-    def job_count(self, nodes=None, states=LIVE_JOB_STATES):
+    def job_count(self, nodes=None, states=states.JOB_NOT_DONE):
         """How many jobs are on ``nodes`` (all nodes by default) in ``states`` (live ones)."""
         return len(self.jobs(nodes=nodes, states=states))
 
@@ -369,6 +349,16 @@ class Slurm:
         self.run(*argv)
         return self.node(name)
 
+    def update_node_addr(self, name, address):
+        """``scontrol update nodename=NAME nodeaddr=ADDR`` (a node that moved, after a migration).
+
+        ``address``: an IP address or a host name; anything else is refused
+        before the command runs.
+        """
+        _conf.validate_name(name)
+        self.run("scontrol", "update", f"nodename={name}", f"nodeaddr={_address(address)}")
+        return True
+
     def wait_node_state(self, name, wanted, timeout=60, interval=0.5):
         """Poll until node ``name`` is in one of ``wanted``; return its state words.
 
@@ -408,100 +398,6 @@ class Slurm:
         self.run("scontrol", "reconfigure")
         return True
 
-    # -- jobs ------------------------------------------------------------------
-
-    def suspend_job(self, job_id):
-        """``scontrol suspend JOB``: stop the job's processes (SIGSTOP); its node shows idle."""
-        self.run("scontrol", "suspend", _job_id(job_id))
-        return True
-
-    def resume_job(self, job_id):
-        """``scontrol resume JOB``: continue a suspended job."""
-        self.run("scontrol", "resume", _job_id(job_id))
-        return True
-
-    # -- suspend and resume of a node with its jobs (one call each for vcluster) --
-
-    def hold_node(self, name, jobs=(), reason=HOLD_REASON):
-        """Drain node ``name`` with ``reason`` and suspend ``jobs`` on it; all or nothing.
-
-        A drain with another reason (an admin's) is left as it is and not
-        lifted later. Returns ``{"drained": bool, "suspended": [job ids]}``.
-        When a step fails, the jobs this call suspended are resumed and the
-        drain it set is lifted before the error is raised.
-        """
-        _conf.validate_name(name)
-        ids = [_job_id(j) for j in jobs]
-        node = self.node(name)
-        if node is None:
-            raise SlurmError(f"node {name} is not known to Slurm")
-        foreign = "DRAIN" in node.state and node.reason not in ("", reason)
-        drained, done = False, []
-        try:
-            if not foreign:
-                self._update_node(name, "DRAIN", reason)
-                drained = True
-            for job_id in ids:
-                self.suspend_job(job_id)
-                done.append(job_id)
-        except SlurmError:
-            for job_id in done:
-                _quiet(self.resume_job, job_id)
-            if drained:
-                _quiet(self._update_node, name, "RESUME")
-            raise
-        return {"drained": drained, "suspended": done}
-
-    def release_node(self, name, jobs=(), reason=HOLD_REASON):
-        """Resume those of ``jobs`` that are suspended, then lift a drain that carries ``reason``.
-
-        The undoing of :meth:`hold_node`. Returns ``{"resumed": [job ids],
-        "undrained": bool}``; a job Slurm no longer knows is skipped.
-        """
-        _conf.validate_name(name)
-        ids = [_job_id(j) for j in jobs]
-        resumed = []
-        for job_id in ids:
-            job = self.job(job_id)
-            if job is not None and job.state == "SUSPENDED":
-                self.resume_job(job_id)
-                resumed.append(job_id)
-        node = self.node(name)
-        undrain = node is not None and "DRAIN" in node.state and node.reason == reason
-        if undrain:
-            self._update_node(name, "RESUME")
-        return {"resumed": resumed, "undrained": undrain}
-
-    def requeue(self, job_id, hold=False):
-        """``scontrol requeue[hold] JOB``: kill the job and put it back in the queue."""
-        self.run("scontrol", "requeuehold" if hold else "requeue", _job_id(job_id))
-        return True
-
-    def submit(self, script=None, wrap=None, **options):
-        """``sbatch --parsable``; return the new job id.
-
-        ``options`` become long options: ``nodelist='vn1'`` -> ``--nodelist=vn1``,
-        ``hold=True`` -> ``--hold``. Give exactly one of ``script`` (its text)
-        and ``wrap`` (a command line).
-        """
-        if (script is None) == (wrap is None):
-            raise SlurmError("submit needs exactly one of script and wrap")
-        argv = ["sbatch", "--parsable"]
-        for key, value in sorted(options.items()):
-            if value is None or value is False:
-                continue
-            flag = "--" + key.replace("_", "-")
-            argv.append(flag if value is True else f"{flag}={value}")
-        if wrap is not None:
-            argv += ["--wrap", wrap]
-            _, out, _ = self.run(*argv)
-        else:
-            _, out, _ = self.run(*argv, stdin=script)
-        try:
-            return int(out.strip().split(";")[0])
-        except ValueError:
-            raise SlurmError(f"sbatch printed no job id: {out.strip()[:80]!r}") from None
-
 
 def _words(value):
     if isinstance(value, str):
@@ -509,17 +405,19 @@ def _words(value):
     return [str(v).strip().upper() for v in value if str(v).strip()]
 
 
-def _job_id(job_id):
-    text = str(job_id).strip()
-    main, _, task = text.partition("_")
-    if not main.isdigit() or (task and not task.isdigit()):
-        raise SlurmError(f"job id {job_id!r} is invalid: use a number such as 42 or 42_3")
-    return text
+#: A host name (RFC 1123 labels) for ``NodeAddr``.
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
-def _quiet(step, *args):
-    """Run one undo step; a failure is logged, the undo goes on."""
-    try:
-        step(*args)
-    except SlurmError as exc:
-        log.warning("undo step %s%r failed: %s", step.__name__, args, exc)
+def _address(address):
+    """``address`` if it is an IP address or a host name, else SlurmError (one sentence)."""
+    text = str(address).strip() if isinstance(address, str) else None
+    if text:
+        try:
+            ipaddress.ip_address(text)
+            return text
+        except ValueError:
+            if _HOSTNAME.match(text):
+                return text
+    raise SlurmError(f"node address {address!r} is invalid: use an IP address or a host name")

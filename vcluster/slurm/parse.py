@@ -360,6 +360,35 @@ def jobs_from_squeue_json(text, release=None):
     return out
 
 
+#: ``squeue --format`` of :func:`jobs_from_squeue_text`: fields split by US (0x1f), the job name last.
+SQUEUE_TEXT_FORMAT = "\x1f".join(("%A", "%T", "%P", "%N", "%F", "%K", "%C", "%D", "%u", "%Q", "%r", "%k", "%j"))
+
+
+def jobs_from_squeue_text(text):
+    """``squeue --noheader --format=<SQUEUE_TEXT_FORMAT>`` -> list of :class:`Job`.
+
+    squeue's text format is the same in every supported release (22.05's
+    ``--json`` ignores squeue's filters, its text form does not), so this
+    parser takes no release.
+    """
+    jobs = []
+    for line in text.splitlines():
+        f = line.split("\x1f", 12)
+        if len(f) != 13 or not f[0].isdigit():
+            raise SlurmError(f"squeue --nodelist printed an unexpected line: {line[:120]!r}")
+        array = f[5] not in ("N/A", "")
+
+        def number(value):
+            return int(value) if value.isdigit() else 0
+
+        jobs.append(Job(
+            id=int(f[0]), name=f[12], state=f[1], nodes=hostlist.expand(f[3]) if f[3] else [],
+            partition=f[2], user=f[8], priority=number(f[9]), reason="" if f[10] == "None" else f[10],
+            array_job_id=number(f[4]) if array else 0, array_tasks=f[5] if array else "",
+            cpus=number(f[6]), node_count=number(f[7]), comment="" if f[11] == "(null)" else f[11]))
+    return jobs
+
+
 def nodes_from_sinfo_json(text, release=None):
     """``sinfo --json`` -> list of :class:`Node` (sinfo does not list FUTURE nodes).
 
