@@ -39,30 +39,75 @@ class KeyStore(typing.Protocol):
         """The master's public key (PEM)."""
 
 
+class PendingCall(typing.Protocol):
+    """A controller call started now and collected later (:meth:`SlurmController.watch_node_state`)."""
+
+    def result(self) -> typing.Any:
+        """The call's return, or SlurmError."""
+
+    def cancel(self) -> None:
+        """Stop the call on the controller; a no-op once collected."""
+
+
 class SlurmController(typing.Protocol):
-    """The slurmctld host, reached through its minion's ``slurm`` module."""
+    """The slurmctld host, reached through its minion's ``slurm`` module (``_modules/slurm.py``).
 
-    def nodes(self) -> list: ...
-    def jobs(self, nodes=None) -> list: ...
-    def update_node(self, name, state, reason=None) -> None: ...
+    Nodes and jobs come back as the module returns them: dicts of
+    :class:`vcluster.slurm.parse.Node` / ``Job`` fields. Every failure is a
+    :class:`~vcluster.errors.SlurmError` with one sentence.
+    """
 
-    def set_instance(self, name, instance_id, instance_type, extra=None) -> dict:
+    def nodes(self) -> list[dict]:
+        """Every Slurm node (FUTURE ones too)."""
+
+    def jobs(self, nodes: typing.Iterable[str] | None = None) -> list[dict]:
+        """Every job Slurm lists, or those on ``nodes``."""
+
+    def job(self, job_id: str | int) -> dict | None:
+        """Job ``job_id``, or None when Slurm does not know it."""
+
+    def update_node(self, name: str, state: str, reason: str | None = None) -> dict | None:
+        """Set node ``name``'s state (RESUME, DRAIN, DOWN, POWER_DOWN_FORCE ...); the node afterwards."""
+
+    def update_node_addr(self, name: str, address: str) -> bool:
+        """Node ``name`` is now reached at ``address`` (after a migration)."""
+
+    def set_instance(self, name: str, instance_id: str, instance_type: str, extra: str | dict | None = None) -> dict:
         """Slurm's InstanceId/InstanceType/Extra of ``name``: ``{"set": False, "comment"}`` before 23.11."""
-    def delete_node(self, name) -> None: ...
-    def requeue(self, job_id) -> None: ...
-    def wait_node_state(self, name, states, timeout) -> list: ...
 
-    def watch_node_state(self, name, states, timeout, interval=0.5):
+    def delete_node(self, name: str) -> bool:
+        """Remove dynamic node ``name`` from Slurm (it must run no job)."""
+
+    def requeue(self, job_id: str | int) -> bool:
+        """Kill job ``job_id`` and put it back in the queue."""
+
+    def wait_node_state(self, name: str, states: typing.Sequence[str], timeout: float) -> list[str]:
+        """Wait until node ``name`` is in one of ``states``; its state words, or SlurmError at ``timeout``."""
+
+    def watch_node_state(self, name: str, states: typing.Sequence[str], timeout: float,
+                         interval: float = 0.5) -> PendingCall:
         """Start ``wait_node_state`` now, polling every ``interval`` seconds.
 
         Returns an object with ``result()`` (its return, or SlurmError) and
         ``cancel()`` (a no-op once collected).
         """
-    def reconfigure(self) -> None: ...
-    def hold_node(self, name, jobs, reason) -> dict: ...
-    def release_node(self, name, jobs, reason) -> dict: ...
 
-    def liveness_scan(self, names, wait) -> dict:
+    def reconfigure(self) -> bool:
+        """slurmctld and every slurmd re-read slurm.conf."""
+
+    def hold_node(self, name: str, jobs: typing.Iterable[str | int], reason: str) -> dict:
+        """Drain ``name`` with ``reason`` and suspend ``jobs`` on it, all or nothing: ``{"drained", "suspended"}``."""
+
+    def release_node(self, name: str, jobs: typing.Iterable[str | int], reason: str) -> dict:
+        """Resume ``jobs`` where suspended, lift a drain with ``reason``: ``{"resumed", "undrained"}``."""
+
+    def reserve_for_job(self, job_id: str | int, nodes: typing.Sequence[str], user: str) -> dict:
+        """A reservation ``vcjob<id>`` on ``nodes`` for ``user``, the held job moved into it and released."""
+
+    def delete_reservation(self, name: str) -> bool:
+        """Delete reservation ``name``; SlurmError (Slurm's words) when it does not exist."""
+
+    def liveness_scan(self, names: typing.Iterable[str], wait: float) -> dict:
         """One controller call: Slurm's view of ``names`` and a SYN probe of their slurmds.
 
         ``{"nodes": [Node as dict], "slurmd": {name: verdict}}``, verdicts
@@ -71,36 +116,48 @@ class SlurmController(typing.Protocol):
 
 
 class SaltActions(typing.Protocol):
-    """State runs on minions."""
+    """State runs and small probes on minions."""
 
-    def highstate(self, minion: str, timeout: int) -> tuple:
+    def highstate(self, minion: str, timeout: float) -> tuple[bool, str]:
         """Run the highstate; return ``(ok, one-sentence summary)``."""
 
-    def apply(self, target: str, sls: str, timeout: int, tgt_type: str = "glob") -> tuple:
+    def apply(self, target: str, sls: str, timeout: float, tgt_type: str = "glob") -> tuple[bool, str]:
         """Apply ``sls`` to ``target``; return ``(ok, summary)``."""
 
-    def probe(self, names: list, timeout: float) -> dict:
+    def probe(self, names: typing.Iterable[str], timeout: float) -> dict[str, int | None]:
         """``{name: seconds slurmd has run, or None (no slurmd)}`` for the minions that answer within ``timeout``."""
 
     def restart_slurmd(self, minion: str, timeout: float) -> bool:
         """Kill and start an idle node's slurmd so that it registers now."""
 
-    def present(self, names) -> set:
+    def present(self, names: typing.Iterable[str]) -> set[str]:
         """Those of ``names`` whose minion is connected to the master (no job published)."""
 
 
 class Events(typing.Protocol):
     """The master event bus."""
 
-    def fire(self, tag: str, data: dict) -> None: ...
+    def fire(self, tag: str, data: dict) -> bool | None:
+        """Fire one event; never raises (a bus that refuses is logged)."""
 
-    def wait_for_nodes(self, registry, names, done_states, deadline) -> None:
-        """Return when every node in ``names`` is in ``done_states`` or at ``deadline``."""
+    def wait_for_nodes(self, registry: typing.Any, names: typing.Sequence[str], done_states: typing.Container[str],
+                       deadline: float) -> None:
+        """Return when every node in ``names`` is in ``done_states`` or at ``deadline`` (monotonic time)."""
 
-    def progress(self, message: str, **data) -> None: ...
+    def progress(self, message: str, **data: typing.Any) -> None:
+        """Tell the admin how a long call goes (the runner's progress events)."""
 
-    def watch(self, tag: str):
+    def watch(self, tag: str) -> typing.ContextManager[typing.Callable[[float], bool]]:
         """Context manager: listen for ``tag`` from now on; yields ``wait(seconds) -> bool``."""
+
+
+#: The protocols of :class:`Context`'s collaborators, by the field that holds each.
+PROTOCOLS = {"keys": KeyStore, "slurm": SlurmController, "salt": SaltActions, "events": Events}
+
+
+def protocol_methods(protocol: type) -> list[str]:
+    """The methods ``protocol`` declares (what the library may call), in order."""
+    return [name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")]
 
 
 @dataclasses.dataclass
