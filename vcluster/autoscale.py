@@ -27,9 +27,11 @@ the job's user, and is released into it; when the job has ended its nodes
 are retired and the reservation deleted.
 
 The decision (:func:`plan`) is a pure function of policy, registry, Slurm
-and the small state file ``<registry>.autoscale.json`` (last run, when each
-node was first seen idle, the per-job map), so it is unit-tested without
-Salt; :func:`run` carries the actions out with the engine's own functions.
+and autoscale's small state (last run, when each node was first seen idle,
+the per-job map), kept in the registry's SQLite file
+(:mod:`vcluster.taskstate`, task ``autoscale``), so it is unit-tested
+without Salt; :func:`run` carries the actions out with the engine's own
+functions.
 """
 
 import json
@@ -38,6 +40,7 @@ import os
 import time
 
 from vcluster import engine
+from vcluster import taskstate
 from vcluster.arguments import flag
 from vcluster.errors import VclusterError
 from vcluster.slurm import jobctl, states
@@ -46,39 +49,59 @@ from vcluster.suspend import WARM_REASON
 log = logging.getLogger(__name__)
 
 #: Seconds between schedule ticks (the runner decides whether it is due).
-SCHEDULE_TICK = 10
+SCHEDULE_TICK = taskstate.TICKS["autoscale"]
+#: Autoscale's name in the registry's task tables.
+TASK = "autoscale"
 #: Pending reasons that more nodes would not cure.
 NOT_FOR_NODES = ("Dependency", "JobHeldUser", "JobHeldAdmin", "BeginTime", "DependencyNeverSatisfied",
                  "PartitionDown", "PartitionInactive", "AssocGrpJobsLimit", "QOSMaxJobsPerUserLimit")
 
 
-# -- the state file ------------------------------------------------------------------
+# -- the state (registry's task tables) ----------------------------------------------
 
 
-def state_path(registry_path):
+def legacy_path(registry_path):
+    """The side file older releases kept the state in: taken over once by :func:`load_state`, then deleted."""
     return os.fspath(registry_path) + ".autoscale.json"
 
 
 def load_state(registry_path):
-    try:
-        with open(state_path(registry_path), encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        data = {}
+    """``{"last_run", "idle_since", "jobs"}`` from the registry file ``registry_path``."""
+    with taskstate.TaskState(registry_path) as store:
+        data = store.values(TASK)
+        legacy = legacy_path(registry_path)
+        if not taskstate.in_memory(store.path) and os.path.exists(legacy):
+            data = _adopt(store, legacy, data)
     data.setdefault("last_run", None)
     data.setdefault("idle_since", {})
     data.setdefault("jobs", {})
     return data
 
 
+def _adopt(store, legacy, data):
+    """Take the state of ``<registry>.autoscale.json`` over (unless the tables hold some already); delete the file."""
+    try:
+        with open(legacy, encoding="utf-8") as fh:
+            old = json.load(fh)
+    except (OSError, ValueError) as exc:
+        log.warning("autoscale: %s is unreadable (%s): not taken over", legacy, exc)
+        old = None
+    if not data and isinstance(old, dict):
+        data = {k: old[k] for k in ("last_run", "idle_since", "jobs") if k in old}
+        store.put(TASK, **data)
+        log.info("autoscale: state taken over from %s into the registry", legacy)
+    try:
+        os.unlink(legacy)
+    except OSError as exc:
+        log.warning("autoscale: cannot delete %s: %s", legacy, exc)
+    return data
+
+
 def save_state(registry_path, data):
-    path = state_path(registry_path)
-    if path.startswith(":memory:"):
-        return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, sort_keys=True)
-    os.replace(tmp, path)
+    """Write ``data``'s ``last_run``, ``idle_since`` and ``jobs`` in one transaction."""
+    with taskstate.TaskState(registry_path) as store:
+        store.put(TASK, last_run=data.get("last_run"), idle_since=data.get("idle_since") or {},
+                  jobs=data.get("jobs") or {})
 
 
 def due(policy, state, now):
@@ -86,10 +109,7 @@ def due(policy, state, now):
     scale = policy.autoscale
     if not scale.enabled:
         return False, "vcluster:autoscale:enabled is false: scheduled autoscaling is off"
-    last = state.get("last_run")
-    if last is not None and now - last < scale.interval - SCHEDULE_TICK / 2:
-        return False, f"last autoscale {now - last:.0f} s ago, interval {scale.interval} s"
-    return True, "due"
+    return taskstate.due(state.get("last_run"), scale.interval, now, SCHEDULE_TICK, "autoscale")
 
 
 # -- the decision ----------------------------------------------------------------------

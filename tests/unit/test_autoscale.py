@@ -535,8 +535,10 @@ def test_flagged_jobs_from_every_releases_squeue(release):
         {"id": str(ids["held"]), "user": "root", "count": 1, "profile": "htc", "held": True}]
 
 
-def test_state_file_round_trip(tmp_path):
+def test_state_round_trip(tmp_path):
+    """In the registry's file (more in test_taskstate.py)."""
     path = tmp_path / "r.sqlite"
+    Registry(path).close()
     state = autoscale.load_state(path)
     assert state == {"last_run": None, "idle_since": {}, "jobs": {}}
     state["jobs"]["5"] = ["dn01"]
