@@ -43,14 +43,27 @@ esac
 
 ready() { virsh -c "$URI" version >/dev/null 2>&1; }
 
+# The daemons must not inherit this script's open files: run as
+# `flock /run/vcluster-test-stack.lock libvirt-up.sh`, libvirtd and virtlogd
+# kept the lock's descriptor and held the lock for as long as they ran (seen).
+without_fds() {
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            fd=${fd##*/}
+            [ "$fd" -le 2 ] || eval "exec $fd>&-" 2>/dev/null || true
+        done
+        exec "$@"
+    )
+}
+
 start_daemons() {
     mkdir -p "$LOG_DIR"
     if ! pgrep -x virtlogd >/dev/null; then
         log "starting virtlogd"
-        virtlogd -d
+        without_fds virtlogd -d
     fi
     log "starting libvirtd (log: $LOG_DIR/libvirtd.log)"
-    LIBVIRT_LOG_OUTPUTS="3:file:$LOG_DIR/libvirtd.log" libvirtd -d
+    LIBVIRT_LOG_OUTPUTS="3:file:$LOG_DIR/libvirtd.log" without_fds libvirtd -d
     local deadline=$((SECONDS + TIMEOUT))
     until ready; do
         [ "$SECONDS" -lt "$deadline" ] || die "libvirtd not ready after ${TIMEOUT}s (see $LOG_DIR/libvirtd.log)"
