@@ -41,7 +41,7 @@ class FlakyWheel:
 
 
 def keys_with(wheel, monkeypatch):
-    monkeypatch.setattr(saltlink, "WHEEL_BACKOFF", 0.01)
+    monkeypatch.setattr(saltlink.keys, "WHEEL_BACKOFF", 0.01)  # read where WheelKeys lives
     keys = saltlink.WheelKeys.__new__(saltlink.WheelKeys)
     keys.wheel = wheel
     keys._master_pub = None
