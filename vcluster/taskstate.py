@@ -250,16 +250,46 @@ def _unlink(path):
         log.warning("cannot delete %s: %s", path, exc)
 
 
+# -- one call each, for a task that needs nothing else ---------------------------------------
+
+
+def last_run(path, task, stamp=None):
+    """Unix time of ``task``'s last run in the registry file ``path``, or None (never; an in-memory registry).
+
+    ``stamp``: the side file older releases kept it in, taken over once and
+    deleted (:meth:`TaskState.adopt_stamp`).
+    """
+    path = os.fspath(path)
+    if in_memory(path):
+        return None
+    with TaskState(path) as store:
+        if stamp:
+            store.adopt_stamp(task, stamp)
+        return store.last_run(task)
+
+
+def mark_run(path, task, when=None):
+    """Record in the registry file ``path`` that ``task`` finished a run now (nothing for an in-memory registry)."""
+    path = os.fspath(path)
+    if not in_memory(path):
+        with TaskState(path) as store:
+            store.mark_run(task, when)
+
+
 @contextlib.contextmanager
-def lock(path, task, lease=LEASE):
+def lock(path, task, lease=LEASE, legacy=None):
     """Hold ``task``'s lock in the registry file ``path``; yields False when another run has it.
 
     An in-memory registry (tests) has no other process: always True.
+    ``legacy``: the lock file older releases used beside the registry,
+    deleted (no release reads it any more).
     """
     path = os.fspath(path)
     if in_memory(path):
         yield True
         return
+    if legacy:
+        _unlink(legacy)
     with TaskState(path) as state:
         token = state.acquire(task, lease)
     if token is None:

@@ -207,3 +207,19 @@ def test_an_in_memory_registry_needs_no_lock():
     with taskstate.lock(":memory:", "reconcile") as held:
         assert held is True
     assert autoscale.load_state(":memory:") == {"last_run": None, "idle_since": {}, "jobs": {}}
+
+
+def test_the_one_call_helpers_as_reconcile_uses_them(path):
+    """last_run / mark_run / lock with the side files of older releases (``.reconcile-last``, ``.reconcile.lock``)."""
+    stamp, old_lock = path + ".reconcile-last", path + ".reconcile.lock"
+    with open(stamp, "w", encoding="ascii") as fh:
+        fh.write("1700000000.000\n")
+    open(old_lock, "w").close()
+    assert taskstate.last_run(path, "reconcile", stamp=stamp) == 1700000000.0
+    assert not os.path.exists(stamp)
+    taskstate.mark_run(path, "reconcile", 1700000100.0)
+    assert taskstate.last_run(path, "reconcile", stamp=stamp) == 1700000100.0
+    with taskstate.lock(path, "reconcile", legacy=old_lock) as held:
+        assert held is True and not os.path.exists(old_lock)
+    assert taskstate.last_run(":memory:", "reconcile") is None
+    taskstate.mark_run(":memory:", "reconcile")
