@@ -200,7 +200,7 @@ vcluster:
   #   resume: true         # undo vcluster's own DOWN once its slurmd answers again
   # What vcluster.suspend / vcluster.resume do unless told; defaults.
   # suspend:
-  #   mode: suspend        # suspend | pause (LXD: both freeze)
+  #   mode: suspend        # freeze | pause | save | suspend (save, or freeze on LXD); docs/policy.md#suspend-modes
   #   resume_timeout: 120  # seconds for minion and slurmd after the provider resume
   # Preemption, an example (default: enabled false, no partitions): a job of
   # `partitions` suspends the `preemptible` virtual nodes on its hypervisor
@@ -215,6 +215,6 @@ vcluster:
   #   enabled: false
   #   partitions: [batch]  # jobs in these partitions preempt
   #   preemptible: [htc]   # nodes whose profile partition is listed may be suspended
-  #   mode: suspend        # suspend | pause
+  #   mode: suspend        # as suspend:mode
   #   migrate: false       # at job end, move a node off a still busy host first
   #   hypervisors: {}      # Slurm node name -> provider host (default: same name)

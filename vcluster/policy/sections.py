@@ -10,9 +10,15 @@ from vcluster.policy import checks as c
 from vcluster.policy.maps import FrozenMap
 from vcluster.policy.schema import REQUIRED, Key, Section
 from vcluster.providers import DRIVERS
+from vcluster.providers.base import SUSPEND_NAMES
 
 MEMBERSHIPS = ("dynamic", "static", "cloud")
-SUSPEND_MODES = ("suspend", "pause")
+#: What ``suspend:mode`` and ``preemption:mode`` accept: the suspend modes of
+#: :data:`vcluster.providers.base.SUSPEND_MODES` that keep a node's jobs, and the
+#: old name ``suspend`` (:data:`~vcluster.providers.base.SUSPEND_ALIASES`; the
+#: node's provider resolves it). ``shelve`` is for idle nodes only: never a
+#: default, asked for by name.
+SUSPEND_MODES = tuple(n for n in SUSPEND_NAMES if n != "shelve")
 DEFAULT_REGISTRY = "/var/lib/vcluster/registry.sqlite"
 
 LIMITS = Section(
@@ -92,8 +98,9 @@ LIVENESS = Section(
 SUSPEND = Section(
     "vcluster:suspend",
     "Defaults of `vcluster.suspend` / `vcluster.resume`.",
-    Key("mode", c.choice(SUSPEND_MODES), "suspend", "`suspend` (Nova: memory to disk) or `pause` (memory "
-        "kept); LXD freezes for both"),
+    Key("mode", c.choice(SUSPEND_MODES), "suspend", "`freeze` (containers), `pause` (VMs; RAM kept), `save` "
+        "(VMs; RAM to disk) or `suspend`: `save`, or `freeze` where the provider cannot save; see "
+        "[Suspend modes](#suspend-modes)"),
     Key("resume_timeout", c.positive_number, 120, "seconds for minion and slurmd to answer after the "
         "provider resume"),
 )
@@ -116,7 +123,7 @@ PREEMPTION = Section(
     Key("partitions", c.partition_list, (), "jobs in these Slurm partitions preempt"),
     Key("preemptible", c.partition_list, (), "virtual nodes whose profile partition is listed here may be "
         "suspended; each must be some profile's partition, none may also preempt"),
-    Key("mode", c.choice(SUSPEND_MODES), "suspend", "how preempted nodes are suspended"),
+    Key("mode", c.choice(SUSPEND_MODES), "suspend", "how preempted nodes are suspended, as `suspend:mode`"),
     Key("migrate", c.boolean, False, "on job end, move to a free host first when the provider can"),
     Key("hypervisors", c.hypervisors, FrozenMap(), "Slurm node name → provider host name (default: same "
         "name)"),

@@ -24,6 +24,68 @@ from vcluster.errors import ProviderError, ProviderTimeout
 #: OpenStack: server metadata ``vcluster_<key>``, OpenNebula: USER_TEMPLATE).
 TAG_KEYS = ("cluster", "node", "profile", "registry_id")
 
+#: The suspend modes, one vocabulary for the engine and every provider
+#: (issue 15): name -> what happens to the instance. A provider declares the
+#: ones it does in :attr:`Provider.suspend_modes`; docs/policy.md has the
+#: table of which provider does which.
+SUSPEND_MODES = {
+    "freeze": "containers: the cgroup freezer stops every process; CPU freed, RAM kept",
+    "pause": "virtual machines: the vCPUs are stopped; CPU freed, RAM kept",
+    "save": "the state is written to disk and the hypervisor process ends: host RAM freed "
+            "(libvirt managed save, Nova suspend, OpenNebula suspend)",
+    "shelve": "idle nodes only: the instance leaves its host, its disks are kept "
+              "(Nova shelve, OpenNebula undeploy)",
+}
+#: The names used before that vocabulary, still accepted (in pillar, on the
+#: command line, by every provider's ``suspend``): old name -> the modes it
+#: stands for, in order; a provider does the first one it has. ``suspend``
+#: was the default: ``save`` on VMs, ``freeze`` on containers; ``pause`` on
+#: a container provider was a freeze.
+SUSPEND_ALIASES = {
+    "suspend": ("save", "freeze"),
+    "pause": ("pause", "freeze"),
+}
+#: Every name a suspend request may use: the vocabulary, then the old names it lacks.
+SUSPEND_NAMES = tuple(SUSPEND_MODES) + tuple(n for n in SUSPEND_ALIASES if n not in SUSPEND_MODES)
+
+
+def resolve_suspend_mode(mode, modes):
+    """The mode of ``modes`` (names of :data:`SUSPEND_MODES`) that a request for ``mode`` means, or ``None``.
+
+    A name of the vocabulary means itself; an old name
+    (:data:`SUSPEND_ALIASES`) means the first of its modes found in ``modes``.
+    """
+    if mode in modes:
+        return mode
+    return next((m for m in SUSPEND_ALIASES.get(mode, ()) if m in modes), None)
+
+
+class SuspendModes(tuple):
+    """The suspend modes a provider does, in the vocabulary of :data:`SUSPEND_MODES`.
+
+    Iterating, ``len`` and ``repr`` give only those names. ``in`` answers
+    whether a *request* is accepted, old names included: ``"suspend" in
+    SuspendModes(("freeze",))`` is true because the provider freezes when
+    asked to suspend, so a caller that checks a requested name with ``in``
+    accepts exactly what :meth:`Provider.suspend` accepts.
+    """
+
+    def __new__(cls, modes):
+        modes = tuple(modes)
+        unknown = [m for m in modes if m not in SUSPEND_MODES]
+        if unknown:
+            raise ValueError(f"not suspend modes of the vocabulary: {', '.join(unknown)}")
+        return super().__new__(cls, modes)
+
+    def __contains__(self, mode):
+        return resolve_suspend_mode(mode, tuple(self)) is not None
+
+    def described(self):
+        """The modes for an error message, e.g. ``'freeze (old names accepted: suspend, pause)'``."""
+        modes = tuple(self)
+        old = [n for n in SUSPEND_ALIASES if n not in modes and resolve_suspend_mode(n, modes)]
+        return ", ".join(modes) + (f" (old names accepted: {', '.join(old)})" if old else "")
+
 
 class Status(str, enum.Enum):
     """Instance status, the same words for every provider."""
@@ -111,8 +173,11 @@ class Provider(abc.ABC):
     """
 
     driver = "base"
-    #: Modes :meth:`suspend` accepts; ``vcluster.suspend`` refuses any other
-    #: before it drains a node or suspends a job (``None``: not declared).
+    #: The suspend modes :meth:`suspend` does, a :class:`SuspendModes` of
+    #: names of :data:`SUSPEND_MODES` (``None``: not declared). ``mode in
+    #: suspend_modes`` also accepts the old names that resolve to one of them;
+    #: ``vcluster.suspend`` refuses any other before it drains a node or
+    #: suspends a job.
     suspend_modes = None
 
     def __init__(self, name, config):
@@ -184,8 +249,16 @@ class Provider(abc.ABC):
 
     # -- primitives used by suspend / resume / migrate --------------------
 
+    def suspend_mode(self, mode):
+        """The mode of :attr:`suspend_modes` that a request for ``mode`` means (an old name resolved), or ``None``."""
+        return resolve_suspend_mode(mode, tuple(self.suspend_modes or ()))
+
     def suspend(self, instance_id, mode="suspend"):
-        """Freeze an instance so that it uses no CPU (and no memory where possible)."""
+        """Stop an instance using CPU (and memory, or its host, where the mode does): see :data:`SUSPEND_MODES`.
+
+        ``mode`` is a name of :data:`SUSPEND_MODES` or an old name of
+        :data:`SUSPEND_ALIASES`; :meth:`suspend_mode` says which mode it means.
+        """
         raise NotImplementedError(f"{self.driver} provider cannot suspend")
 
     def resume(self, instance_id):

@@ -10,12 +10,13 @@ import re
 import threading
 
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError
-from vcluster.providers.base import Host, Instance, Provider, Status
+from vcluster.providers.base import Host, Instance, Provider, Status, SuspendModes
 from vcluster.providers.lxd.api import LxdApi, Missing
 from vcluster.providers.lxd.create import CreateContainers
 from vcluster.providers.lxd.data import STATUS_MAP, TAG_PREFIX, ipv4_of, limit_cpus, limit_memory_mb
 
-SUSPEND_MODES = ("suspend", "pause")
+#: A container can only be frozen (the old names ``suspend`` and ``pause`` mean this too).
+SUSPEND_MODES = SuspendModes(("freeze",))
 
 
 class LxdProvider(LxdApi, CreateContainers, Provider):
@@ -124,10 +125,10 @@ class LxdProvider(LxdApi, CreateContainers, Provider):
         return state.get("status")
 
     def suspend(self, instance_id, mode="suspend"):
-        """Freeze the container (cgroup freezer); a frozen one is left as is."""
-        if mode not in SUSPEND_MODES:
+        """Freeze the container (cgroup freezer): mode ``freeze``; a frozen one is left as is."""
+        if self.suspend_mode(mode) is None:
             raise ProviderError(
-                f"LXD can only freeze a container: suspend mode '{mode}' is not one of {', '.join(SUSPEND_MODES)}"
+                f"LXD can only freeze a container: suspend mode '{mode}' is not one of {SUSPEND_MODES.described()}"
             )
         what = f"suspend {instance_id}"
         word = self._status_word(instance_id, what)

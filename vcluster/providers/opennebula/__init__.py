@@ -30,7 +30,7 @@ and its error mapping), :mod:`.states` (state tables, action rules),
 options are in :mod:`vcluster.providers.opennebula_options`.
 """
 
-from vcluster.providers.opennebula.provider import SUSPEND_MODES, OpenNebulaProvider
+from vcluster.providers.opennebula.provider import ONE_ACTIONS, SUSPEND_MODES, OpenNebulaProvider
 from vcluster.providers.opennebula.states import (
     ALLOWED_LABELS,
     LCM_STATES,
@@ -44,6 +44,6 @@ from vcluster.providers.opennebula.states import (
 from vcluster.providers.opennebula.vms import start_script
 
 __all__ = [
-    "ALLOWED_LABELS", "LCM_STATES", "LCM_STATUS", "SUSPEND_MODES", "VM_STATES", "VM_STATUS", "OpenNebulaProvider",
+    "ALLOWED_LABELS", "LCM_STATES", "ONE_ACTIONS", "LCM_STATUS", "SUSPEND_MODES", "VM_STATES", "VM_STATUS", "OpenNebulaProvider",
     "start_script", "state_label", "state_names", "status_of",
 ]

@@ -11,7 +11,7 @@ import stat
 import urllib.parse
 
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError, ProviderTimeout
-from vcluster.providers.base import Host, Instance, Provider, Status
+from vcluster.providers.base import Host, Instance, Provider, Status, SuspendModes
 from vcluster.providers.opennebula import api, vms
 from vcluster.providers.opennebula.states import (
     ALLOWED_LABELS,
@@ -26,9 +26,16 @@ from vcluster.providers.opennebula.states import (
 
 log = logging.getLogger(__name__)
 
-#: suspend modes -> (one.vm.action, resting STATE names it leads to)
+#: suspend modes (vcluster.providers.base.SUSPEND_MODES) -> (one.vm.action, resting STATE names it
+#: leads to). ``save``: the VM's memory is saved on its host and the host RAM freed; ``shelve``: the
+#: VM leaves the host, only its disks are kept (UNDEPLOYED reads as SHELVED).
 SUSPEND_MODES = {
-    "suspend": ("suspend", {"SUSPENDED"}),
+    "save": ("suspend", {"SUSPENDED"}),
+    "shelve": ("undeploy", {"UNDEPLOYED"}),
+}
+#: OpenNebula's own actions, accepted by name by :meth:`OpenNebulaProvider.suspend` for its direct
+#: callers; not modes of the engine.
+ONE_ACTIONS = {
     "stop": ("stop", {"STOPPED"}),
     "poweroff": ("poweroff", {"POWEROFF"}),
     "poweroff-hard": ("poweroff-hard", {"POWEROFF"}),
@@ -49,7 +56,7 @@ class OpenNebulaProvider(Provider):
     """
 
     driver = "opennebula"
-    suspend_modes = tuple(SUSPEND_MODES)
+    suspend_modes = SuspendModes(SUSPEND_MODES)
 
     def __init__(self, name, config, transport=None):
         super().__init__(name, config)
@@ -287,18 +294,21 @@ class OpenNebulaProvider(Provider):
     # -- suspend / resume / migrate -------------------------------------------
 
     def suspend(self, instance_id, mode="suspend"):
-        """``suspend`` (memory on the host), ``stop`` (memory to the system
-        datastore, host freed), ``poweroff``[-hard] or ``undeploy``[-hard]."""
-        if mode not in SUSPEND_MODES:
-            raise ProviderError(f"OpenNebula suspend mode must be one of {', '.join(SUSPEND_MODES)}, got {mode!r}")
-        action, targets = SUSPEND_MODES[mode]
+        """``save`` (OpenNebula suspend: memory on the host; also the old name ``suspend``),
+        ``shelve`` (undeploy); OpenNebula's own ``stop`` (memory to the system datastore, host
+        freed), ``poweroff``[-hard] and ``undeploy``[-hard] by name."""
+        resolved = self.suspend_mode(mode)
+        if resolved is None and mode not in ONE_ACTIONS:
+            raise ProviderError(f"OpenNebula suspend mode must be one of {self.suspend_modes.described()} "
+                                f"or OpenNebula's own {', '.join(ONE_ACTIONS)}, got {mode!r}")
+        action, targets = SUSPEND_MODES[resolved] if resolved else ONE_ACTIONS[mode]
         vm = self._vm(instance_id)
         sname, lname = state_names(vm.STATE, vm.LCM_STATE)
         if sname in targets:
             return  # already there: nothing to do
-        self._refuse_failed(vm, mode)
+        self._refuse_failed(vm, action)
         if not allowed(action, sname, lname):
-            raise ProviderStateError(self._refusal(vm, mode, action))
+            raise ProviderStateError(self._refusal(vm, action, action))
         self._call("suspend", "vm.action", action, int(vm.ID))
 
     def resume(self, instance_id):

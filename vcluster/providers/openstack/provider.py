@@ -10,7 +10,7 @@ import threading
 import time
 
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError, ProviderTimeout
-from vcluster.providers.base import Host, Provider
+from vcluster.providers.base import Host, Provider, SuspendModes
 from vcluster.providers.openstack import userdata
 from vcluster.providers.openstack.api import ApiCalls
 from vcluster.providers.openstack.create import CreateServers
@@ -24,10 +24,11 @@ from vcluster.providers.openstack.servers import (
 )
 
 SUSPEND_MODES = {
-    # mode: (openstacksdk proxy method, Nova statuses that mean done)
-    "suspend": ("suspend_server", ("SUSPENDED",)),
-    "pause": ("pause_server", ("PAUSED",)),
-    "shelve": ("shelve_server", ("SHELVED_OFFLOADED", "SHELVED")),
+    # mode (vcluster.providers.base.SUSPEND_MODES): (Nova's action, openstacksdk proxy method,
+    # Nova statuses that mean done)
+    "save": ("suspend", "suspend_server", ("SUSPENDED",)),
+    "pause": ("pause", "pause_server", ("PAUSED",)),
+    "shelve": ("shelve", "shelve_server", ("SHELVED_OFFLOADED", "SHELVED")),
 }
 RESUME_ACTIONS = {
     # Nova status: (action kind, openstacksdk proxy method)
@@ -44,7 +45,7 @@ class OpenStackProvider(ApiCalls, CreateServers, Provider):
     """Nova servers as virtual nodes. See the module docstring for configuration."""
 
     driver = "openstack"
-    suspend_modes = tuple(SUSPEND_MODES)
+    suspend_modes = SuspendModes(SUSPEND_MODES)
 
     def __init__(self, name, config, connection=None):
         config = dict(config or {})
@@ -163,13 +164,15 @@ class OpenStackProvider(ApiCalls, CreateServers, Provider):
             ) from None
 
     def suspend(self, instance_id, mode="suspend"):
-        """Nova suspend (memory to disk), pause (memory kept) or shelve (offloaded from the host)."""
-        if mode not in SUSPEND_MODES:
-            raise PolicyError(f"suspend mode must be one of {', '.join(SUSPEND_MODES)}, got {mode!r}")
-        method, statuses = SUSPEND_MODES[mode]
+        """``save``: Nova suspend (memory to disk); ``pause``: Nova pause (memory kept); ``shelve``: Nova
+        shelve (offloaded from the host). The old name ``suspend`` means ``save``."""
+        resolved = self.suspend_mode(mode)
+        if resolved is None:
+            raise PolicyError(f"suspend mode must be one of {self.suspend_modes.described()}, got {mode!r}")
+        action, method, statuses = SUSPEND_MODES[resolved]
         server = self._get_server(instance_id)
-        self._action(mode, method, server)
-        return to_instance(self._wait_server(instance_id, self._settled(statuses), f"was asked to {mode}"))
+        self._action(action, method, server)
+        return to_instance(self._wait_server(instance_id, self._settled(statuses), f"was asked to {action}"))
 
     def resume(self, instance_id, host=None):
         """Undo suspend, pause, shelve or stop, whichever the server is in.
