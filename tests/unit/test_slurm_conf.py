@@ -61,20 +61,10 @@ def test_from_dict_errors(data, message):
         conf.NodeSpec.from_dict(data)
 
 
-def test_node_line_static():
-    line = conf.node_line("vnode001", spec(), addr="10.77.0.100", state="cloud")
-    assert line == ("NodeName=vnode001 NodeAddr=10.77.0.100 CPUs=2 RealMemory=1000 "
-                    "Feature=virtual,htc State=CLOUD")
-
-
-def test_node_line_minimal():
-    assert conf.node_line("vn1", spec(features=[])) == "NodeName=vn1 CPUs=2 RealMemory=1000"
-
-
 @pytest.mark.parametrize("name", ["vn[1-2]", "1node", "vn 1", "vn=1", "", "a" * 64, None, "vn.example"])
 def test_bad_node_names(name):
     with pytest.raises(SlurmError, match="node name .* is invalid"):
-        conf.node_line(name, spec())
+        conf.create_args(name, spec())
 
 
 @pytest.mark.parametrize("name", ["vn1", "vnode-001", "gpu_a", "a" * 63])
@@ -82,14 +72,9 @@ def test_good_node_names(name):
     assert conf.validate_name(name) == name
 
 
-def test_bad_node_state():
-    with pytest.raises(SlurmError, match="node state 'running' is invalid: use one of CLOUD"):
-        conf.node_line("vn1", spec(), state="running")
-
-
 def test_bad_address():
     with pytest.raises(SlurmError, match="node address '10.0.0.1 x' is invalid"):
-        conf.node_line("vn1", spec(), addr="10.0.0.1 x")
+        conf.create_args("vn1", spec(), addr="10.0.0.1 x")
 
 
 def test_create_args_default_future():
@@ -110,35 +95,3 @@ def test_create_args_from_conf_string():
 def test_create_args_rejects(text, message):
     with pytest.raises(SlurmError, match=message):
         conf.create_args("vn7", conf=text)
-
-
-def test_nodeset_by_feature():
-    assert conf.nodeset_line("htcset", feature="htc") == "NodeSet=htcset Feature=htc"
-
-
-def test_nodeset_by_nodes():
-    assert conf.nodeset_line("old", nodes="vn[1-4]") == "NodeSet=old Nodes=vn[1-4]"
-
-
-def test_nodeset_needs_one_selector():
-    with pytest.raises(SlurmError, match="exactly one of feature and nodes"):
-        conf.nodeset_line("x")
-
-
-def test_partition_line():
-    line = conf.partition_line("htc", nodes="htcset", max_time="1-00:00:00", PriorityTier=2)
-    assert line == "PartitionName=htc Nodes=htcset Default=NO MaxTime=1-00:00:00 State=UP PriorityTier=2"
-
-
-def test_partition_default_all():
-    assert conf.partition_line("batch", default=True) == "PartitionName=batch Nodes=ALL Default=YES State=UP"
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"state": "open"}, "partition state 'open' is invalid"),
-    ({"nodes": "a b"}, "partition nodes 'a b' is invalid"),
-    ({"Max_Nodes": 3}, "partition option 'Max_Nodes' is not a slurm.conf key"),
-])
-def test_partition_errors(kwargs, message):
-    with pytest.raises(SlurmError, match=message):
-        conf.partition_line("p", **kwargs)

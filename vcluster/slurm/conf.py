@@ -1,16 +1,10 @@
-"""slurm.conf lines and ``slurmd -Z --conf`` strings for virtual nodes, with validation.
+"""Node definitions for ``slurmd -Z --conf`` and ``scontrol create``, with validation.
 
-Three renderings share one :class:`NodeSpec`:
-
-* :func:`dynamic_conf`: ``CPUs=2 RealMemory=1000 Feature=virtual,htc`` for
-  ``slurmd -Z --conf`` (dynamic mode) and for ``scontrol create``;
-* :func:`node_line`: ``NodeName=vn1 NodeAddr=10.0.0.5 CPUs=2 ...`` (static
-  and cloud modes);
-* :func:`nodeset_line` / :func:`partition_line`: partitions of dynamic
-  nodes. Slurm 22.05 refuses to start when a partition names a node that does
-  not exist yet, so partitions of dynamic nodes select them by feature
-  through a NodeSet (``NodeSet=htc Feature=htc`` + ``PartitionName=htc Nodes=htc``)
-  or use ``Nodes=ALL``.
+One :class:`NodeSpec` (CPUs, memory, features, gres, weight) gives
+:func:`dynamic_conf` (``CPUs=2 RealMemory=1000 Feature=virtual,htc``, what a
+dynamic node's slurmd and ``scontrol create`` take) and :func:`create_args`
+(the arguments of ``scontrol create`` for one node). slurm.conf itself is
+written by the state tree (``salt/slurm/files/slurm.conf.jinja``), not here.
 
 Invalid input raises :class:`vcluster.errors.SlurmError` with one sentence
 naming the bad value.
@@ -26,10 +20,8 @@ _FEATURE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _GRES = re.compile(r"^[A-Za-z0-9_]+(:[A-Za-z0-9_.-]+)?(:\d+[KMG]?)?$")
 _WORD = re.compile(r"^[A-Za-z0-9_.:/@,\[\]-]+$")
 
-#: States a node line may carry (``scontrol create`` accepts FUTURE and CLOUD only).
-NODE_LINE_STATES = ("CLOUD", "FUTURE", "UNKNOWN", "IDLE", "DOWN", "DRAIN", "FAIL")
+#: States ``scontrol create`` accepts for a new node.
 CREATE_STATES = ("FUTURE", "CLOUD")
-PARTITION_STATES = ("UP", "DOWN", "DRAIN", "INACTIVE")
 
 
 def validate_name(name, what="node name"):
@@ -121,20 +113,6 @@ def dynamic_conf(spec):
     return " ".join(parts)
 
 
-def node_line(name, spec, addr=None, state=None, hostname=None):
-    """A slurm.conf ``NodeName=`` line for one node."""
-    parts = [f"NodeName={validate_name(name)}"]
-    if addr:
-        _word(addr, "node address")
-        parts.append(f"NodeAddr={addr}")
-    if hostname:
-        parts.append(f"NodeHostname={validate_name(hostname, 'node hostname')}")
-    parts.append(dynamic_conf(spec))
-    if state:
-        parts.append(f"State={_choice(state, NODE_LINE_STATES, 'node state')}")
-    return " ".join(parts)
-
-
 def create_args(name, spec=None, conf=None, addr=None, state="FUTURE"):
     """Arguments after ``scontrol create`` for a dynamic node (``State=FUTURE`` by default).
 
@@ -165,35 +143,6 @@ def conf_tokens(conf):
         if key.lower() == "state":
             _choice(value, CREATE_STATES, "state of a created node")
     return tokens
-
-
-def nodeset_line(name, feature=None, nodes=None):
-    """``NodeSet=htc Feature=htc`` (dynamic nodes) or ``NodeSet=x Nodes=vn[1-4]``."""
-    if (feature is None) == (nodes is None):
-        raise SlurmError(f"nodeset {name!r} needs exactly one of feature and nodes")
-    line = f"NodeSet={validate_name(name, 'nodeset name')}"
-    if feature is not None:
-        return f"{line} Feature={validate_feature(feature)}"
-    return f"{line} Nodes={_word(nodes, 'nodeset nodes')}"
-
-
-def partition_line(name, nodes="ALL", default=False, max_time=None, state="UP", **extra):
-    """``PartitionName=htc Nodes=htc Default=NO MaxTime=1-00:00:00 State=UP [Key=Value...]``.
-
-    ``extra`` keys are written as given (``PriorityTier=2``); values must be
-    single words.
-    """
-    parts = [f"PartitionName={validate_name(name, 'partition name')}",
-             f"Nodes={_word(nodes, 'partition nodes')}",
-             f"Default={'YES' if default else 'NO'}"]
-    if max_time is not None:
-        parts.append(f"MaxTime={_word(str(max_time), 'partition MaxTime')}")
-    parts.append(f"State={_choice(state, PARTITION_STATES, 'partition state')}")
-    for key, value in extra.items():
-        if not re.match(r"^[A-Za-z]+$", key):
-            raise SlurmError(f"partition option {key!r} is not a slurm.conf key")
-        parts.append(f"{key}={_word(str(value), f'partition {key}')}")
-    return " ".join(parts)
 
 
 def _choice(value, allowed, what):
