@@ -118,12 +118,16 @@ class TaskState:
             if in_memory(self.path):
                 self._db = sqlite3.connect(self.path, isolation_level=None)
             else:
-                uri = "file:" + os.path.abspath(self.path).replace("?", "%3f").replace("#", "%23") + "?mode=rw"
+                quoted = os.path.abspath(self.path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+                uri = f"file:{quoted}?mode=rw"
                 self._db = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000, isolation_level=None)
             self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            with self._write() as db:
-                for statement in _SCHEMA:
-                    db.execute(statement)
+            found = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+                                     "AND name IN ('task_values', 'task_locks')").fetchone()[0]
+            if found < 2:  # the first use of this file (no write transaction on every open)
+                with self._write() as db:
+                    for statement in _SCHEMA:
+                        db.execute(statement)
         except sqlite3.Error as exc:
             self.close()
             raise RegistryError(f"registry {self.path} cannot be opened for task state: {exc}") from None

@@ -53,6 +53,15 @@ def test_values_live_in_the_registry_file_beside_its_tables(path):
                                                       "registry.sqlite-wal", "registry.sqlite.lock"}
 
 
+def test_a_path_with_uri_characters(tmp_path):
+    odd = tmp_path / "a%20b?c#d"
+    odd.mkdir()
+    Registry(odd / "r.sqlite").close()
+    with taskstate.TaskState(odd / "r.sqlite") as store:
+        store.mark_run("autoscale", 5.0)
+    assert taskstate.last_run(odd / "r.sqlite", "autoscale") == 5.0
+
+
 def test_a_missing_registry_file_is_refused_in_one_sentence(tmp_path):
     with pytest.raises(RegistryError, match=r"^registry .*/nope\.sqlite cannot be opened for task state: "
                                             r"unable to open database file$"):
