@@ -1,7 +1,9 @@
 """Each driver owns its option table; loading the tables loads no cloud SDK."""
 
+import ast
 import importlib
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -87,3 +89,19 @@ def test_unknown_driver_names_the_drivers():
         providers.get("p", "vmware", {})
     assert str(err.value) == ("vcluster:providers:p:driver must be one of libvirt, lxd, opennebula, openstack, "
                               "got 'vmware'")
+
+
+def test_policy_code_has_no_driver_specific_rule():
+    """What a driver requires lives in its table (e.g. OpenStack's profile_requires), not in a branch of policy."""
+    root = pathlib.Path(policy.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in providers.DRIVERS:
+                pytest.fail(f"{path.name}:{node.lineno} names driver {node.value!r}")
+    assert driver_options()["openstack"].profile_requires == ("flavor",)
+    data = {"cluster": "demo", "controller": "ctl", "master": "10.77.0.1",
+            "pools": {"local": {"names": "vnode[001-004]", "addresses": "10.77.0.100-10.77.0.103"}},
+            "providers": {"nova": {"driver": "openstack", "cloud": "c"}}, "profiles": {"os": {"image": "i"}}}
+    with pytest.raises(policy.PolicyError) as err:
+        policy.load(data)
+    assert str(err.value) == "vcluster:profiles:os:flavor is required for OpenStack provider 'nova', got nothing"

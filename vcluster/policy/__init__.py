@@ -205,12 +205,13 @@ def _parse_profile(name, data, path, pools, providers, membership):
             raise _fail(_join(path, "resume_timeout"),
                         f"must exceed the profile's join_timeout ({fields['join_timeout']:g} s)",
                         fields["resume_timeout"])
-    if driver == "openstack" and fields["flavor"] is None:
-        raise PolicyError(
-            "{} is required for OpenStack provider {!r}, got nothing".format(
-                _join(path, "flavor"), fields["provider"]
+    table = driver_options()[driver]
+    for key in table.profile_requires:
+        if fields[key] is None:
+            raise PolicyError(
+                f"{_join(path, key)} is required for {table.label or driver} provider {fields['provider']!r}, "
+                "got nothing"
             )
-        )
     return Profile(name=name, **fields)
 
 

@@ -114,13 +114,17 @@ class DriverOptions:
     (passed to the provider as ``InstanceSpec.extra``, values unchecked
     here). A default of ``None`` leaves the value to the driver;
     ``shown_default`` says what the driver then uses. ``doc`` heads the
-    driver's table in the reference.
+    driver's table in the reference. ``profile_requires`` are keys of
+    ``vcluster:profiles:<name>`` a profile of this driver must set;
+    ``label`` names the driver in that error.
     """
 
     driver: str
     doc: str
     options: Section
     extra: Section
+    profile_requires: tuple = ()
+    label: str = ""
 
 
 def parse(data, path, spec):

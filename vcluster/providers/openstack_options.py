@@ -77,4 +77,6 @@ OPTIONS = DriverOptions(
         Key("runcmd", None, None, "cloud-init commands run before the minion starts",
             kind="list of strings"),
     ),
+    profile_requires=("flavor",),
+    label="OpenStack",
 )
