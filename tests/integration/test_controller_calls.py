@@ -10,8 +10,9 @@ import time
 import pytest
 import salt.config
 
-from tests.integration.stack import slurm
+from tests.integration.stack import sbatch, slurm
 from vcluster import saltlink
+from vcluster.errors import SlurmError
 
 pytestmark = [pytest.mark.integration]
 
@@ -76,3 +77,32 @@ def test_a_cancelled_wait_is_gone_from_the_controller(stack, ctx):
     while running_waits(stack):
         assert time.monotonic() < deadline, "the cancelled wait still runs"
         time.sleep(0.2)
+
+
+def test_a_nodes_address_and_a_jobs_own_reservation_go_through_the_slurm_module(stack, ctx):
+    """ControllerSlurm's update_node_addr / reserve_for_job / delete_reservation: the controller's module, no cmd.run."""
+    create_node()
+    assert ctx.slurm.update_node_addr(NODE, "10.78.0.250") is True
+    assert {n["name"]: n for n in ctx.slurm.nodes()}[NODE]["addr"] == "10.78.0.250"
+    # the module's refusal as the minion returns it (Salt puts "ERROR: " before a CommandExecutionError)
+    with pytest.raises(SlurmError, match=rf"^Slurm did not take the new address 10\.0\.0\.1 x of {NODE}: "
+                                         r"ERROR: node address '10\.0\.0\.1 x' is invalid: use an IP address "
+                                         r"or a host name$"):
+        ctx.slurm.update_node_addr(NODE, "10.0.0.1 x")
+    host = stack.hostname  # the bare-metal node: the held job runs there once released into its reservation
+    job = sbatch("--hold", "-w", host, script="true")
+    try:
+        assert ctx.slurm.reserve_for_job(job, [host], "root") == {"reservation": f"vcjob{job}", "nodes": [host]}
+        shown = slurm("scontrol", "show", "-o", "reservation", f"vcjob{job}")
+        assert f"Nodes={host} " in shown and "Users=root " in shown
+        deadline = time.monotonic() + 60
+        while ctx.slurm.job(job) and ctx.slurm.job(job)["state"] == "PENDING":
+            assert time.monotonic() < deadline, ctx.slurm.job(job)
+            time.sleep(0.5)
+        assert ctx.slurm.delete_reservation(f"vcjob{job}") is True
+        with pytest.raises(SlurmError, match=f"^ERROR: scontrol delete ReservationName=vcjob{job} failed: delete_reservation "
+                                             f"ReservationName=vcjob{job}: Requested reservation is invalid$"):
+            ctx.slurm.delete_reservation(f"vcjob{job}")
+    finally:
+        slurm("scancel", job, check=False)
+        slurm("scontrol", "delete", f"ReservationName=vcjob{job}", check=False)
