@@ -51,7 +51,8 @@ def test_each_provider_declares_modes_of_the_vocabulary(cls):
         assert base.resolve_suspend_mode(name, tuple(cls.suspend_modes)) == mode, name
         # a caller that checks a request with `in` accepts exactly what the provider does
         assert (name in cls.suspend_modes) is (mode is not None), name
-    assert "hibernate" not in cls.suspend_modes
+    assert "hibernate" not in cls.suspend_modes and None not in cls.suspend_modes
+    assert base.resolve_suspend_mode("suspend", cls.suspend_modes) == EXPECTED[cls]["suspend"]
 
 
 def test_suspend_modes_refuse_names_outside_the_vocabulary():

@@ -55,6 +55,9 @@ def resolve_suspend_mode(mode, modes):
     A name of the vocabulary means itself; an old name
     (:data:`SUSPEND_ALIASES`) means the first of its modes found in ``modes``.
     """
+    modes = tuple(modes)  # a SuspendModes' own `in` would accept the old names
+    if not isinstance(mode, str):
+        return None
     if mode in modes:
         return mode
     return next((m for m in SUSPEND_ALIASES.get(mode, ()) if m in modes), None)
