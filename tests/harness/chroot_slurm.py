@@ -313,16 +313,29 @@ class ChrootSlurmHarness(_h.SlurmHarness):
 
         _h.wait_for(up, timeout, "slurmctld to answer scontrol ping", interval=0.2)
 
-    def start_slurmd(self, name, args=None):
+    def start_slurmd(self, name, args=None, booted_now=False):
+        """Start ``name``'s slurmd in its namespace.
+
+        ``booted_now``: in a time namespace whose CLOCK_BOOTTIME starts at
+        zero, so slurmd reports a boot time of now (what a powered-up VM
+        reports). slurmctld ignores a POWERING_UP node's registrations while
+        the node's boot time is older than the power-up request
+        (``waiting_for_node_boot``), and a namespace otherwise reports the
+        host's uptime.
+        """
         node = self.nodes[name]
         if args is not None:
             node.args = list(args)
+        clock = []
+        if booted_now:
+            with open("/proc/uptime", encoding="ascii") as fh:
+                clock = ["--time", f"--boottime=-{int(float(fh.read().split()[0]))}"]
         run = self._inside("run")
         inner = (f"mount -t tmpfs tmpfs {run} && mkdir {run}/munge && "
                  f"mount --bind {shlex.quote(self.munge_dir)} {run}/munge && "
                  f"hostname {shlex.quote(name)} && exec chroot {shlex.quote(self.chroot)} "
                  f"bash -c {shlex.quote('exec -a slurmd ' + shlex.join(node.args))}")
-        proc = _h._run(["nsenter", f"--net=/run/netns/{node.netns}", "unshare", "--mount", "--uts",
+        proc = _h._run(["nsenter", f"--net=/run/netns/{node.netns}", "unshare", "--mount", "--uts", *clock,
                         "--propagation", "private", "sh", "-c", inner], check=False, env=self.env)
         if proc.returncode != 0:
             raise RuntimeError(f"slurmd {name} did not start: {(proc.stderr or '').strip()[-300:]}"
