@@ -19,6 +19,8 @@ the demo stack (``scripts/stack.sh``) must be down while tests run.
 """
 
 import base64
+import contextlib
+import copy
 import os
 import pathlib
 import socket
@@ -42,6 +44,9 @@ LIVE = []
 HOST_DAEMONS = ("slurmd", "slurmctld", "slurmdbd", "munge", "mariadb")
 #: scripts/accounting-up.sh: MariaDB, database and user; the password file it keeps (root only)
 ACCOUNTING_UP = REPO / "scripts" / "accounting-up.sh"
+#: libvirt: the URI and the storage pool of the VM image and the VM nodes' volumes (scripts/libvirt-up.sh)
+VIRT_URI = "qemu:///system"
+VIRT_POOL = os.environ.get("VCLUSTER_VIRT_POOL", "vcl-virt")
 
 
 def _host_memory_mb():
@@ -189,6 +194,7 @@ class ClusterStack:
         for name in out.stdout.split():
             if name.startswith((POOL_PREFIX, "tbad")):
                 subprocess.run(["lxc", "delete", "--force", name], capture_output=True, check=False)
+        remove_leftover_vms()
 
     def start(self):
         self.remove_leftovers()
@@ -220,6 +226,23 @@ class ClusterStack:
         self.minion.start(start_timeout=120)
         LIVE.append(self)
         return self
+
+    @contextlib.contextmanager
+    def extended_site(self, extra):
+        """Site pillar ``extra`` merged over the stack's for the ``with`` block, then the stack's again.
+
+        The runner compiles pillar at every call, so a provider, pool or
+        profile added here is in use at once (tests/integration/test_vm_nodes.py
+        adds libvirt VM nodes to the session's stack this way).
+        """
+        before = copy.deepcopy(self.site_extra)
+        _merge(self.site_extra, copy.deepcopy(extra))
+        self.write_site_pillar()
+        try:
+            yield self
+        finally:
+            self.site_extra = before
+            self.write_site_pillar()
 
     def highstate_controller(self):
         """Configure the host with the same states as every other node."""
@@ -311,6 +334,50 @@ class ClusterStack:
     def call(self, fun, *args, timeout=300):
         """``salt-call`` on the controller's minion."""
         return self.minion.salt_call_cli(timeout=timeout).run(fun, *args, _timeout=timeout)
+
+
+def vm_site(network, pool_names, addresses, memory, provider="virt", profile="vm", pool="vm"):
+    """Site pillar for libvirt VM nodes: a provider on ``network`` (``{"name", "gateway"}``), a pool, a profile.
+
+    The profile's partition and features are the LXD profile's (``htc``,
+    ``[virtual, htc]``): VM nodes join Slurm like containers. Its pool names
+    must start with :data:`POOL_PREFIX` (the munge-key nodegroup, and what
+    the stack's clean-ups look for).
+    """
+    return {
+        "vcluster": {
+            "pools": {pool: {"names": pool_names, "addresses": addresses, "gateway": network["gateway"]}},
+            "providers": {provider: {"driver": "libvirt", "uri": VIRT_URI, "network": network["name"],
+                                     "storage_pool": VIRT_POOL}},
+            "profiles": {profile: {"provider": provider, "pool": pool, "image": "vcluster-node", "cpus": 1,
+                                   "memory": memory, "features": ["virtual", "htc"], "partition": "htc",
+                                   "join_timeout": 600}},
+        }
+    }
+
+
+def _virsh(*args, timeout=60):
+    return subprocess.run(["virsh", "-q", "-c", VIRT_URI, *args], capture_output=True, text=True, check=False,
+                          timeout=timeout)
+
+
+def remove_leftover_vms():
+    """Destroy libvirt domains of an earlier stack (pool names) with their managed save and volumes.
+
+    Nothing to do (and no error) when libvirtd is not running.
+    """
+    if not subprocess.run(["sh", "-c", "command -v virsh"], capture_output=True, check=False).stdout:
+        return
+    listed = _virsh("list", "--all", "--name")
+    if listed.returncode != 0:
+        return  # libvirtd not running
+    for name in listed.stdout.split():
+        if not name.startswith((POOL_PREFIX, "tbad")):
+            continue
+        _virsh("destroy", name)
+        _virsh("undefine", name, "--managed-save")
+        for vol in (f"{name}.qcow2", f"{name}-seed.iso"):
+            _virsh("vol-delete", "--pool", VIRT_POOL, vol)
 
 
 def _service_running(name):

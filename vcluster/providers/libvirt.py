@@ -54,11 +54,11 @@ import libvirt_qemu
 
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError
 from vcluster.providers import libvirt_xml as lx
-from vcluster.providers.base import Host, Instance, Provider, Status, spec_names
+from vcluster.providers.base import Host, Instance, Provider, Status, SuspendModes, spec_names
 
 log = logging.getLogger(__name__)
 
-#: suspend modes -> what libvirt does ("suspend" is the engine's default word).
+#: suspend modes -> what libvirt does ("suspend", the old default word, is a save).
 SUSPEND_MODES = {"pause": "pause", "save": "save", "suspend": "save"}
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
 
@@ -79,7 +79,8 @@ class LibvirtProvider(Provider):
     """Virtual nodes as libvirt/QEMU domains."""
 
     driver = "libvirt"
-    suspend_modes = tuple(SUSPEND_MODES)
+    #: in the vocabulary of providers.base.SUSPEND_MODES (old names resolve: suspend -> save)
+    suspend_modes = SuspendModes(("pause", "save"))
 
     def __init__(self, name, config):
         super().__init__(name, config)
@@ -217,7 +218,7 @@ class LibvirtProvider(Provider):
                             net_name, mac, request, machine=spec.extra.get("machine") or self.machine,
                             cmdline=spec.extra.get("cmdline") or self.cmdline,
                             console_log=f"/var/log/libvirt/qemu/{spec.name}-console.log",
-                            tb_cache_mib=self.tb_cache_mib)
+                            tb_cache_mib=self.tb_cache_mib, memory_mib=lx.guest_memory_mib(spec.memory_mb))
         dom = self._call("create", what, self.conn.defineXML, xml)
         # After the definition: a rollback finds the entry through the domain's metadata.
         if spec.address:

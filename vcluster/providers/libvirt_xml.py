@@ -46,6 +46,21 @@ def mac_for(address):
     return "52:54:00:" + ":".join(f"{b:02x}" for b in last3)
 
 
+def guest_memory_mib(memory_mb):
+    """RAM of a domain whose guest sees at least ``memory_mb`` MiB (``MemTotal``).
+
+    ``memory_mb`` is the profile's memory, which Slurm is told as
+    ``RealMemory``; slurmctld refuses a node reporting less ("Low
+    RealMemory", the node drained). The guest kernel keeps part of its RAM
+    for itself: Debian 12's 6.1 kernel showed a 512 MiB domain a MemTotal
+    of 457 MiB (measured 2026-12-07; its code and data, page tables, the
+    ``struct page`` array, which grows with the RAM). The domain therefore
+    gets 64 MiB and 1/32 of ``memory_mb`` more.
+    """
+    memory_mb = int(memory_mb)
+    return memory_mb + 64 + memory_mb // 32
+
+
 def metadata(tags, mac, address, request):
     """The <vcluster:node> element: tags, the nic's MAC, the reserved address, the create request."""
     parts = [f'<vcluster:node xmlns:vcluster="{NS}">']
@@ -73,12 +88,14 @@ def parse_metadata(text):
 
 
 def domain_xml(spec, domain_type, pool, disks, network, mac, request, machine="pc", cmdline=CMDLINE,
-               console_log=None, tb_cache_mib=None):
+               console_log=None, tb_cache_mib=None, memory_mib=None):
     """The persistent domain definition of one node.
 
     ``disks`` maps ``kernel``/``initrd`` to file paths on the hypervisor and
     ``disk``/``seed`` to volume names in ``pool``. ``tb_cache_mib`` sizes
     TCG's translation cache (QEMU's default is 1 GiB, on top of guest RAM).
+    ``memory_mib`` is the domain's RAM (default ``spec.memory_mb``; the
+    provider passes :func:`guest_memory_mib` of it).
     """
     tcg = (f"<tcg><tb-cache unit='MiB'>{int(tb_cache_mib)}</tb-cache></tcg>"
            if domain_type == "qemu" and tb_cache_mib else "")
@@ -86,7 +103,7 @@ def domain_xml(spec, domain_type, pool, disks, network, mac, request, machine="p
     return f"""<domain type={quoteattr(domain_type)}>
   <name>{escape(spec.name)}</name>
   <metadata>{metadata(spec.tags, mac, spec.address, request)}</metadata>
-  <memory unit='MiB'>{int(spec.memory_mb)}</memory>
+  <memory unit='MiB'>{int(memory_mib or spec.memory_mb)}</memory>
   <vcpu>{int(spec.cpus)}</vcpu>
   <os>
     <type arch='x86_64' machine={quoteattr(machine)}>hvm</type>
