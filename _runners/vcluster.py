@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 __virtualname__ = "vcluster"
 
 try:
-    from vcluster import engine
+    from vcluster import expand as _expand
+    from vcluster import retire as _retire
+    from vcluster import status as _status
     from vcluster.errors import VclusterError
 
     HAS_LIB = True
@@ -33,7 +35,7 @@ def __virtual__():
 
 
 def _run(func, *args, actor="vcluster", **kwargs):
-    """Build a context, run one engine call, turn errors into a clean return."""
+    """Build a context, run one library call, turn errors into a clean return."""
     jid_event = globals().get("__jid_event__")
     ctx = None
     try:
@@ -77,7 +79,7 @@ def _expand_unless_paused(ctx, profile, count, **kwargs):
 
     if isinstance(profile, str) and profile in ctx.policy.profiles:
         retry.check_pause(ctx.registry, ctx.policy, profile)
-    return engine.expand(ctx, profile, count, **kwargs)
+    return _expand.expand(ctx, profile, count, **kwargs)
 
 
 def plan(count=None, profile=None):
@@ -90,7 +92,7 @@ def plan(count=None, profile=None):
 
         salt-run vcluster.plan count=4 profile=htc
     """
-    return _run(engine.plan, profile, count)
+    return _run(_expand.plan, profile, count)
 
 
 def retire(nodes=None, force=False, wait=600, test=False):
@@ -109,7 +111,7 @@ def retire(nodes=None, force=False, wait=600, test=False):
         salt-run vcluster.retire nodes=vnode003 force=True
         salt-run vcluster.retire nodes='vnode[001-002]' test=True
     """
-    return _run(engine.retire, nodes, force=force, wait=wait, test=test)
+    return _run(_retire.retire, nodes, force=force, wait=wait, test=test)
 
 
 def shrink(count=None, profile=None, force=False, wait=600, test=False):
@@ -125,7 +127,7 @@ def shrink(count=None, profile=None, force=False, wait=600, test=False):
         salt-run vcluster.shrink count=2 profile=htc
         salt-run vcluster.shrink count=2 profile=htc test=True
     """
-    return _run(engine.shrink, count, profile, force=force, wait=wait, test=test)
+    return _run(_retire.shrink, count, profile, force=force, wait=wait, test=test)
 
 
 def _table(ret, rows):
@@ -165,9 +167,9 @@ def status():
         salt-run vcluster.status
         salt-run vcluster.status --out=table
     """
-    ret = _run(engine.status)
+    ret = _run(_status.status)
     if _wants_table():
-        return _table(ret, engine.status_rows(ret) if "nodes" in ret else None)
+        return _table(ret, _status.status_rows(ret) if "nodes" in ret else None)
     return ret
 
 
@@ -277,7 +279,7 @@ def on_minion_start(minion_id=None):
 
         salt-run vcluster.on_minion_start minion_id=vnode001
     """
-    return _run(engine.join, minion_id, actor="reactor")
+    return _run(_expand.join, minion_id, actor="reactor")
 
 
 def suspend(nodes=None, mode=None, test=False):
@@ -298,9 +300,9 @@ def suspend(nodes=None, mode=None, test=False):
         salt-run vcluster.suspend nodes=vnode003 mode=pause
         salt-run vcluster.suspend nodes=vnode003 test=True
     """
-    from vcluster import suspend as _suspend
+    from vcluster import suspend_resume
 
-    return _run(_suspend.suspend, nodes, mode=mode, test=test)
+    return _run(suspend_resume.suspend, nodes, mode=mode, test=test)
 
 
 def resume(nodes=None, host=None, timeout=None, test=False):
@@ -320,9 +322,9 @@ def resume(nodes=None, host=None, timeout=None, test=False):
         salt-run vcluster.resume nodes=vnode003 host=compute2
         salt-run vcluster.resume nodes=vnode003 test=True
     """
-    from vcluster import suspend as _suspend
+    from vcluster import suspend_resume
 
-    return _run(_suspend.resume, nodes, host=host, timeout=timeout, test=test)
+    return _run(suspend_resume.resume, nodes, host=host, timeout=timeout, test=test)
 
 
 def migrate(node=None, host=None, live=True, test=False):
@@ -340,9 +342,9 @@ def migrate(node=None, host=None, live=True, test=False):
         salt-run vcluster.migrate node=vnode001 host=compute2
         salt-run vcluster.migrate node=vnode001 host=compute2 test=True
     """
-    from vcluster import suspend as _suspend
+    from vcluster import migrate as _migrate
 
-    return _run(_suspend.migrate, node, host=host, live=live, test=test)
+    return _run(_migrate.migrate, node, host=host, live=live, test=test)
 
 
 def liveness(timeout=None, test=False):

@@ -51,7 +51,9 @@ import types
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.sim.site import Site  # noqa: E402
-from vcluster import autoscale, engine, liveness, reconcile  # noqa: E402
+from vcluster import autoscale, liveness, reconcile  # noqa: E402
+from vcluster import expand as vexpand  # noqa: E402
+from vcluster import status as vstatus  # noqa: E402
 
 GOAL_SECONDS = 2.0
 TICKS = ("status", "reconcile", "autoscale", "liveness")
@@ -90,15 +92,15 @@ LIVENESS, LIVENESS_SOURCE = liveness, "vcluster/liveness.py"
 def operations(site):
     ctx = site.ctx
     return {
-        "status": lambda: engine.status(ctx),
+        "status": lambda: vstatus.status(ctx),
         "reconcile": lambda: reconcile.reconcile(ctx, apply=True),
         "autoscale": lambda: autoscale.run(ctx),
         # last of the ticks, after the operations that act: a round that wrongly sets nodes DOWN
         # changes the site for what follows
         "autoscale_retire_1pct": lambda: retire_idle(site),
-        "expand_256_sim": lambda: engine.expand(ctx, "htc", EXPAND, wait=False),
-        "expand_256_openstack": lambda: engine.expand(ctx, "os", EXPAND, wait=False),
-        "expand_256_openstack_batch_named": lambda: engine.expand(ctx, "osb", EXPAND, wait=False),
+        "expand_256_sim": lambda: vexpand.expand(ctx, "htc", EXPAND, wait=False),
+        "expand_256_openstack": lambda: vexpand.expand(ctx, "os", EXPAND, wait=False),
+        "expand_256_openstack_batch_named": lambda: vexpand.expand(ctx, "osb", EXPAND, wait=False),
         "liveness": lambda: LIVENESS.check(ctx),
     }
 

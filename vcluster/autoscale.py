@@ -39,12 +39,13 @@ import logging
 import os
 import time
 
-from vcluster import engine
+from vcluster import expand as _expand
+from vcluster import retire as _retire
 from vcluster import taskstate
 from vcluster.arguments import flag
 from vcluster.errors import VclusterError
+from vcluster.nodestates import WARM_REASON
 from vcluster.slurm import jobctl, states
-from vcluster.suspend import WARM_REASON
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def run(ctx, scheduled=False, test=False):
         return {"result": None, "comment": "autoscale would act as listed (test=True)", "actions": actions,
                 "per_job": per_job}
     done, errors = {}, []
-    from vcluster import suspend as _suspend
+    from vcluster import suspend_resume as _suspend
 
     for name, act in actions.items():
         steps = []
@@ -228,10 +229,10 @@ def run(ctx, scheduled=False, test=False):
                 ret = _suspend.resume(ctx, ",".join(act["resume"]))
                 steps.append(ret["comment"])
             if act["expand"]:
-                ret = engine.expand(ctx, name, act["expand"])
+                ret = _expand.expand(ctx, name, act["expand"])
                 steps.append(ret["comment"])
             if act.get("expand_warm"):
-                ret = engine.expand(ctx, name, act["expand_warm"])
+                ret = _expand.expand(ctx, name, act["expand_warm"])
                 fresh = [n for n, v in ret.get("nodes", {}).items() if v.get("state") == "ready"]
                 act["warm"] = list(act["warm"]) + fresh
                 steps.append(ret["comment"])
@@ -241,7 +242,7 @@ def run(ctx, scheduled=False, test=False):
                 for n in act["warm"]:
                     state["idle_since"].pop(n, None)
             if act["retire"]:
-                ret = engine.retire(ctx, ",".join(act["retire"]), wait=60)
+                ret = _retire.retire(ctx, ",".join(act["retire"]), wait=60)
                 steps.append(ret["comment"])
                 for n in act["retire"]:
                     state["idle_since"].pop(n, None)
@@ -306,11 +307,11 @@ def _serve_jobs(ctx, state, per_job, errors):
         if not job["held"]:
             steps[job["id"]] = "not held: submit per-job jobs with --hold"
             continue
-        ret = engine.expand(ctx, job["profile"], job["count"])
+        ret = _expand.expand(ctx, job["profile"], job["count"])
         names = sorted(n for n, v in ret.get("nodes", {}).items() if v.get("state") == "ready")
         if len(names) < job["count"]:
             if names:
-                engine.retire(ctx, ",".join(names), force=True, wait=30)
+                _retire.retire(ctx, ",".join(names), force=True, wait=30)
             errors.append(f"job {job['id']}: {ret['comment']}")
             steps[job["id"]] = f"failed: {ret['comment']}"
             continue
@@ -325,7 +326,7 @@ def _serve_jobs(ctx, state, per_job, errors):
         names = state["jobs"].get(job_id) or []
         held = [n for n in names if ctx.registry.get(n) is not None]
         if held:
-            ret = engine.retire(ctx, ",".join(held), force=True, wait=60)
+            ret = _retire.retire(ctx, ",".join(held), force=True, wait=60)
             if not ret["result"]:
                 errors.append(f"job {job_id}: {ret['comment']}")
                 steps[job_id] = ret["comment"]

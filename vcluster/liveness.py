@@ -61,10 +61,11 @@ just now) is left to the next round, which judges it afresh.
 import logging
 import time
 
+from vcluster import lifecycle
 from vcluster.errors import PolicyError, VclusterError
+from vcluster.nodestates import WATCHED_STATES
 from vcluster.providers.base import Status
 from vcluster.slurm import reach
-from vcluster.suspend import probe, slurm_call
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ REASON_PREFIX = "vcluster liveness"
 #: vcluster:liveness:timeout (plus Salt's gather_job_timeout, which Salt
 #: spends on a minion that does not answer; as the former minion-only check).
 SCHEDULE_TICK = 10
-#: Registry states whose nodes are expected to answer.
-WATCHED_STATES = ("ready", "draining")
 DEAD_STATUSES = (Status.STOPPED, Status.ERROR, Status.DELETED)
 DOWN_WORDS = ("DOWN", "FAIL")
 #: Seconds the controller's SYN probe waits for silent slurmds (a listening
@@ -115,7 +114,7 @@ def check(ctx, timeout=None, test=False):
         return _finish(report)
 
     # the one cluster-wide look: Slurm's states and a SYN probe of every slurmd
-    scan = slurm_call(ctx, "liveness_scan", sorted(candidates), wait)
+    scan = ctx.slurm.liveness_scan(sorted(candidates), wait)
     report["calls"]["controller"] += 1
     slurm_nodes = {s["name"]: s for s in scan["nodes"]}
     verdicts = scan.get("slurmd") or {}
@@ -141,13 +140,13 @@ def check(ctx, timeout=None, test=False):
                                              " (report only: liveness disabled)")
             continue
         try:
-            slurm_call(ctx, "update_node", name, "DOWN", reason=reason)
+            ctx.slurm.update_node(name, "DOWN", reason=reason)
         except VclusterError as exc:
             log.warning("liveness: could not set %s DOWN: %s", name, exc)
             continue
         report["down"][name] = reason
         log.warning("liveness: %s set DOWN: %s", name, why)
-        ctx.node_event(name, "down", reason=reason)
+        lifecycle.announce(ctx, name, "down", reason=reason)
 
     if conf.resume:
         for name in sorted(watched - set(dead)):
@@ -160,12 +159,12 @@ def check(ctx, timeout=None, test=False):
                 report["up"].append(name)
                 continue
             try:
-                slurm_call(ctx, "update_node", name, "RESUME")
+                ctx.slurm.update_node(name, "RESUME")
             except VclusterError as exc:
                 log.warning("liveness: could not resume %s: %s", name, exc)
                 continue
             report["up"].append(name)
-            ctx.node_event(name, "up")
+            lifecycle.announce(ctx, name, "up")
 
     # silent minions matter only where slurmd answers (a dead node is reported as dead)
     _minions(ctx, {n for n in watched - set(dead) if verdicts.get(n) == reach.LISTENING}, report, fire=not test)
@@ -261,7 +260,7 @@ def _provider_dead(ctx, watched, registry_nodes, report):
 
 def _closer_look(ctx, flagged, verdicts, timeout, wait, report):
     """``{name: why}`` for the flagged nodes whose slurmd still does not answer the controller."""
-    minions = probe(ctx, flagged, timeout)
+    minions = ctx.salt.probe(list(flagged), timeout) if flagged else {}
     report["calls"]["salt_probe"] += 1
     # silent to the controller and to Salt for liveness:timeout seconds: a
     # host gone; the others are scanned once more (a refused one answers at
@@ -269,7 +268,7 @@ def _closer_look(ctx, flagged, verdicts, timeout, wait, report):
     gone = {n for n in flagged if verdicts.get(n) == reach.SILENT and n not in minions}
     again = dict.fromkeys(gone, reach.SILENT)
     if set(flagged) - gone:
-        again.update(slurm_call(ctx, "liveness_scan", sorted(set(flagged) - gone), wait).get("slurmd") or {})
+        again.update(ctx.slurm.liveness_scan(sorted(set(flagged) - gone), wait).get("slurmd") or {})
         report["calls"]["controller"] += 1
     dead = {}
     for name in flagged:
@@ -307,7 +306,7 @@ def _minions(ctx, alive, report, fire):
             _silent_fired.add(name)
             log.warning("liveness: %s's minion is not connected to the master; its slurmd answers, "
                         "so the node stays up", name)
-            ctx.node_event(name, "minion-silent", reason="minion not connected to the master; slurmd answers")
+            lifecycle.announce(ctx, name, "minion-silent", reason="minion not connected to the master; slurmd answers")
     if fire:
         _silent_fired.intersection_update(silent)
 

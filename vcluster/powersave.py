@@ -18,7 +18,7 @@ hands the event to :func:`handle` on the master, where the credentials are.
 * resume_fail: fail and release the node, set it DOWN in Slurm with a reason.
 
 Nothing here waits for a node to join: the minion start event does that
-(:func:`vcluster.engine.join`) within the profile's ``join_timeout``, which the
+(:func:`vcluster.expand.join`) within the profile's ``join_timeout``, which the
 policy requires to be below ``ResumeTimeout``.
 """
 
@@ -27,10 +27,10 @@ import uuid
 
 import hostlist
 
-from vcluster import engine
+from vcluster import lifecycle
 from vcluster.arguments import node_names
 from vcluster.errors import InvalidTransition, PolicyError, PoolExhausted, RegistryError, VclusterError, sentence
-from vcluster.suspend import WARM_REASON
+from vcluster.nodestates import COMING, FROZEN, UNJOINED, WARM_REASON
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ ACTIONS = ("resume", "suspend", "resume_fail")
 RESTART_TIMEOUT = 60
 #: Seconds a thawed warm-pool node's minion gets to reconnect before its slurmd is restarted.
 RECONNECT_WAIT = 8
-#: Registry states of a node that is already on its way up (resume is a no-op).
-COMING = ("allocated", "booting", "joining", "ready", "resuming")
 
 
 def handle(ctx, action, nodes, sender, resume_file=None):
@@ -153,13 +151,10 @@ def _create(ctx, prof, names):
     names = names[:room]
     if not names:
         return out
-    pool = ctx.policy.pools[prof.pool]
     request_id = uuid.uuid4().hex[:12]
-    attrs = {"cpus": prof.cpus, "memory": prof.memory, "features": list(prof.features),
-             "partition": prof.partition, "membership": "cloud"}
     try:
-        nodes = ctx.registry.allocate_named(pool, prof.name, prof.provider, names, request_id,
-                                            membership="cloud", actor=ctx.actor, attrs=attrs)
+        # a cloud profile's membership is cloud
+        nodes = lifecycle.allocate(ctx, prof, request_id, names=names, trigger="slurm-resume")
     except (PoolExhausted, RegistryError) as exc:
         # another resume took one of them meanwhile: do them one by one
         if len(names) == 1:
@@ -167,11 +162,8 @@ def _create(ctx, prof, names):
         for name in names:
             out.update(_create(ctx, prof, [name]))
         return out
-    for n in nodes:
-        ctx.node_event(n.name, "allocated", address=n.address, profile=prof.name, request=request_id,
-                       trigger="slurm-resume")
     # booting before the create call, retries and profile pauses: as for expand
-    failure = engine.launch(ctx, prof, ctx.provider(prof.provider), nodes, request_id)
+    failure = lifecycle.create(ctx, prof, ctx.provider(prof.provider), nodes, request_id)
     for n in nodes:
         if failure:
             _down(ctx, n.name, failure)
@@ -187,10 +179,9 @@ def _create(ctx, prof, names):
 def _thaw(ctx, node):
     """Resume a warm-pool node (provider resume) and make its slurmd register again."""
     try:
-        ctx.registry.transition(node.name, "resuming", expect="suspended", actor=ctx.actor)
+        lifecycle.move(ctx, node.name, "resuming", expect="suspended", event={"trigger": "slurm-resume"})
     except InvalidTransition:
         return "already being resumed"
-    ctx.node_event(node.name, "resuming", trigger="slurm-resume")
     try:
         # A thawed minion re-authenticates (and fires its start event) a
         # moment later; a command published before that is lost and costs
@@ -199,16 +190,16 @@ def _thaw(ctx, node):
             ctx.provider(node.provider).resume(node.instance_id)
             reconnected(RECONNECT_WAIT)
         ctx.salt.restart_slurmd(node.name, timeout=RESTART_TIMEOUT)
-        ctx.registry.transition(node.name, "ready", expect="resuming", actor=ctx.actor)
+        lifecycle.move(ctx, node.name, "ready", expect="resuming", event={"trigger": "warm-pool"})
     except Exception as exc:  # noqa: BLE001 - a failed thaw fails the node
         reason = f"resuming the warm node failed: {sentence(exc)}"
         try:
-            ctx.registry.transition(node.name, "suspended", expect="resuming", reason=reason, actor=ctx.actor)
+            lifecycle.move(ctx, node.name, "suspended", expect="resuming", reason=reason,
+                           event={"reason": reason})
         except InvalidTransition:
             pass
         _down(ctx, node.name, reason)
         return f"failed: {reason}"
-    ctx.node_event(node.name, "ready", trigger="warm-pool")
     return "resumed from the warm pool"
 
 
@@ -217,7 +208,7 @@ def _warm_short(ctx, profile):
     scale = ctx.policy.autoscale.profiles.get(profile)
     if scale is None or not scale.warm_pool:
         return False
-    held = [n for n in ctx.registry.nodes(profile=profile) if n.state in ("suspending", "suspended")]
+    held = [n for n in ctx.registry.nodes(profile=profile) if n.state in FROZEN]
     return len(held) < scale.warm_pool
 
 
@@ -230,11 +221,11 @@ def suspend(ctx, names):
             result[name] = "not held"
             continue
         try:
-            if node.state in ("allocated", "booting", "joining"):
-                engine.fail_node(ctx, name, "Slurm powered it down before it joined")
+            if node.state in UNJOINED:
+                lifecycle.fail(ctx, name, "Slurm powered it down before it joined")
                 result[name] = "released"
             elif node.state == "failed":
-                engine._release(ctx, name, node.reason or "failed")
+                lifecycle.release(ctx, name, node.reason or "failed")
                 result[name] = "released"
             elif node.state in ("ready", "draining"):
                 if node.state == "ready" and _warm_short(ctx, node.profile):
@@ -253,32 +244,24 @@ def suspend(ctx, names):
 
 
 def _freeze(ctx, node):
-    ctx.registry.transition(node.name, "suspending", expect="ready", reason=WARM_REASON, actor=ctx.actor)
-    ctx.node_event(node.name, "suspending", reason=WARM_REASON)
+    lifecycle.move(ctx, node.name, "suspending", expect="ready", reason=WARM_REASON, event={"reason": WARM_REASON})
     try:
         ctx.provider(node.provider).suspend(node.instance_id)
     except Exception as exc:  # noqa: BLE001 - not frozen: retire it instead
         log.warning("warm-pool suspend of %s failed (%s); retiring it", node.name, exc)
-        ctx.registry.transition(node.name, "ready", expect="suspending", actor=ctx.actor)
+        lifecycle.move(ctx, node.name, "ready", expect="suspending", event={"reason": "warm-pool suspend failed"})
         _retire_idle(ctx, ctx.registry.get(node.name))
         return "released"
-    ctx.registry.transition(node.name, "suspended", expect="suspending", actor=ctx.actor)
-    ctx.node_event(node.name, "suspended", reason=WARM_REASON)
+    lifecycle.move(ctx, node.name, "suspended", expect="suspending", event={"reason": WARM_REASON})
     return "suspended (warm pool)"
 
 
 def _retire_idle(ctx, node):
-    """Remove an idle node Slurm has powered down: instance, key, name, address."""
+    """Remove an idle node Slurm has powered down: instance, key, name, address (Slurm has it down already)."""
     if node.state == "ready":
-        ctx.registry.transition(node.name, "draining", expect="ready", reason="Slurm power down", actor=ctx.actor)
-        ctx.node_event(node.name, "draining", reason="Slurm power down")
-    ctx.registry.transition(node.name, "retiring", expect="draining", actor=ctx.actor)
-    ctx.node_event(node.name, "retiring")
-    if node.instance_id:
-        ctx.provider(node.provider).delete([node.instance_id])
-    engine._quietly(ctx.keys.delete, node.name)
-    ctx.registry.release(node.name, "powered down by Slurm", actor=ctx.actor)
-    ctx.node_event(node.name, "released", reason="powered down by Slurm")
+        lifecycle.move(ctx, node.name, "draining", expect="ready", reason="Slurm power down",
+                       event={"reason": "Slurm power down"})
+    lifecycle.retire(ctx, node, "powered down by Slurm", slurm=None)
 
 
 def resume_fail(ctx, names):
@@ -289,7 +272,7 @@ def resume_fail(ctx, names):
         gone = ctx.registry.get(name, include_released=True)
         why = "it did not register within ResumeTimeout"
         if node is not None:
-            engine.fail_node(ctx, name, f"Slurm gave up resuming it: {why}")
+            lifecycle.fail(ctx, name, f"Slurm gave up resuming it: {why}")
             result[name] = "released"
         elif gone is not None and gone.reason:
             why = gone.reason

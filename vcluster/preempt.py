@@ -31,8 +31,9 @@ import re
 
 import hostlist
 
-from vcluster import suspend as _suspend
+from vcluster import suspend_resume
 from vcluster.errors import PolicyError, VclusterError
+from vcluster.nodestates import PREEMPTED_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _busy_hosts(ctx, exclude_job, jobs=None, hosts=None):
         if hosts is not None and not hosts:
             return set()
         nodes = slurm_nodes_of(ctx.policy, hosts) if hosts is not None else None
-        jobs = _suspend.slurm_call(ctx, "jobs", nodes=nodes) if nodes else _suspend.slurm_call(ctx, "jobs")
+        jobs = ctx.slurm.jobs(nodes=nodes) if nodes else ctx.slurm.jobs()
     busy = set()
     for job in jobs:
         if str(job.get("id")) == str(exclude_job) or job.get("state") not in ("RUNNING", "CONFIGURING"):
@@ -121,7 +122,7 @@ def job_started(ctx, job_id):
     pre = ctx.policy.preemption
     # the job itself, checked against Slurm (not the event), then the jobs
     # on the victims only, which suspend needs: never a listing of all jobs
-    job = _suspend.slurm_call(ctx, "job", job_id)
+    job = ctx.slurm.job(job_id)
     if not job or job.get("state") not in ("RUNNING", "CONFIGURING"):
         return {"result": True, "ignored": True, "comment": f"job {job_id} is not running"}
     if job.get("partition") not in pre.partitions:
@@ -133,8 +134,8 @@ def job_started(ctx, job_id):
     if not victims:
         return {"result": True, "comment": f"job {job_id}: no preemptible virtual node on {', '.join(sorted(hosts))}",
                 "nodes": {}}
-    victim_jobs = _suspend.slurm_call(ctx, "jobs", nodes=victims)
-    ret = _suspend.suspend(ctx, victims, mode=pre.mode, reason=f"{_suspend.PREEMPTED_PREFIX}{job_id}",
+    victim_jobs = ctx.slurm.jobs(nodes=victims)
+    ret = suspend_resume.suspend(ctx, victims, mode=pre.mode, reason=f"{PREEMPTED_PREFIX}{job_id}",
                            all_jobs=victim_jobs)
     ret["comment"] = f"job {job_id} preempts: " + ret["comment"]
     return ret
@@ -143,15 +144,15 @@ def job_started(ctx, job_id):
 def job_ended(ctx, job_id, nodes=()):
     """Resume the nodes job ``job_id`` preempted, or move them to a free host when ``migrate``."""
     pre = ctx.policy.preemption
-    job = _suspend.slurm_call(ctx, "job", job_id)
+    job = ctx.slurm.job(job_id)
     if job and job.get("state") in HOLDING:
         return {"result": True, "ignored": True, "comment": f"job {job_id} is still {job['state']}"}
     if job and job.get("nodes"):
         nodes = job["nodes"]
     hosts = {host_of(ctx.policy, n) for n in nodes}
-    reason = f"{_suspend.PREEMPTED_PREFIX}{job_id}"
+    reason = f"{PREEMPTED_PREFIX}{job_id}"
     mine = [n for n in ctx.registry.nodes(states="suspended")
-            if (n.reason or "").startswith(_suspend.PREEMPTED_PREFIX) and (n.host in hosts or n.reason == reason)]
+            if (n.reason or "").startswith(PREEMPTED_PREFIX) and (n.host in hosts or n.reason == reason)]
     if not mine:
         return {"result": True, "comment": f"job {job_id}: no node to resume", "nodes": {}}
     busy = _busy_hosts(ctx, job_id, hosts={n.host for n in mine if n.host})
@@ -164,7 +165,7 @@ def job_ended(ctx, job_id, nodes=()):
                 kept.append(node.name)
                 result[node.name] = "suspended"
                 continue
-        ret = _suspend.resume(ctx, node.name, host=target)
+        ret = suspend_resume.resume(ctx, node.name, host=target)
         result.update(ret["nodes"])
         if not ret["result"]:
             errors.append(ret["comment"])
@@ -190,15 +191,15 @@ def over(ctx, nodes):
     by_job = {}
     for node in nodes:
         reason = node.reason or ""
-        if node.state == "suspended" and reason.startswith(_suspend.PREEMPTED_PREFIX):
-            by_job.setdefault(reason[len(_suspend.PREEMPTED_PREFIX):].strip(), []).append(node)
+        if node.state == "suspended" and reason.startswith(PREEMPTED_PREFIX):
+            by_job.setdefault(reason[len(PREEMPTED_PREFIX):].strip(), []).append(node)
     if not by_job:
         return {}
     # the jobs on the victims' hosts: a preempting job still holding one is
     # there; one not there holds none of them (ended, gone or requeued)
     hosts = {n.host for victims in by_job.values() for n in victims if n.host}
     nodes = slurm_nodes_of(ctx.policy, hosts)
-    listing = _suspend.slurm_call(ctx, "jobs", nodes=nodes) if nodes else []
+    listing = ctx.slurm.jobs(nodes=nodes) if nodes else []
     jobs = {str(j.get("id")): j for j in listing}
     busy = _busy_hosts(ctx, None, listing)
     out = {}

@@ -5,116 +5,32 @@ WAL mode with a busy timeout, and every write is exactly one
 ``BEGIN IMMEDIATE`` transaction, so concurrent processes serialise on the
 write lock and never hand out the same name or address.
 
-History: a node row is never deleted. :meth:`Registry.release` moves it to
+History: a node row is never deleted. Releasing a node moves it to
 state ``released``; name and address are unique only among rows that are not
 ``released`` (partial unique indexes), so both become free for reuse while
 the old row, its audit trail and its reason stay for inspection. ``failed``
 nodes keep their name and address (their instance may still exist) until
 they are released.
 
-Allocation reads free names and addresses from ``slots`` (one row per name
-or address of each pool, ``node_id`` set while an active node holds it), so
-it costs O(count) and not O(active nodes). ``slots`` is rebuilt from the
-nodes whenever a pool's definition (its digest) changes, and once more before
-:class:`PoolExhausted` or a uniqueness conflict is reported, so the nodes
-table stays the single source of truth.
-
-Schema changes: bump ``SCHEMA_VERSION`` and append the statements that lead
-from the previous version to ``MIGRATIONS``; ``PRAGMA user_version`` records
-the version of a file.
+Allocation from the pools' free slots is :mod:`vcluster.registry_pools`;
+the schema, its migrations and the :class:`Node` row are in
+:mod:`vcluster.registry_schema`; the state machine in :mod:`vcluster.nodestates`.
+Only :mod:`vcluster.lifecycle` moves a node (:meth:`Registry.transition`).
 """
 
 import contextlib
-import dataclasses
-import datetime
 import fcntl
-import functools
-import hashlib
-import json
 import os
 import sqlite3
 import time
 
-from vcluster.errors import InvalidTransition, PoolExhausted, RegistryError
+from vcluster.errors import InvalidTransition, RegistryError
+from vcluster.nodestates import ACTIVE_STATES, STATES, TRANSITIONS
+from vcluster.registry_pools import PoolSlots
+from vcluster.registry_schema import MIGRATIONS, SCHEMA_VERSION, Node, create_private, iso_utc
 
-#: Allowed lifecycle moves: from state -> states it may go to.
-TRANSITIONS = {
-    "allocated": frozenset({"booting", "failed"}),
-    "booting": frozenset({"joining", "failed"}),
-    "joining": frozenset({"ready", "failed"}),
-    "ready": frozenset({"draining", "suspending", "migrating"}),
-    "draining": frozenset({"ready", "retiring"}),
-    "retiring": frozenset({"released"}),
-    "failed": frozenset({"released"}),
-    # "ready" and "suspended" undo an interrupted suspend / resume (reconcile)
-    "suspending": frozenset({"suspended", "ready"}),
-    # "retiring": retire of a suspended node that holds no job (a warm-pool node)
-    "suspended": frozenset({"resuming", "migrating", "retiring"}),
-    "resuming": frozenset({"ready", "suspended"}),
-    "migrating": frozenset({"ready", "suspended"}),
-    "released": frozenset(),
-}
-
-STATES = frozenset(TRANSITIONS)
-#: States that hold a name and an address (everything but ``released``).
-ACTIVE_STATES = frozenset(STATES - {"released"})
 #: Columns :meth:`Registry.transition` and :meth:`Registry.update` may set.
 MUTABLE_FIELDS = ("instance_id", "host", "address")
-
-SCHEMA_VERSION = 1
-MIGRATIONS = {
-    # version 0 (empty file) -> 1
-    0: [
-        """CREATE TABLE nodes (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            name TEXT NOT NULL,
-            address TEXT,
-            pool TEXT NOT NULL,
-            profile TEXT NOT NULL,
-            provider TEXT NOT NULL,
-            instance_id TEXT,
-            host TEXT,
-            state TEXT NOT NULL,
-            reason TEXT,
-            request_id TEXT,
-            membership TEXT,
-            attrs TEXT NOT NULL DEFAULT '{}',
-            created REAL NOT NULL,
-            updated REAL NOT NULL)""",
-        "CREATE UNIQUE INDEX nodes_active_name ON nodes(name) WHERE state != 'released'",
-        "CREATE UNIQUE INDEX nodes_active_address ON nodes(address) "
-        "WHERE state != 'released' AND address IS NOT NULL",
-        "CREATE INDEX nodes_state ON nodes(state, profile)",
-        """CREATE TABLE audit (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            ts REAL NOT NULL,
-            node TEXT NOT NULL,
-            node_id INTEGER,
-            from_state TEXT,
-            to_state TEXT NOT NULL,
-            reason TEXT,
-            actor TEXT)""",
-        "CREATE INDEX audit_node ON audit(node, id)",
-        """CREATE TABLE jobs (
-            node TEXT NOT NULL,
-            job_id TEXT NOT NULL,
-            since REAL NOT NULL,
-            PRIMARY KEY (node, job_id))""",
-        "CREATE INDEX jobs_job ON jobs(job_id)",
-        # pools as last allocated from: one slot per name / address, node_id when held
-        "CREATE TABLE pools (name TEXT PRIMARY KEY, digest TEXT NOT NULL, updated REAL NOT NULL)",
-        """CREATE TABLE slots (
-            pool TEXT NOT NULL,
-            kind TEXT NOT NULL CHECK (kind IN ('name', 'address')),
-            idx INTEGER NOT NULL,
-            value TEXT NOT NULL,
-            node_id INTEGER,
-            PRIMARY KEY (pool, kind, idx))""",
-        "CREATE INDEX slots_free ON slots(pool, kind, idx) WHERE node_id IS NULL",
-        "CREATE INDEX slots_value ON slots(kind, value)",
-        "CREATE INDEX slots_node ON slots(node_id) WHERE node_id IS NOT NULL",
-    ],
-}
 
 BUSY_TIMEOUT_MS = 30000
 DEFAULT_ACTOR = "vcluster"
@@ -124,80 +40,13 @@ _COLUMNS = (
 )
 
 
-@functools.lru_cache(maxsize=64)
-def _pool_digest(pool):
-    data = "\n".join(pool.names) + "\0" + "\n".join(pool.addresses)
-    return hashlib.sha256(data.encode()).hexdigest()
-
-
-def _iso(ts):
-    if ts is None:
-        return None
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds")
-
-
-@dataclasses.dataclass
-class Node:
-    """One registry row. ``id`` is the ``registry_id`` tag of its instance."""
-
-    id: int
-    name: str
-    address: str | None
-    pool: str
-    profile: str
-    provider: str
-    instance_id: str | None
-    host: str | None
-    state: str
-    reason: str | None
-    request_id: str | None
-    membership: str | None
-    attrs: dict
-    created: float
-    updated: float
-
-    @classmethod
-    def _from_row(cls, row):
-        data = dict(row)
-        data["attrs"] = json.loads(data["attrs"] or "{}")
-        return cls(**data)
-
-    @property
-    def active(self):
-        return self.state in ACTIVE_STATES
-
-    def as_dict(self):
-        """Plain data; ``created``/``updated`` as ISO 8601 UTC strings."""
-        data = dataclasses.asdict(self)
-        data["created"] = _iso(self.created)
-        data["updated"] = _iso(self.updated)
-        return data
-
-
-def _create_private(path):
-    """Create the registry file (and missing parent directories) for the master's user only.
-
-    The registry names every node, address and instance, and its audit log
-    who did what: 0600 in a 0700 directory when vcluster creates them.
-    SQLite creates the ``-wal`` and ``-shm`` files with the database file's
-    mode. An existing file keeps its mode (the site chose it).
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-    except FileExistsError:
-        pass
-
-
 def _check_mutable(fields):
     """Refuse fields :meth:`Registry.update` may not set, naming them."""
     unknown = sorted(set(fields) - set(MUTABLE_FIELDS))
     if unknown:
         raise RegistryError(f"update cannot set {', '.join(unknown)}; settable: {', '.join(MUTABLE_FIELDS)}")
 
-class Registry:
+class Registry(PoolSlots):
     """The registry in one SQLite file; open one per process (or thread).
 
     ``synchronous="NORMAL"`` (WAL): a commit survives a crash of the process
@@ -217,7 +66,7 @@ class Registry:
         self._db = None
         try:
             if not memory:
-                _create_private(self.path)
+                create_private(self.path)
             if lock_file and not memory:
                 self._lock = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._db = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000, isolation_level=None)
@@ -308,173 +157,6 @@ class Registry:
         db.execute(
             "INSERT INTO audit (ts, node, node_id, from_state, to_state, reason, actor) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (ts, node.name, node.id, from_state, to_state, reason, actor or DEFAULT_ACTOR),
-        )
-
-    # -- allocation -------------------------------------------------------
-
-    def allocate(self, pool, profile, provider, count, request_id, membership=None, actor=None, attrs=None):
-        """Allocate ``count`` nodes from ``pool`` (a :class:`vcluster.policy.Pool`).
-
-        Takes the lowest free names and the lowest free addresses (pool
-        order) in one transaction; raises :class:`PoolExhausted` and
-        allocates nothing when the pool has too few. ``attrs`` (JSON-able
-        dict, e.g. cpus/memory/features/partition of the profile) is stored
-        with every node as created, for consumers without the policy.
-        """
-        try:
-            attrs_json = json.dumps(attrs or {}, sort_keys=True)
-        except (TypeError, ValueError):
-            raise RegistryError(f"attrs must be JSON data, got {attrs!r}") from None
-        args = (pool, profile, provider, count, request_id, membership, actor, attrs_json)
-        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
-            raise RegistryError(f"count must be a positive integer, got {count!r}")
-        with self._write() as db:
-            self._sync_pool(db, pool)
-            try:
-                db.execute("SAVEPOINT allocate")
-                nodes = self._allocate(db, *args)
-            except (sqlite3.IntegrityError, PoolExhausted):
-                # make sure the slots agree with the nodes (file edited by hand?): rebuild, retry once
-                db.execute("ROLLBACK TO allocate")
-                self._sync_pool(db, pool, force=True)
-                nodes = self._allocate(db, *args)
-            db.execute("RELEASE allocate")
-        return nodes
-
-    def _allocate(self, db, pool, profile, provider, count, request_id, membership, actor, attrs_json):
-        free_sql = "SELECT value FROM slots WHERE pool = ? AND kind = ? AND node_id IS NULL ORDER BY idx LIMIT ?"
-        names = [r[0] for r in db.execute(free_sql, (pool.name, "name", count))]
-        if pool.addresses:
-            addresses = [r[0] for r in db.execute(free_sql, (pool.name, "address", count))]
-        else:
-            addresses = [None] * len(names)
-        if len(names) < count or len(addresses) < count:
-            count_sql = "SELECT COUNT(*) FROM slots WHERE pool = ? AND kind = ? AND node_id IS NULL"
-            free = db.execute(count_sql, (pool.name, "name")).fetchone()[0]
-            if pool.addresses:
-                free = min(free, db.execute(count_sql, (pool.name, "address")).fetchone()[0])
-            raise PoolExhausted(f"pool {pool.name!r} has {free} free nodes, wanted {count}")
-        now = time.time()
-        nodes = []
-        for name, address in zip(names, addresses, strict=True):
-            cur = db.execute(
-                "INSERT INTO nodes (name, address, pool, profile, provider, state, request_id, "
-                "membership, attrs, created, updated) VALUES (?, ?, ?, ?, ?, 'allocated', ?, ?, ?, ?, ?)",
-                (name, address, pool.name, profile, provider, request_id, membership, attrs_json, now, now),
-            )
-            node = Node(
-                id=cur.lastrowid, name=name, address=address, pool=pool.name, profile=profile,
-                provider=provider, instance_id=None, host=None, state="allocated", reason=None,
-                request_id=request_id, membership=membership, attrs=json.loads(attrs_json),
-                created=now, updated=now,
-            )
-            self._hold(db, node.id, "name", name)
-            if address is not None:
-                self._hold(db, node.id, "address", address)
-            self._audit(db, now, node, None, "allocated", f"request {request_id}", actor)
-            nodes.append(node)
-        return nodes
-
-    def allocate_named(self, pool, profile, provider, names, request_id, membership=None, actor=None,
-                       attrs=None):
-        """Allocate the nodes called ``names`` (all of them) from ``pool``.
-
-        For callers that do not choose the name, e.g. Slurm's power saving
-        resuming specific CLOUD nodes. Every name must belong to the pool
-        and be free; addresses are the lowest free ones. One ``BEGIN
-        IMMEDIATE`` transaction: either every name is taken or none is
-        (:class:`RegistryError` for a foreign or repeated name,
-        :class:`PoolExhausted` when a name is held or addresses run out).
-        """
-        try:
-            attrs_json = json.dumps(attrs or {}, sort_keys=True)
-        except (TypeError, ValueError):
-            raise RegistryError(f"attrs must be JSON data, got {attrs!r}") from None
-        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
-            raise RegistryError(f"names must be a non-empty list of node names, got {names!r}")
-        names = [str(n) for n in names]
-        if len(set(names)) != len(names):
-            raise RegistryError(f"names must not repeat a name, got {names!r}")
-        members = set(pool.names)
-        foreign = [n for n in names if n not in members]
-        if foreign:
-            raise RegistryError(f"node name {foreign[0]!r} is not in pool {pool.name!r}")
-        args = (pool, profile, provider, names, request_id, membership, actor, attrs_json)
-        with self._write() as db:
-            self._sync_pool(db, pool)
-            try:
-                db.execute("SAVEPOINT allocate_named")
-                nodes = self._allocate_named(db, *args)
-            except (sqlite3.IntegrityError, PoolExhausted):
-                db.execute("ROLLBACK TO allocate_named")
-                self._sync_pool(db, pool, force=True)
-                nodes = self._allocate_named(db, *args)
-            db.execute("RELEASE allocate_named")
-        return nodes
-
-    def _allocate_named(self, db, pool, profile, provider, names, request_id, membership, actor, attrs_json):
-        held_sql = "SELECT node_id FROM slots WHERE pool = ? AND kind = 'name' AND value = ?"
-        for name in names:
-            row = db.execute(held_sql, (pool.name, name)).fetchone()
-            if row is None or row[0] is not None:
-                raise PoolExhausted(f"node name {name!r} of pool {pool.name!r} is held by an active node")
-        count = len(names)
-        if pool.addresses:
-            free_sql = ("SELECT value FROM slots WHERE pool = ? AND kind = 'address' AND node_id IS NULL "
-                        "ORDER BY idx LIMIT ?")
-            addresses = [r[0] for r in db.execute(free_sql, (pool.name, count))]
-            if len(addresses) < count:
-                raise PoolExhausted(f"pool {pool.name!r} has {len(addresses)} free addresses, wanted {count}")
-        else:
-            addresses = [None] * count
-        now = time.time()
-        nodes = []
-        for name, address in zip(names, addresses, strict=True):
-            cur = db.execute(
-                "INSERT INTO nodes (name, address, pool, profile, provider, state, request_id, "
-                "membership, attrs, created, updated) VALUES (?, ?, ?, ?, ?, 'allocated', ?, ?, ?, ?, ?)",
-                (name, address, pool.name, profile, provider, request_id, membership, attrs_json, now, now),
-            )
-            node = Node(
-                id=cur.lastrowid, name=name, address=address, pool=pool.name, profile=profile,
-                provider=provider, instance_id=None, host=None, state="allocated", reason=None,
-                request_id=request_id, membership=membership, attrs=json.loads(attrs_json),
-                created=now, updated=now,
-            )
-            self._hold(db, node.id, "name", name)
-            if address is not None:
-                self._hold(db, node.id, "address", address)
-            self._audit(db, now, node, None, "allocated", f"request {request_id} (named)", actor)
-            nodes.append(node)
-        return nodes
-
-    @staticmethod
-    def _hold(db, node_id, kind, value):
-        """Mark ``value`` held by ``node_id`` in every pool that lists it."""
-        db.execute("UPDATE slots SET node_id = ? WHERE kind = ? AND value = ?", (node_id, kind, value))
-
-    def _sync_pool(self, db, pool, force=False):
-        """Make the slot rows of ``pool`` match its definition (only when it changed)."""
-        digest = _pool_digest(pool)
-        row = db.execute("SELECT digest FROM pools WHERE name = ?", (pool.name,)).fetchone()
-        if row is not None and row[0] == digest and not force:
-            return
-        db.execute("DELETE FROM slots WHERE pool = ?", (pool.name,))
-        db.executemany(
-            "INSERT INTO slots (pool, kind, idx, value) VALUES (?, ?, ?, ?)",
-            [(pool.name, "name", i, v) for i, v in enumerate(pool.names)]
-            + [(pool.name, "address", i, v) for i, v in enumerate(pool.addresses)],
-        )
-        for kind, column in (("name", "name"), ("address", "address")):
-            db.execute(
-                f"UPDATE slots SET node_id = (SELECT id FROM nodes WHERE state != 'released' "
-                f"AND nodes.{column} = slots.value) WHERE pool = ? AND kind = ?",
-                (pool.name, kind),
-            )
-        db.execute(
-            "INSERT INTO pools (name, digest, updated) VALUES (?, ?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET digest = excluded.digest, updated = excluded.updated",
-            (pool.name, digest, time.time()),
         )
 
     # -- lifecycle --------------------------------------------------------
@@ -591,14 +273,6 @@ class Registry:
             if node.address is not None:
                 self._hold(db, node.id, "address", node.address)
 
-    def release(self, name, reason, actor=None, expect=None):
-        """End node ``name`` in ``released``: its name and address become free."""
-        return self.transition(name, "released", reason=reason, expect=expect, actor=actor)
-
-    def fail(self, name, reason, actor=None, expect=None):
-        """Mark node ``name`` ``failed`` with ``reason`` (it keeps name and address until released)."""
-        return self.transition(name, "failed", reason=reason, expect=expect, actor=actor)
-
     # -- queries ----------------------------------------------------------
 
     def get(self, name, include_released=False):
@@ -644,7 +318,7 @@ class Registry:
         out = []
         for row in self._db.execute(sql, args):
             item = dict(row)
-            item["ts"] = _iso(item["ts"])
+            item["ts"] = iso_utc(item["ts"])
             out.append(item)
         return out
 
@@ -687,24 +361,7 @@ class Registry:
             db.executemany("DELETE FROM jobs WHERE node = ? AND job_id = ?", [(node, j) for j in removed])
         return {"added": added, "removed": removed}
 
-    def unmap_jobs(self, job_ids, node=None):
-        """Forget jobs (e.g. on job end), on ``node`` or on every node; returns how many rows went."""
-        ids = [str(j) for j in job_ids]
-        with self._write() as db:
-            if node is None:
-                cur = db.executemany("DELETE FROM jobs WHERE job_id = ?", [(j,) for j in ids])
-            else:
-                cur = db.executemany("DELETE FROM jobs WHERE node = ? AND job_id = ?", [(node, j) for j in ids])
-            return cur.rowcount
-
     def jobs_on(self, node):
         """Job ids on ``node``, oldest first."""
         rows = self._db.execute("SELECT job_id FROM jobs WHERE node = ? ORDER BY since, job_id", (node,))
         return [r[0] for r in rows]
-
-    def node_of_job(self, job_id):
-        """The node running ``job_id`` (the lowest name for a multi-node job), or ``None``."""
-        row = self._db.execute(
-            "SELECT node FROM jobs WHERE job_id = ? ORDER BY node LIMIT 1", (str(job_id),)
-        ).fetchone()
-        return row[0] if row else None

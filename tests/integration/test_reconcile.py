@@ -18,7 +18,8 @@ import pytest
 import salt.config
 
 from tests.integration.stack import node_info, slurm
-from vcluster import engine, saltlink
+from vcluster import expand as vexpand
+from vcluster import saltlink
 from vcluster.errors import ProviderError
 from vcluster.providers.lxd import LxdProvider
 from vcluster.registry import Registry
@@ -147,7 +148,7 @@ def test_provider_failing_first_create_is_retried(stack, event_listener):
     ctx._providers["lxd"] = flaky
     start = time.time()
     try:
-        ret = engine.expand(ctx, "htc", 1)
+        ret = vexpand.expand(ctx, "htc", 1)
     finally:
         ctx.close()
     assert ret["result"] is True, ret

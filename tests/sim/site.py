@@ -51,11 +51,11 @@ from salt.exceptions import CommandExecutionError
 
 from vcluster import saltlink
 from vcluster.context import Context
+from vcluster.nodestates import WARM_REASON
 from vcluster.policy import load
 from vcluster.providers.base import Host, Instance, Provider, Status
 from vcluster.registry import Registry
 from vcluster.slurm import hostlist, parse
-from vcluster.suspend import WARM_REASON
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 #: Output captured from Slurm 22.05.8 (the per-version directory when there is one).

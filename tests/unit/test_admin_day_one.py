@@ -16,9 +16,12 @@ import types
 import pytest
 
 from tests.unit.test_suspend import PILLAR, FakeEvents, FakeKeys, FakeProvider, FakeSalt, FakeSlurm
-from vcluster import engine, history, metrics, reconcile
+from vcluster import history, metrics, reconcile
+from vcluster import migrate as mig
 from vcluster import policy as _policy
-from vcluster import suspend as sus
+from vcluster import retire as vretire
+from vcluster import status as vstatus
+from vcluster import suspend_resume as sus
 from vcluster.context import Context
 from vcluster.errors import PolicyError, ProviderError, SlurmError
 from vcluster.providers.base import Status
@@ -128,7 +131,7 @@ def test_status_lists_only_jobs_alive_in_slurm(ctx):
     ctx.slurm.jobs_[2] = {"id": 2, "state": "RUNNING", "nodes": ["vn2"], "partition": "htc"}
     ctx.slurm.jobs_[3] = {"id": 3, "state": "CANCELLED", "nodes": ["vn3"], "partition": "htc"}
     ctx.slurm.jobs_[4] = {"id": 4, "state": "SUSPENDED", "nodes": ["vn3"], "partition": "htc"}
-    ret = engine.status(ctx)
+    ret = vstatus.status(ctx)
     assert ret["result"] is True and ret["unknown"] == []
     assert {n: v["jobs"] for n, v in ret["nodes"].items()} == {"vn1": [], "vn2": [2], "vn3": [4]}
     assert ret["nodes"]["vn1"]["slurm"] == "IDLE" and ret["nodes"]["vn1"]["instance_state"] == "running"
@@ -137,7 +140,7 @@ def test_status_lists_only_jobs_alive_in_slurm(ctx):
 
 def test_status_says_slurm_could_not_be_asked_instead_of_absent(ctx):
     ctx.slurm.down = "the Slurm controller's minion ctl did not answer slurm.nodes"
-    ret = engine.status(ctx)
+    ret = vstatus.status(ctx)
     assert ret["result"] is False
     assert ret["unknown"] == ["slurm"]
     assert {v["slurm"] for v in ret["nodes"].values()} == {"unknown"}
@@ -151,14 +154,14 @@ def test_status_says_slurm_could_not_be_asked_instead_of_absent(ctx):
 def test_status_says_the_provider_could_not_be_asked(ctx):
     ctx.provider("lxd").down = "LXD at https://127.0.0.1:8443 refused the connection"
     ctx.provider("lxd").status.pop("vn3")  # and a vanished instance would not be taken for absent
-    ret = engine.status(ctx)
+    ret = vstatus.status(ctx)
     assert ret["result"] is False and ret["unknown"] == ["provider lxd"]
     assert ret["comment"].endswith("provider lxd could not be asked (LXD at https://127.0.0.1:8443 refused "
                                    "the connection): the instance status of its nodes is unknown")
     assert {v["instance_state"] for v in ret["nodes"].values()} == {"unknown"}
     assert ret["nodes"]["vn1"]["slurm"] == "IDLE"
     ctx.provider("lxd").down = None
-    assert engine.status(ctx)["nodes"]["vn3"]["instance_state"] == "absent"
+    assert vstatus.status(ctx)["nodes"]["vn3"]["instance_state"] == "absent"
 
 
 def load_runner(output):
@@ -189,16 +192,15 @@ def cell_text(text, first):
     return out
 
 
-def test_status_renders_with_salts_table_outputter(ctx, monkeypatch):
+def test_status_renders_with_salts_table_outputter(ctx):
     ctx.slurm.jobs_[2] = {"id": 2, "state": "RUNNING", "nodes": ["vn2"], "partition": "htc"}
     ctx.slurm.jobs_[1] = {"id": 1, "state": "COMPLETED", "nodes": ["vn1"], "partition": "htc"}
     runner = load_runner("table")
-    monkeypatch.setattr(runner.engine, "status", engine.status)
-    ret = runner._table(engine.status(ctx), engine.status_rows(engine.status(ctx)))
+    ret = runner._table(vstatus.status(ctx), vstatus.status_rows(vstatus.status(ctx)))
     text = table_text(ret)
     lines = [line.strip() for line in text.splitlines()]
     header = next(line for line in lines if "NODE" in line)
-    assert re.split(r"\s*\|\s*", header.strip("| ")) == list(c.upper() for c in engine.STATUS_COLUMNS)
+    assert re.split(r"\s*\|\s*", header.strip("| ")) == list(c.upper() for c in vstatus.STATUS_COLUMNS)
     row = next(line for line in lines if line.startswith("|") and "vn2" in line)
     assert re.split(r"\s*\|\s*", row.strip("| ")) == [
         "vn2", "ready", "IDLE", "vn2 (running)", "2", "10.9.0.11", "htc", "h1", "-"]
@@ -206,13 +208,13 @@ def test_status_renders_with_salts_table_outputter(ctx, monkeypatch):
     assert re.split(r"\s*\|\s*", row1.strip("| "))[4] == "-"  # job 1 ended: not listed
     assert "3 node(s)" in text
     # the plain (nested) return keeps its dict shape
-    assert set(engine.status(ctx)["nodes"]) == {"vn1", "vn2", "vn3"}
+    assert set(vstatus.status(ctx)["nodes"]) == {"vn1", "vn2", "vn3"}
 
 
 def test_status_table_with_slurm_unknown_says_so(ctx):
     ctx.slurm.down = "slurmctld: Unable to contact slurm controller (connect failure)"
-    ret = engine.status(ctx)
-    text = table_text(load_runner("table")._table(ret, engine.status_rows(ret)))
+    ret = vstatus.status(ctx)
+    text = table_text(load_runner("table")._table(ret, vstatus.status_rows(ret)))
     row = next(line for line in text.splitlines() if line.strip().startswith("|") and "vn1" in line)
     assert re.split(r"\s*\|\s*", row.strip().strip("| "))[1:5] == ["ready", "unknown", "vn1 (running)", "unknown"]
     summary = " ".join(cell_text(text, "3 node(s)"))
@@ -223,10 +225,10 @@ def test_status_table_with_slurm_unknown_says_so(ctx):
 def test_the_nested_status_of_a_real_runner_call_fails_the_table_outputter_no_more(ctx):
     """The TypeError of issue 17: a list of job ids (ints) inside the nodes."""
     ctx.slurm.jobs_[2] = {"id": 2, "state": "RUNNING", "nodes": ["vn2"], "partition": "htc"}
-    raw = engine.status(ctx)
+    raw = vstatus.status(ctx)
     with pytest.raises(TypeError):
         table_text(raw)  # Salt's table outputter on the nested dict: what --out=table used to get
-    assert "vn2" in table_text(load_runner("table")._table(raw, engine.status_rows(raw)))
+    assert "vn2" in table_text(load_runner("table")._table(raw, vstatus.status_rows(raw)))
 
 
 # -- test=True changes nothing ---------------------------------------------------------------
@@ -235,28 +237,28 @@ def test_the_nested_status_of_a_real_runner_call_fails_the_table_outputter_no_mo
 def test_retire_test_mode_says_what_and_changes_nothing(ctx):
     ctx.slurm.jobs_[5] = {"id": 5, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
     before = snapshot(ctx)
-    ret = engine.retire(ctx, "vn[1-2]", test=True)
+    ret = vretire.retire(ctx, "vn[1-2]", test=True)
     assert snapshot(ctx) == before
     assert ret["result"] is None and ret["test"] is True
     assert ret["comment"] == (
         "would retire 2 node(s): would drain vn1 and wait up to 600 s for its job(s) 5 to end, then delete "
         "instance vn1 and release it; would drain vn2 (no job runs on it), delete instance vn2 and release it")
-    forced = engine.retire(ctx, "vn1", force=True, test=True)
+    forced = vretire.retire(ctx, "vn1", force=True, test=True)
     assert forced["nodes"]["vn1"] == "would drain vn1, requeue its job(s) 5, then delete instance vn1 and release it"
     assert snapshot(ctx) == before
 
 
 def test_retire_test_mode_validates_first(ctx):
     with pytest.raises(PolicyError, match="'vn9' is not in the registry"):
-        engine.retire(ctx, "vn9", test=True)
+        vretire.retire(ctx, "vn9", test=True)
     with pytest.raises(PolicyError, match="test must be"):
-        engine.retire(ctx, "vn1", test="maybe")
+        vretire.retire(ctx, "vn1", test="maybe")
 
 
 def test_shrink_test_mode_picks_idle_nodes_and_changes_nothing(ctx):
     ctx.slurm.jobs_[5] = {"id": 5, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
     before = snapshot(ctx)
-    ret = engine.shrink(ctx, 2, "htc", test=True)
+    ret = vretire.shrink(ctx, 2, "htc", test=True)
     assert snapshot(ctx) == before
     assert ret["result"] is None and sorted(ret["nodes"]) == ["vn2", "vn3"]
 
@@ -268,7 +270,7 @@ def test_suspend_resume_migrate_test_mode_change_nothing(ctx):
     assert snapshot(ctx) == before and ret["result"] is None
     assert ret["comment"] == ("would suspend 1 of 1 node(s): would drain vn1, suspend its running job(s) 7 and "
                               "suspend its instance vn1 (provider lxd)")
-    ret = sus.migrate(ctx, "vn2", host="h2", test=True)
+    ret = mig.migrate(ctx, "vn2", host="h2", test=True)
     assert snapshot(ctx) == before and ret["result"] is None
     assert ret["comment"] == ("would move vn2 (ready, instance vn2) from h1 to h2 (live=True); the registry and "
                               "Slurm's NodeAddr would follow and it would stay ready")
@@ -310,7 +312,7 @@ def test_suspend_resume_migrate_reconcile_send_progress(ctx):
     sus.resume(ctx, "vn1")
     assert ctx.events.progressed == ["resuming vn1 (1 of 1)", "vn1 ready"]
     ctx.events.progressed.clear()
-    sus.migrate(ctx, "vn3", host="h2")
+    mig.migrate(ctx, "vn3", host="h2")
     assert ctx.events.progressed == ["migrating vn3 from h1 to h2", "vn3 moved to h2"]
     ctx.events.progressed.clear()
     ctx.provider("lxd").status["stray"] = Status.RUNNING
@@ -323,7 +325,7 @@ def test_suspend_resume_migrate_reconcile_send_progress(ctx):
 
 
 def test_history_reads_the_audit_log_as_sentences(ctx):
-    engine.retire(ctx, "vn2")
+    vretire.retire(ctx, "vn2")
     ret = history.history(ctx.registry.path, node="vn2")
     assert ret["result"] is True and ret["count"] == 7
     lines = [history.line(e) for e in ret["events"]]
@@ -451,7 +453,7 @@ def test_metrics_are_valid_exposition_text_with_the_right_numbers(ctx):
     reg.transition("vn1", "ready")
     reg.transition("vn2", "draining")
     n4 = reg.allocate(ctx.policy.pools["p"], "htc", "lxd", 1, "r2")[0]
-    reg.fail(n4.name, "did not join Slurm within 300 s")
+    reg.transition(n4.name, "failed", reason="did not join Slurm within 300 s")
     body = metrics.text(ctx.registry.path, profiles=["htc", "other"])
     fams = parse_exposition(body)
     assert fams["vcluster_nodes"][0] == "gauge"

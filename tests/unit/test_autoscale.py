@@ -376,10 +376,10 @@ def warm_node(ctx):
 
 
 def test_a_warm_pool_node_is_retired_as_it_is(ctx):
-    from vcluster import engine
+    from vcluster import retire as vretire
 
     warm_node(ctx)
-    ret = engine.retire(ctx, "cn01")
+    ret = vretire.retire(ctx, "cn01")
     assert ret["result"] is True and ret["nodes"] == {"cn01": "released"}, ret
     assert ctx.registry.get("cn01") is None and ctx.provider("lxd").instances == {}
     assert ctx.keys.accepted() == set()
@@ -387,7 +387,7 @@ def test_a_warm_pool_node_is_retired_as_it_is(ctx):
 
 
 def test_admin_resume_of_a_cloud_warm_node_is_refused_before_any_change(ctx):
-    from vcluster import suspend
+    from vcluster import suspend_resume as suspend
 
     warm_node(ctx)
     calls = list(ctx.salt.calls)
@@ -399,13 +399,13 @@ def test_admin_resume_of_a_cloud_warm_node_is_refused_before_any_change(ctx):
 
 
 def test_a_suspended_node_with_jobs_is_refused_and_not_shrunk(ctx):
-    from vcluster import engine
+    from vcluster import retire as vretire
 
     warm_node(ctx)
     ctx.slurm.jobs_.append({"id": 9, "state": "SUSPENDED", "nodes": ["cn01"]})
     with pytest.raises(PolicyError, match=r"^suspended node\(s\) cn01 hold suspended jobs; resume them first"):
-        engine.retire(ctx, "cn01", force=True)
-    ret = engine.shrink(ctx, 1, "burst")
+        vretire.retire(ctx, "cn01", force=True)
+    ret = vretire.shrink(ctx, 1, "burst")
     assert ret["nodes"] == {} and ctx.registry.get("cn01").state == "suspended", ret
     assert ctx.provider("lxd").instances
 
@@ -422,9 +422,9 @@ def test_resume_fail_releases_and_sets_down_with_reason(ctx):
 
 def test_resume_fail_after_failed_join_gives_the_join_reason(ctx):
     powersave.resume(ctx, ["cn02"])
-    from vcluster import engine
+    from vcluster import lifecycle
 
-    engine.fail_node(ctx, "cn02", "highstate failed: no munge key")
+    lifecycle.fail(ctx, "cn02", "highstate failed: no munge key")
     powersave.resume_fail(ctx, ["cn02"])
     assert ctx.slurm.updates[-1] == ("cn02", "DOWN", "vcluster: resume failed: highstate failed: no munge key")
 

@@ -42,8 +42,8 @@ def test_all_or_nothing_when_one_name_is_held(reg):
 
 def test_released_name_can_be_taken_again(reg):
     reg.allocate_named(POOL, "htc", "lxd", ["n4"], "r1")
-    reg.fail("n4", "boom")
-    reg.release("n4", "gone")
+    reg.transition("n4", "failed", reason="boom")
+    reg.transition("n4", "released", reason="gone")
     (node,) = reg.allocate_named(POOL, "htc", "lxd", ["n4"], "r2")
     assert node.name == "n4" and node.state == "allocated"
 

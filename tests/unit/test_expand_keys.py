@@ -7,7 +7,8 @@ import threading
 
 from tests.unit.test_reconcile import PILLAR, Bus, MemoryKeys, MemoryProvider, MemorySlurm
 from tests.unit.test_wheel_keys import body, bus, master_opts  # noqa: F401 - fixtures
-from vcluster import engine, saltlink
+from vcluster import expand as vexpand
+from vcluster import lifecycle, saltlink
 from vcluster.context import Context
 from vcluster.policy import load
 from vcluster.registry import Registry
@@ -39,7 +40,7 @@ def test_expand_lists_keys_once_and_clears_only_a_stale_one(tmp_path):
     first, second = ctx.policy.pools["p"].names[:2]
     keys.pending.add(second)  # an old guest of that name re-authenticated after its retire
 
-    ret = engine.expand(ctx, "htc", 2, wait=False)
+    ret = vexpand.expand(ctx, "htc", 2, wait=False)
 
     assert sorted(ret["nodes"]) == [first, second]
     # the keys are generated in parallel threads: one order per node, not across nodes
@@ -62,14 +63,14 @@ class ThreadKeys(CountingKeys):
 
 def test_a_burst_generates_its_keys_in_threads_and_keeps_the_node_order(tmp_path, monkeypatch):
     """Key generation (46 ms per node) releases the GIL: a burst generates keys on every core."""
-    monkeypatch.setattr(engine.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(lifecycle.os, "cpu_count", lambda: 4)
     keys = ThreadKeys()
     ctx = Context(policy=load(PILLAR), registry=Registry(tmp_path / "r.sqlite"), keys=keys,
                   slurm=MemorySlurm(), salt=None, events=Bus())
     provider = ctx._providers["lxd"] = SpecKeepingProvider()
     names = ctx.policy.pools["p"].names[:6]
 
-    ret = engine.expand(ctx, "htc", 6, wait=False)
+    ret = vexpand.expand(ctx, "htc", 6, wait=False)
 
     assert sorted(ret["nodes"]) == sorted(names)
     assert [s.name for s in provider.specs] == list(names)
@@ -107,7 +108,7 @@ def test_expand_hands_the_private_key_to_the_boot_files_only(tmp_path, master_op
                   slurm=MemorySlurm(), salt=None, events=events)
     provider = ctx._providers["lxd"] = SpecKeepingProvider()
     try:
-        ret = engine.expand(ctx, "htc", 2, wait=False)
+        ret = vexpand.expand(ctx, "htc", 2, wait=False)
         listing = keys.all()
     finally:
         ctx.close()
@@ -150,7 +151,7 @@ def test_a_provider_returning_fewer_instances_than_specs_fails_the_expand_and_le
                   keys=keys, slurm=MemorySlurm(), salt=None, events=Bus())
     provider = ShortProvider()
     ctx._providers["lxd"] = provider
-    ret = engine.expand(ctx, "htc", 2, wait=False)
+    ret = vexpand.expand(ctx, "htc", 2, wait=False)
     assert ret["result"] is False
     assert "returned 1 instance(s) for 2 node(s)" in ret["comment"], ret
     # the instance the provider made but did not return is found by its tags and deleted too

@@ -12,8 +12,9 @@ import copy
 
 import pytest
 
-from vcluster import engine, liveness
+from vcluster import liveness
 from vcluster import policy as _policy
+from vcluster import status as vstatus
 from vcluster.context import Context
 from vcluster.errors import PolicyError
 from vcluster.providers.base import Instance, Status
@@ -396,9 +397,9 @@ def test_bad_arguments_are_refused_before_any_call(env, kwargs, message):
 
 def test_status_warns_about_silent_minions(env):
     ctx = env()
-    assert engine.status(ctx)["warnings"] == []
+    assert vstatus.status(ctx)["warnings"] == []
     ctx.salt.connected -= {"vn2", "h1"}
-    warnings = engine.status(ctx)["warnings"]
+    warnings = vstatus.status(ctx)["warnings"]
     assert len(warnings) == 1 and warnings[0].startswith("the minion of h1, vn2 is not connected"), warnings
 
 

@@ -4,7 +4,8 @@ import types
 
 import pytest
 
-from vcluster import engine, membership
+from vcluster import expand as vexpand
+from vcluster import lifecycle, membership
 from vcluster.errors import SlurmError
 
 
@@ -83,7 +84,7 @@ def test_declared_nodes_are_waited_for_after_their_highstate(mode, monkeypatch):
 
 
 class JoinCtx:
-    """Just what engine.join touches, around a ScriptedSlurm and a highstate result."""
+    """Just what vexpand.join touches, around a ScriptedSlurm and a highstate result."""
 
     def __init__(self, slurm, highstate_ok):
         self.slurm = slurm
@@ -107,17 +108,17 @@ class JoinCtx:
 
 def test_join_collects_the_early_wait_after_the_highstate():
     slurm = ScriptedSlurm(["IDLE"])
-    ret = engine.join(JoinCtx(slurm, highstate_ok=True), "vn1")
+    ret = vexpand.join(JoinCtx(slurm, highstate_ok=True), "vn1")
     assert ret["result"] is True, ret
     assert [c[0] for c in slurm.calls] == ["watch", "highstate", "collect"]
 
 
 def test_failed_highstate_cancels_the_early_wait(monkeypatch):
     released = []
-    monkeypatch.setattr(engine, "fail_node",
+    monkeypatch.setattr(lifecycle, "fail",
                         lambda ctx, name, reason: released.append((name, reason, slurm.calls[-1][0])))
     slurm = ScriptedSlurm(["IDLE"])
-    ret = engine.join(JoinCtx(slurm, highstate_ok=False), "vn1")
+    ret = vexpand.join(JoinCtx(slurm, highstate_ok=False), "vn1")
     assert ret["result"] is False and "state munge failed" in ret["comment"]
     assert [c[0] for c in slurm.calls] == ["watch", "highstate", "cancel"]
     # cancelled before the node is released

@@ -2,7 +2,7 @@
 
 Nova plays its multi-create rules in the in-memory compute of
 test_openstack_batching.py (names ``<base>-<n>``, ``launch_index``, metadata
-refused before ACTIVE); the end-to-end check runs engine.expand and
+refused before ACTIVE); the end-to-end check runs expand.expand and
 reconcile on the simulated site of tests/sim/site.py.
 """
 
@@ -13,7 +13,8 @@ import pytest
 
 from tests.sim.site import Site
 from tests.unit.test_openstack_batching import FakeCompute, provider, spec
-from vcluster import engine, reconcile
+from vcluster import expand as vexpand
+from vcluster import reconcile
 from vcluster.providers.openstack import META_VALUE_LIMIT, batch_identity, batch_member, to_instance
 
 
@@ -89,7 +90,7 @@ def site(tmp_path):
 
 def test_expand_and_reconcile_on_batch_named_servers(site):
     """Reconcile maps the servers to their nodes from the batch's metadata: nothing orphaned, nothing lost."""
-    ret, measured = site.measure(lambda: engine.expand(site.ctx, "osb", 64, wait=False))
+    ret, measured = site.measure(lambda: vexpand.expand(site.ctx, "osb", 64, wait=False))
     assert {v["state"] for v in ret["nodes"].values()} == {"booting"}
     by_kind = measured["by_kind"]
     assert by_kind["novab:create"] == math.ceil(64 / 16)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from vcluster import engine, reconcile
+from vcluster import reconcile, reconcile_repair
 from vcluster.context import Context
 from vcluster.errors import ProviderError
 from vcluster.policy import load
@@ -348,10 +348,6 @@ def test_schedule_due(ctx):
     assert reconcile.scheduled(ctx)["skipped"] is True
 
 
-def test_engine_exposes_the_moved_reconcile():
-    assert engine.reconcile is reconcile.reconcile
-
-
 def test_bad_arguments_are_one_sentence(ctx):
     from vcluster.errors import PolicyError
 
@@ -364,10 +360,10 @@ def test_bad_arguments_are_one_sentence(ctx):
 def test_orphan_whose_name_is_allocated_again_is_left_alone(ctx):
     """LXD ids are names: a repair must not delete the instance of a node allocated since the survey."""
     prov(ctx).add("vn01", "vn01")
-    found, survey = reconcile.survey(ctx)
+    found, _ = reconcile.survey(ctx)
     (item,) = found["orphan_instance"]
     ctx.registry.allocate(ctx.policy.pools["p"], "htc", "lxd", 1, "again")
-    assert reconcile._repair(ctx, "orphan_instance", item, survey) == "node allocated meanwhile, left alone"
+    assert reconcile_repair.repair(ctx, "orphan_instance", item) == "node allocated meanwhile, left alone"
     assert "vn01" in prov(ctx).instances
 
 

@@ -9,7 +9,8 @@ import threading
 import types
 
 from tests.unit.test_reconcile import PILLAR, Bus, MemoryKeys, MemoryProvider, MemorySlurm
-from vcluster import engine, reconcile
+from vcluster import expand as vexpand
+from vcluster import lifecycle, reconcile
 from vcluster.context import Context
 from vcluster.errors import RegistryError
 from vcluster.policy import load
@@ -84,9 +85,9 @@ def test_duplicate_minion_start_events_join_once(tmp_path):
     views = shared_views()
     make = maker(tmp_path, views)
     ctx = make()
-    ret = engine.expand(ctx, "htc", 1, wait=False)
+    ret = vexpand.expand(ctx, "htc", 1, wait=False)
     (name,) = ret["nodes"]
-    results = run_together(make, [lambda c: engine.join(c, name)] * 6)
+    results = run_together(make, [lambda c: vexpand.join(c, name)] * 6)
     assert views["salt"].runs == [name]  # one highstate
     assert sum(1 for r in results if not r.get("ignored")) == 1
     assert ctx.registry.get(name).state == "ready"
@@ -96,10 +97,10 @@ def test_reconciles_racing_a_failing_join_release_once(tmp_path):
     views = shared_views()
     make = maker(tmp_path, views)
     ctx = make()
-    ret = engine.expand(ctx, "htc", 2, wait=False)
+    ret = vexpand.expand(ctx, "htc", 2, wait=False)
     names = sorted(ret["nodes"])
     # the join handler gives up on the nodes while three reconciles (grace=0) undo them
-    calls = [lambda c, n=n: engine.fail_node(c, n, "gave up") for n in names]
+    calls = [lambda c, n=n: lifecycle.fail(c, n, "gave up") for n in names]
     calls += [lambda c: reconcile.reconcile(c, apply=True, grace=0)] * 3
     results = run_together(make, calls, tolerate=(RegistryError,))
     for r in results[len(names):]:
@@ -116,16 +117,16 @@ def test_fail_node_reported_twice_at_once_does_not_raise(tmp_path):
     views = shared_views()
     make = maker(tmp_path, views)
     ctx = make()
-    (name,) = engine.expand(ctx, "htc", 1, wait=False)["nodes"]
+    (name,) = vexpand.expand(ctx, "htc", 1, wait=False)["nodes"]
     for _ in range(20):  # the window is small: try a few times
-        run_together(make, [lambda c, name=name: engine.fail_node(c, name, "gave up")] * 4)
-        (name,) = engine.expand(ctx, "htc", 1, wait=False)["nodes"]
+        run_together(make, [lambda c, name=name: lifecycle.fail(c, name, "gave up")] * 4)
+        (name,) = vexpand.expand(ctx, "htc", 1, wait=False)["nodes"]
 
 
 def test_concurrent_expands_never_share_a_name_or_address(tmp_path):
     views = shared_views()
     make = maker(tmp_path, views)
-    results = run_together(make, [lambda c: engine.expand(c, "htc", 2, wait=False)] * 4)
+    results = run_together(make, [lambda c: vexpand.expand(c, "htc", 2, wait=False)] * 4)
     names = [n for r in results for n in r["nodes"]]
     addrs = [v["address"] for r in results for v in r["nodes"].values()]
     assert len(names) == len(set(names)) == 8

@@ -5,7 +5,8 @@ import time
 import pytest
 
 from tests.unit.test_reconcile import PILLAR, Bus, MemoryKeys, MemoryProvider, MemorySlurm
-from vcluster import engine, retry
+from vcluster import expand as vexpand
+from vcluster import retry
 from vcluster.context import Context
 from vcluster.errors import PolicyError, ProviderError, ProviderTimeout, QuotaExceeded
 from vcluster.policy import load
@@ -75,7 +76,7 @@ def test_call_stops_at_attempts_deadline_and_permanent_errors():
 def test_expand_survives_one_failed_create(tmp_path):
     prov = Flaky(1)
     ctx = make_ctx(tmp_path, prov)
-    ret = engine.expand(ctx, "htc", 2, wait=False)
+    ret = vexpand.expand(ctx, "htc", 2, wait=False)
     assert ret["result"] is False  # wait=False: booting, not ready yet
     assert all(v["state"] == "booting" for v in ret["nodes"].values()), ret
     assert prov.calls["create"] == 2
@@ -88,7 +89,7 @@ def test_expand_survives_one_failed_create(tmp_path):
 def test_create_failing_every_time_releases_everything(tmp_path):
     prov = Flaky(99)
     ctx = make_ctx(tmp_path, prov, {"create_attempts": 2})
-    ret = engine.expand(ctx, "htc", 2)
+    ret = vexpand.expand(ctx, "htc", 2)
     assert ret["result"] is False and "creating instances failed" in ret["comment"]
     assert prov.calls["create"] == 2 and prov.instances == {}
     assert ctx.registry.nodes() == [] and ctx.keys.keys == set()
@@ -98,12 +99,12 @@ def test_profile_paused_after_repeated_failures(tmp_path):
     prov = Flaky(99)
     ctx = make_ctx(tmp_path, prov, {"create_attempts": 1, "failures": 2, "window": 60, "pause": 120})
     for _ in range(2):
-        assert engine.expand(ctx, "htc", 1)["result"] is False
+        assert vexpand.expand(ctx, "htc", 1)["result"] is False
     calls = prov.calls["create"]
     with pytest.raises(retry.ProfilePaused, match=r"profile htc is paused after 2 failed expands within 60 s"):
         retry.check_pause(ctx.registry, ctx.policy, "htc")
     # through the engine as well: refused without a provider call, and the refusal is no new failure
-    ret = engine.expand(ctx, "htc", 1)
+    ret = vexpand.expand(ctx, "htc", 1)
     assert ret["result"] is False and "is paused after" in ret["comment"]
     assert prov.calls["create"] == calls
     assert len(ctx.registry.failed_requests("htc", 0, exclude=retry.PAUSED_MARK)) == 2
@@ -121,7 +122,7 @@ def test_failures_far_apart_do_not_pause(tmp_path):
     pool = ctx.policy.pools["p"]
     for i, ago in enumerate((50, 20)):
         (n,) = ctx.registry.allocate(pool, "htc", "lxd", 1, f"r{i}")
-        ctx.registry.fail(n.name, "boom")
+        ctx.registry.transition(n.name, "failed", reason="boom")
         ctx.registry._db.execute("UPDATE audit SET ts = ? WHERE node_id = ? AND to_state = 'failed'",
                                  (time.time() - ago, n.id))
     assert retry.pause_state(ctx.registry, ctx.policy, "htc")[0] is None

@@ -75,7 +75,7 @@ def test_full_lifecycle_and_audit(reg):
     reg.transition("n1", "ready")
     reg.transition("n1", "draining", reason="retire")
     reg.transition("n1", "retiring", expect="draining")
-    released = reg.release("n1", "retired")
+    released = reg.transition("n1", "released", reason="retired")
     assert released.state == "released" and released.reason == "retired"
     assert reg.get("n1") is None
     assert reg.get("n1", include_released=True).state == "released"
@@ -157,11 +157,11 @@ def test_transitions_table():
 def test_fail_keeps_resources_until_release_then_reuse(reg):
     reg.allocate(POOL, "htc", "lxd", 3, "r1")
     reg.transition("n2", "booting")
-    failed = reg.fail("n2", "did not join within 300 s")
+    failed = reg.transition("n2", "failed", reason="did not join within 300 s")
     assert failed.state == "failed" and failed.reason == "did not join within 300 s"
     assert reg.counts() == {"htc": 3}  # a failed node still holds its name and address
     assert [n.name for n in reg.allocate(POOL, "htc", "lxd", 1, "r2")] == ["n4"]
-    released = reg.release("n2", "cleaned up")
+    released = reg.transition("n2", "released", reason="cleaned up")
     assert released.reason == "cleaned up"
     (again,) = reg.allocate(POOL, "mem", "lxd", 1, "r3")
     assert (again.name, again.address, again.profile) == ("n2", "10.0.0.11", "mem")
@@ -228,8 +228,8 @@ def test_pool_redefined(reg):
     assert [(n.name, n.address) for n in reg.allocate(other, "htc", "lxd", 1, "r3")] == [("n5", "10.0.0.15")]
     with pytest.raises(PoolExhausted):
         reg.allocate(bigger, "htc", "lxd", 1, "r4")
-    reg.fail("n1", "gone")
-    reg.release("n1", "gone")
+    reg.transition("n1", "failed", reason="gone")
+    reg.transition("n1", "released", reason="gone")
     assert reg.allocate(bigger, "htc", "lxd", 1, "r5")[0].name == "n1"
 
 
@@ -255,17 +255,15 @@ def test_job_map(reg):
     assert reg.map_jobs("n1", [101, "102"]) == {"added": ["101", "102"], "removed": []}
     assert reg.map_jobs("n2", ["200_1"], replace=False) == {"added": ["200_1"], "removed": []}
     assert reg.jobs_on("n1") == ["101", "102"]
-    assert reg.node_of_job(102) == "n1" and reg.node_of_job("200_1") == "n2"
-    assert reg.node_of_job("999") is None
     assert reg.map_jobs("n1", ["102", "103"]) == {"added": ["103"], "removed": ["101"]}
     assert reg.jobs_on("n1") == ["102", "103"]
-    assert reg.unmap_jobs(["103"]) == 1
+    assert reg.map_jobs("n1", ["102"]) == {"added": [], "removed": ["103"]}
     assert reg.jobs_on("n1") == ["102"]
     with pytest.raises(RegistryError, match="'n9' is not an active node"):
         reg.map_jobs("n9", ["1"])
-    reg.fail("n1", "lost")
-    reg.release("n1", "lost")
-    assert reg.jobs_on("n1") == [] and reg.node_of_job("102") is None
+    reg.transition("n1", "failed", reason="lost")
+    reg.transition("n1", "released", reason="lost")
+    assert reg.jobs_on("n1") == []
     assert reg.jobs_on("n2") == ["200_1"]
 
 
@@ -291,8 +289,8 @@ def _worker(path, worker, barrier, out):
         allocated += len(nodes)
         if i % 4 == 3:
             for node in nodes:
-                reg.fail(node.name, "test")
-                reg.release(node.name, "test")
+                reg.transition(node.name, "failed", reason="test")
+                reg.transition(node.name, "released", reason="test")
                 released += 1
     out.put((worker, allocated, released))
     reg.close()
@@ -339,8 +337,8 @@ def test_concurrent_allocations_never_collide(tmp_path):
 @pytest.mark.parametrize("held", [None, 999], ids=["held-marked-free", "free-marked-held"])
 def test_slots_out_of_step_are_rebuilt(reg, held):
     reg.allocate(POOL, "htc", "lxd", 3, "r")
-    reg.fail("n2", "x")
-    reg.release("n2", "x")
+    reg.transition("n2", "failed", reason="x")
+    reg.transition("n2", "released", reason="x")
     # someone edits the file: n1 looks free, or the free n2 looks held
     value = "n1" if held is None else "n2"
     reg._db.execute("UPDATE slots SET node_id = ? WHERE value = ?", (held, value))
@@ -388,8 +386,8 @@ def test_transition_many_moves_all_in_one_transaction_or_none(reg):
 
 def test_update_many_skips_released_nodes_and_names_them(reg):
     reg.allocate(POOL, "htc", "lxd", 2, "r")
-    reg.fail("n2", "gone meanwhile")
-    reg.release("n2", "gone meanwhile")
+    reg.transition("n2", "failed", reason="gone meanwhile")
+    reg.transition("n2", "released", reason="gone meanwhile")
     gone = reg.update_many({"n1": {"instance_id": "i-1", "host": "hv1"}, "n2": {"instance_id": "i-2"}})
     assert gone == {"n2"}
     assert (reg.get("n1").instance_id, reg.get("n1").host) == ("i-1", "hv1")

@@ -16,7 +16,9 @@ import os
 import pytest
 
 from tests.sim.site import Site
-from vcluster import autoscale, engine, liveness, reconcile
+from vcluster import autoscale, liveness, reconcile
+from vcluster import expand as vexpand
+from vcluster import status as vstatus
 from vcluster.providers import openstack
 
 CATEGORIES = ("salt", "slurm", "provider")
@@ -65,7 +67,7 @@ LISTINGS = ("slurm:scontrol show node", "slurm:squeue", "slurm:sinfo")
 @pytest.mark.parametrize("name, call, most, listings", [
     # most: Salt calls and provider calls at most (the site has 3 providers: one list each at most);
     # listings: the whole-cluster reads it makes
-    ("status", lambda ctx: engine.status(ctx), {"salt": 3, "provider": 2},
+    ("status", lambda ctx: vstatus.status(ctx), {"salt": 3, "provider": 2},
      {"slurm:scontrol show node": 1, "slurm:squeue": 1}),
     ("reconcile", lambda ctx: reconcile.reconcile(ctx, apply=True), {"salt": 2, "provider": 3},
      {"slurm:scontrol show node": 1}),
@@ -89,7 +91,7 @@ def test_a_periodic_operation_makes_the_same_calls_at_200_and_600_nodes(sites, n
 
 def test_status_and_reconcile_see_every_node_and_nothing_wrong(sites):
     site = sites(600)
-    status = engine.status(site.ctx)
+    status = vstatus.status(site.ctx)
     assert status["count"] == 600
     assert status["nodes"]["vn00000"]["slurm"] == "IDLE+DRAIN" and status["nodes"]["vn00000"]["state"] == "suspended"
     assert status["nodes"]["vn00010"]["slurm"] == "ALLOCATED" and len(status["nodes"]["vn00010"]["jobs"]) == 1
@@ -141,7 +143,7 @@ def test_a_liveness_round_makes_the_same_calls_at_100_and_1000_nodes(sites):
 
 def test_expand_calls_the_provider_once_per_batch(sites):
     site = sites(200, max_batch=16)
-    ret, calls, by_kind = calls_of(site, lambda: engine.expand(site.ctx, "htc", 64, wait=False))
+    ret, calls, by_kind = calls_of(site, lambda: vexpand.expand(site.ctx, "htc", 64, wait=False))
     assert {v["state"] for v in ret["nodes"].values()} == {"booting"}
     assert by_kind["provider:create"] == 4 and calls["provider"] == 4 + 1
     # keys: one listing and the master's public key, none per node; no Slurm call before the nodes boot
@@ -152,7 +154,7 @@ def test_expand_calls_the_provider_once_per_batch(sites):
 def test_openstack_expand_is_one_create_per_batch_plus_two_calls_per_server(sites):
     # 8 parts of key-sized user data (~3 KiB each) stay far below Nova's 64 KiB: batches of max_batch
     site = sites(200, max_batch=8)
-    ret, calls, by_kind = calls_of(site, lambda: engine.expand(site.ctx, "os", 64, wait=False))
+    ret, calls, by_kind = calls_of(site, lambda: vexpand.expand(site.ctx, "os", 64, wait=False))
     assert {v["state"] for v in ret["nodes"].values()} == {"booting"}
     assert by_kind["nova:create"] == math.ceil(64 / 8)
     assert by_kind["nova:list"] <= 3  # one list per poll round, every batch at once

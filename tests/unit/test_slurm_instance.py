@@ -20,7 +20,8 @@ import pathlib
 import pytest
 
 from tests.unit import test_suspend as ts
-from vcluster import suspend as sus
+from vcluster import migrate as mig
+from vcluster import suspend_resume as sus
 from vcluster.errors import SlurmError
 from vcluster.slurm import client as _client
 from vcluster.slurm import instance, parse, versions, vmtime
@@ -203,7 +204,7 @@ def test_record_takes_the_registry_row_and_the_profile(ctx):
 
 def test_migrate_records_the_new_host(ctx):
     c = ctx()
-    ret = sus.migrate(c, "vn1", host="h2")
+    ret = mig.migrate(c, "vn1", host="h2")
     assert ret["result"] is True
     assert c.slurm.instances["vn1"][2]["host"] == "h2"
     # after Slurm has the new address, before the node is ready again
@@ -217,7 +218,7 @@ def test_migrating_a_suspended_dynamic_node_leaves_the_fields(ctx, caplog):
     c.registry.transition("vn1", "suspending")
     c.registry.transition("vn1", "suspended")
     with caplog.at_level(logging.INFO, logger="vcluster.slurm.instance"):
-        assert sus.migrate(c, "vn1", host="h2")["result"] is True
+        assert mig.migrate(c, "vn1", host="h2")["result"] is True
     assert "set_instance" not in [call[0] for call in c.slurm.calls]
     assert "slurmdbd would end its drain event" in caplog.text
     assert c.registry.get("vn1").state == "suspended"
@@ -235,7 +236,7 @@ def test_a_drained_cloud_node_is_recorded(ctx, monkeypatch):
 def test_failure_warns_in_one_sentence_and_the_migration_goes_on(ctx, caplog):
     c = ctx(fail=SlurmError("scontrol update nodename=vn1 failed: Invalid node name specified"))
     with caplog.at_level(logging.WARNING, logger="vcluster.slurm.instance"):
-        assert sus.migrate(c, "vn1", host="h2")["result"] is True
+        assert mig.migrate(c, "vn1", host="h2")["result"] is True
     assert c.registry.get("vn1").state == "ready"
     (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert message == ("Slurm did not record the instance of node vn1 (sacctmgr show instance will not list it): "

@@ -1,4 +1,4 @@
-"""vcluster.suspend, vcluster.preempt against fakes of Slurm, Salt and a provider.
+"""vcluster.suspend_resume, vcluster.migrate, vcluster.preempt against fakes of Slurm, Salt and a provider.
 
 The registry and the policy are the real ones; Slurm, the minions and the
 provider are small in-memory stand-ins that record what was asked of them.
@@ -9,9 +9,10 @@ import copy
 import pytest
 
 from tests.unit.test_liveness import slurmd_seconds
+from vcluster import migrate as mig
 from vcluster import policy as _policy
 from vcluster import preempt, reconcile
-from vcluster import suspend as sus
+from vcluster import suspend_resume as sus
 from vcluster.context import Context
 from vcluster.errors import PolicyError, ProviderError
 from vcluster.providers.base import Host, Instance, Status
@@ -277,14 +278,14 @@ def test_migrate_updates_registry_and_slurm_address(env):
     ctx = env()
     calls = []
     ctx.slurm.update_node_addr = lambda name, addr: calls.append((name, addr))
-    ret = sus.migrate(ctx, "vn1", host="h2")
+    ret = mig.migrate(ctx, "vn1", host="h2")
     assert ret["result"] is True and ret["state"] == "ready"
     node = ctx.registry.get("vn1")
     assert (node.state, node.host, node.address) == ("ready", "h2", "10.9.0.19")
     assert calls == [("vn1", "10.9.0.19")]
     assert "vcluster/node/vn1/migrating" in ctx.events.fired
     with pytest.raises(PolicyError, match="host must differ"):
-        sus.migrate(ctx, "vn1", host="h2")
+        mig.migrate(ctx, "vn1", host="h2")
 
 
 def test_migrate_failure_restores_state(env):
@@ -296,7 +297,7 @@ def test_migrate_failure_restores_state(env):
 
     ctx.provider("lxd").migrate = refuse
     with pytest.raises(Exception, match="cannot migrate vn2: LXD needs CRIU"):
-        sus.migrate(ctx, "vn2", host="h2")
+        mig.migrate(ctx, "vn2", host="h2")
     assert ctx.registry.get("vn2").state == "suspended"
 
 
@@ -408,7 +409,7 @@ def test_preemption_trusts_only_the_controller_and_checks_slurm(env):
     [
         ({"liveness": {"timeout": 0}}, "vcluster:liveness:timeout must be a positive number, got 0"),
         ({"liveness": {"interval": 5}}, "vcluster:liveness:interval is not a known key"),
-        ({"suspend": {"mode": "shelve"}}, "vcluster:suspend:mode must be one of suspend | pause, got 'shelve'"),
+        ({"suspend": {"mode": "shelve"}}, r"vcluster:suspend:mode must be one of freeze \| pause \| save \| suspend, got 'shelve'"),
         ({"preemption": {"enabled": True, "partitions": ["batch"]}},
          "vcluster:preemption:preemptible must name at least one partition"),
         ({"preemption": {"partitions": "batch"}}, "vcluster:preemption:partitions must be a list"),

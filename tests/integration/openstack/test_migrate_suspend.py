@@ -10,8 +10,9 @@ with where Nova says the server is.
 import pytest
 
 from tests.integration.openstack.conftest import FLAVOR, make_spec
+from vcluster import migrate as mig
 from vcluster import policy as _policy
-from vcluster import suspend as sus
+from vcluster import suspend_resume as sus
 from vcluster.context import Context
 from vcluster.errors import VclusterError
 from vcluster.providers.base import Status
@@ -101,7 +102,7 @@ def other_host(host):
 def test_live_migrate_ready_node_keeps_registry_in_step(nova_node, os_provider):
     ctx, name, iid = nova_node
     source = ctx.registry.get(name).host
-    ret = sus.migrate(ctx, name, host=other_host(source))
+    ret = mig.migrate(ctx, name, host=other_host(source))
     assert ret["result"] is True and ret["state"] == "ready"
     server = os_provider.get(iid)
     node = ctx.registry.get(name)
@@ -138,7 +139,7 @@ def test_suspended_node_cannot_move_and_stays_consistent(nova_node, os_provider)
     assert sus.suspend(ctx, name, mode="suspend")["result"] is True
     assert os_provider.get(iid).status is Status.SUSPENDED
     with pytest.raises(VclusterError, match=f"cannot migrate {name}"):
-        sus.migrate(ctx, name, host=other_host(source))
+        mig.migrate(ctx, name, host=other_host(source))
     node = ctx.registry.get(name)
     assert (node.state, node.host) == ("suspended", source) and os_provider.get(iid).host == source
     assert sus.resume(ctx, name)["result"] is True

@@ -1,4 +1,4 @@
-"""Suspend, resume and migrate virtual nodes with their Slurm jobs intact.
+"""Suspend and resume virtual nodes with their Slurm jobs intact.
 
 Suspend, per node (``ready -> suspending -> suspended``):
 
@@ -10,7 +10,7 @@ Suspend, per node (``ready -> suspending -> suspended``):
 
 Resume reverses it (``suspended -> resuming -> ready``): provider resume
 (optionally on another host, where the provider can move a suspended
-instance), wait until the node's minion answers and its slurmd runs,
+instance: :mod:`vcluster.migrate`), wait until the node's minion answers and its slurmd runs,
 ``scontrol resume`` the jobs, undrain (only a drain vcluster set).
 
 Slurm must not declare a frozen node dead: the cluster runs with
@@ -27,42 +27,18 @@ import time
 
 import hostlist
 
-from vcluster import membership
+from vcluster import lifecycle, membership
 from vcluster.arguments import flag, node_names, positive_int
-from vcluster.errors import InvalidTransition, PolicyError, VclusterError, sentence
-from vcluster.slurm import instance as _instance
+from vcluster.errors import PolicyError, VclusterError, sentence
+from vcluster.migrate import migrate
+from vcluster.nodestates import ADMIN_REASON, WARM_REASON
 from vcluster.slurm.client import HOLD_REASON
 
 log = logging.getLogger(__name__)
 
 #: Slurm node reason vcluster sets while a node is suspended.
 DRAIN_REASON = HOLD_REASON
-#: Registry reasons; resume after a preempting job only touches PREEMPTED ones.
-ADMIN_REASON = "suspended by admin"
-PREEMPTED_PREFIX = "preempted by job "
-#: An idle node kept frozen for the next demand: Slurm's power-up (cloud
-#: membership, vcluster.powersave) or the queue autoscaler (vcluster.autoscale).
-WARM_REASON = "warm pool"
 MODES = ("suspend", "pause")
-
-
-# -- small adapters over the context ---------------------------------------------
-
-
-def slurm_call(ctx, fun, *args, **kwargs):
-    """Call ``fun`` of the controller's ``slurm`` module through ``ctx.slurm``."""
-    return getattr(ctx.slurm, fun)(*args, **kwargs)
-
-
-def probe(ctx, names, timeout):
-    """``{name: seconds slurmd has run | None (minion answers, no slurmd)}``; silent nodes are absent."""
-    names = list(names)
-    return ctx.salt.probe(names, timeout) if names else {}
-
-
-def set_node_addr(ctx, name, address):
-    """``scontrol update nodename=NAME nodeaddr=ADDR`` on the controller."""
-    return ctx.slurm.update_node_addr(name, address)
 
 
 def _mode(ctx, mode):
@@ -73,18 +49,6 @@ def _mode(ctx, mode):
     return mode
 
 
-def _registry_nodes(ctx, names, allowed, verb):
-    found = {}
-    for name in names:
-        node = ctx.registry.get(name)
-        if node is None or node.state == "released":
-            raise PolicyError(f"nodes must be vcluster nodes; {name!r} is not in the registry")
-        if node.state not in allowed:
-            raise PolicyError(f"node {name} is {node.state}; only {' or '.join(allowed)} nodes can be {verb}")
-        found[name] = node
-    return found
-
-
 def _node_jobs(ctx, names, states, all_jobs=None):
     """``{node: [job dict, ...]}`` for the jobs in ``states`` on ``names``; one Slurm call.
 
@@ -93,7 +57,7 @@ def _node_jobs(ctx, names, states, all_jobs=None):
     out = {n: [] for n in names}
     if not names:
         return out
-    for job in all_jobs if all_jobs is not None else slurm_call(ctx, "jobs", nodes=list(names)):
+    for job in all_jobs if all_jobs is not None else ctx.slurm.jobs(nodes=list(names)):
         if job.get("state") not in states:
             continue
         for n in job.get("nodes", []):
@@ -120,7 +84,7 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None, test=False):
     mode = _mode(ctx, mode)
     test = flag(test, "test")
     reason = reason or ADMIN_REASON
-    found = _registry_nodes(ctx, names, ("ready", "suspended"), "suspended")
+    found = lifecycle.held(ctx, names, ("ready", "suspended"), "suspended")
     todo = [n for n in names if found[n].state == "ready"]
     for name in todo:
         if not found[name].instance_id:
@@ -197,8 +161,7 @@ def _per_node(ctx, names, todo, found, done, action, label, doing):
 
 def _suspend_one(ctx, node, mode, reason, jobs, suspended_jobs):
     name = node.name
-    ctx.registry.transition(name, "suspending", expect="ready", actor=ctx.actor, reason=reason)
-    ctx.node_event(name, "suspending", mode=mode, reason=reason)
+    lifecycle.move(ctx, name, "suspending", expect="ready", reason=reason, event={"mode": mode, "reason": reason})
     # a job on several nodes of this request is suspended once, for the first
     fresh = [j["id"] for j in jobs if j.get("state") == "RUNNING" and j["id"] not in suspended_jobs]
     shared = [j["id"] for j in jobs if j["id"] in suspended_jobs]
@@ -206,22 +169,22 @@ def _suspend_one(ctx, node, mode, reason, jobs, suspended_jobs):
     try:
         # one controller call: drain (keeping an admin's drain) and scontrol
         # suspend; it undoes itself when one of its steps fails
-        held = slurm_call(ctx, "hold_node", name, fresh, DRAIN_REASON)
+        held = ctx.slurm.hold_node(name, fresh, DRAIN_REASON)
         suspended_jobs.update(fresh)
         ctx.registry.map_jobs(name, [str(j) for j in fresh + shared])
         done = ctx.provider(node.provider).suspend(node.instance_id, mode=mode)
     except Exception:
         # put the node back as it was: jobs running, drain lifted, ready
         if held is not None:
-            _quiet(slurm_call, ctx, "release_node", name, fresh, DRAIN_REASON)
+            _quiet(ctx.slurm.release_node, name, fresh, DRAIN_REASON)
             suspended_jobs.difference_update(fresh)
         _quiet(ctx.registry.map_jobs, name, [])
-        ctx.registry.transition(name, "ready", expect="suspending", actor=ctx.actor)
-        ctx.node_event(name, "ready", reason="suspend failed", jobs_resumed=bool(held and fresh))
+        lifecycle.move(ctx, name, "ready", expect="suspending",
+                       event={"reason": "suspend failed", "jobs_resumed": bool(held and fresh)})
         raise
-    ctx.registry.transition(name, "suspended", expect="suspending", actor=ctx.actor, reason=reason)
     extra = {"freed_mib": done["freed_mib"]} if isinstance(done, dict) and done.get("freed_mib") is not None else {}
-    ctx.node_event(name, "suspended", mode=mode, reason=reason, jobs=[str(j) for j in fresh + shared], **extra)
+    lifecycle.move(ctx, name, "suspended", expect="suspending", reason=reason,
+                   event=dict(mode=mode, reason=reason, jobs=[str(j) for j in fresh + shared], **extra))
     return done
 
 
@@ -241,7 +204,7 @@ def resume(ctx, nodes, host=None, timeout=None, test=False):
         raise PolicyError(f"host must be a hypervisor name, got {host!r}")
     timeout = ctx.policy.suspend.resume_timeout if timeout is None else positive_int(timeout, "timeout")
     test = flag(test, "test")
-    found = _registry_nodes(ctx, names, ("suspended", "ready"), "resumed")
+    found = lifecycle.held(ctx, names, ("suspended", "ready"), "resumed")
     todo = [n for n in names if found[n].state == "suspended"]
     warm = [n for n in todo if found[n].reason == WARM_REASON and membership.mode_of(ctx, found[n]) == "cloud"]
     if warm:
@@ -275,8 +238,7 @@ def resume(ctx, nodes, host=None, timeout=None, test=False):
 
 def _resume_one(ctx, node, timeout):
     name = node.name
-    ctx.registry.transition(name, "resuming", expect="suspended", actor=ctx.actor)
-    ctx.node_event(name, "resuming")
+    lifecycle.move(ctx, name, "resuming", expect="suspended")
     deadline = time.monotonic() + float(timeout)
     try:
         inst = ctx.provider(node.provider).resume(node.instance_id)
@@ -285,15 +247,13 @@ def _resume_one(ctx, node, timeout):
         _wait_alive(ctx, name, deadline)
         # one controller call: scontrol resume the mapped jobs still
         # suspended, then lift the drain if it is vcluster's
-        slurm_call(ctx, "release_node", name, sorted(ctx.registry.jobs_on(name)), DRAIN_REASON)
+        ctx.slurm.release_node(name, sorted(ctx.registry.jobs_on(name)), DRAIN_REASON)
     except Exception as exc:
-        ctx.registry.transition(name, "suspended", expect="resuming", actor=ctx.actor,
-                                reason=f"resume failed: {sentence(exc)}")
-        ctx.node_event(name, "suspended", reason="resume failed")
+        lifecycle.move(ctx, name, "suspended", expect="resuming", reason=f"resume failed: {sentence(exc)}",
+                       event={"reason": "resume failed"})
         raise
     ctx.registry.map_jobs(name, [])
-    ctx.registry.transition(name, "ready", expect="resuming", actor=ctx.actor)
-    ctx.node_event(name, "ready", resumed=True)
+    lifecycle.move(ctx, name, "ready", expect="resuming", event={"resumed": True})
 
 
 def _wait_alive(ctx, name, deadline):
@@ -304,75 +264,13 @@ def _wait_alive(ctx, name, deadline):
         if left <= 0:
             raise VclusterError(f"{name} was resumed by its provider but {last} within the resume timeout")
         asked = time.monotonic()
-        answers = probe(ctx, [name], min(left, 10))
+        answers = ctx.salt.probe([name], min(left, 10))
         if name in answers:
             if answers[name] is not None:
                 return
             last = "its slurmd is not running"
         # poll at most once a second (a probe of an absent minion may return at once)
         time.sleep(min(max(0.0, 1.0 - (time.monotonic() - asked)), max(0.0, deadline - time.monotonic())))
-
-
-# -- migrate ------------------------------------------------------------------------------
-
-
-def migrate(ctx, node, host=None, live=True, test=False):
-    """Move ``node`` to hypervisor ``host`` (or the provider's choice), jobs and all.
-
-    The node keeps its name; registry ``host`` (and ``address``, should the
-    provider change it) follow, and Slurm gets the new NodeAddr. A ``ready``
-    node goes ``migrating -> ready``, a ``suspended`` one ``migrating ->
-    suspended``. Providers that cannot move the instance say so and
-    nothing changes. ``test=True`` validates and says what would be done.
-    """
-    names = node_names(node, what="node")
-    if len(names) != 1:
-        raise PolicyError(f"node must name one node, got {node!r}")
-    name = names[0]
-    if host is not None and (not isinstance(host, str) or not host.strip()):
-        raise PolicyError(f"host must be a hypervisor name, got {host!r}")
-    live = flag(live, "live")
-    test = flag(test, "test")
-    found = _registry_nodes(ctx, [name], ("ready", "suspended"), "migrated")[name]
-    if not found.instance_id:
-        raise PolicyError(f"node {name} has no instance to migrate")
-    if host and host == found.host:
-        raise PolicyError(f"host must differ from the node's current host, got {host!r}")
-    back = found.state
-    target = host or "a host the provider chooses"
-    if test:
-        return {"result": None, "test": True, "node": name, "state": back,
-                "comment": (f"would move {name} ({back}, instance {found.instance_id}) from "
-                            f"{found.host or 'its current host'} to {target} (live={live}); the registry and "
-                            f"Slurm's NodeAddr would follow and it would stay {back}")}
-    ctx.events.progress(f"migrating {name} from {found.host} to {target}", node=name)
-    ctx.registry.transition(name, "migrating", expect=back, actor=ctx.actor)
-    ctx.node_event(name, "migrating", source=found.host, target=host)
-    try:
-        inst = ctx.provider(found.provider).migrate(found.instance_id, host=host, live=live)
-    except Exception as exc:
-        ctx.registry.transition(name, back, expect="migrating", actor=ctx.actor)
-        ctx.node_event(name, back, reason="migration failed")
-        raise VclusterError(f"cannot migrate {name}: {sentence(exc)}") from exc  # noqa: SLF001
-    fields = {}
-    if inst.host and inst.host != found.host:
-        fields["host"] = inst.host
-    address_changed = bool(inst.address and found.address and inst.address != found.address)
-    if address_changed:
-        fields["address"] = inst.address
-    if fields:
-        ctx.registry.update(name, **fields)
-    if address_changed:
-        set_node_addr(ctx, name, inst.address)
-    _instance.record(ctx, name, drained=back == "suspended")  # Slurm's cloud accounting (23.11+); never raises
-    try:
-        ctx.registry.transition(name, back, expect="migrating", actor=ctx.actor)
-    except InvalidTransition:
-        pass
-    ctx.node_event(name, back, migrated=True, source=found.host, host=inst.host, address=inst.address)
-    ctx.events.progress(f"{name} moved to {inst.host}", node=name, host=inst.host)
-    return {"result": True, "comment": f"{name} moved from {found.host} to {inst.host}",
-            "node": name, "state": back, "host": inst.host, "address": inst.address}
 
 
 def _quiet(func, *args):
