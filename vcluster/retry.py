@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 PERMANENT_WORDS = ("no image", "quota", "not found in policy", "is required", "already has instances")
 #: Marks the refusal of a paused profile (refusals are not failures themselves).
 PAUSED_MARK = "is paused after"
+#: Defaults of a provider's API-call retries: retries after the first try, seconds one call may
+#: spend retrying, seconds before the first retry (doubled after each). OpenStack's
+#: ``api_retries``, ``api_retry_deadline`` and ``api_retry_backoff`` default to these.
+API_RETRIES, API_RETRY_DEADLINE, API_RETRY_BACKOFF = 4, 60.0, 0.5
 
 
 class ProfilePaused(PolicyError):
@@ -55,8 +59,8 @@ def call(func, attempts, backoff, deadline, is_transient=transient, before_retry
          clock=time.monotonic, wait=None, quiet=False):
     """``func()``, tried up to ``attempts`` times until ``deadline`` (a ``clock`` value).
 
-    The one retry loop of the product (provider creates, every OpenStack
-    API call, Salt wheel calls). Waits ``backoff``, then twice as long, ...
+    The one retry loop of the product (provider creates, every API call of
+    the OpenStack, LXD and OpenNebula providers, Salt wheel calls). Waits ``backoff``, then twice as long, ...
     between tries (never past the deadline). ``before_retry(exc)`` runs
     before each new try (clean-up), ``on_retry(attempt, exc, delay)``
     reports it (``quiet``: only it; otherwise a warning is logged too). The
@@ -87,6 +91,44 @@ def call(func, attempts, backoff, deadline, is_transient=transient, before_retry
             if before_retry is not None:
                 before_retry(exc)
             delay = delay * 2 if delay > 0 else 0
+
+
+def api_call(func, is_transient, retries=API_RETRIES, backoff=API_RETRY_BACKOFF, deadline=API_RETRY_DEADLINE,
+             on_retry=None, wait=time.sleep):
+    """``func()`` as one provider API call: :func:`call` with ``retries`` retries within ``deadline`` s.
+
+    Quiet (the provider's ``on_retry`` reports); ``is_transient(exc)`` is the
+    provider's own reading of its API's errors. The last error is raised
+    unchanged: the provider maps it to its one-sentence message.
+    """
+    return call(func, retries + 1, backoff, time.monotonic() + deadline, is_transient=is_transient,
+                on_retry=on_retry, wait=wait, quiet=True)
+
+
+def causes(exc):
+    """``exc`` and every exception behind it (``__cause__``, ``__context__``, ``reason``, exception args)."""
+    seen, todo = [], [exc]
+    while todo:
+        current = todo.pop()
+        if not isinstance(current, BaseException) or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo.extend([current.__cause__, current.__context__, getattr(current, "reason", None), *current.args])
+    return seen
+
+
+def unsent(exc):
+    """True when ``exc`` shows that the request never reached the server.
+
+    Connection refused, a missing unix socket, a failed name lookup or a
+    connect timeout: a call that failed so may be sent again even when it
+    is not idempotent (a create). A reset or a read timeout after the
+    request went out is not such a proof.
+    """
+    import urllib3.exceptions
+
+    never = (ConnectionRefusedError, FileNotFoundError, urllib3.exceptions.ConnectTimeoutError)
+    return any(isinstance(e, never) for e in causes(exc))
 
 
 def create(ctx, profile, provider, specs):
