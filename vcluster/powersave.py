@@ -13,8 +13,8 @@ hands the event to :func:`handle` on the master, where the credentials are.
   (:meth:`Registry.allocate_named`), create their instances (the node's
   configless ``slurmd --conf-server -N <name>`` registers the declared node
   after the usual join), or thaw a node of the warm pool;
-* suspend: retire the nodes (idle by definition), or keep them suspended in
-  the provider when the profile's warm pool is short;
+* suspend (:func:`power_down`): retire the nodes (idle by definition), or
+  keep them suspended in the provider when the profile's warm pool is short;
 * resume_fail: fail and release the node, set it DOWN in Slurm with a reason.
 
 Nothing here waits for a node to join: the minion start event does that
@@ -55,7 +55,7 @@ def handle(ctx, action, nodes, sender, resume_file=None):
     if action == "resume":
         return resume(ctx, names, resume_file=resume_file)
     if action == "suspend":
-        return suspend(ctx, names)
+        return power_down(ctx, names)
     return resume_fail(ctx, names)
 
 
@@ -212,8 +212,8 @@ def _warm_short(ctx, profile):
     return len(held) < scale.warm_pool
 
 
-def suspend(ctx, names):
-    """Slurm powered ``names`` down: retire them, or keep them warm (suspended)."""
+def power_down(ctx, names):
+    """Slurm powered ``names`` down (its ``suspend`` action): retire them, or keep them warm (suspended)."""
     result = {}
     for name in names:
         node = ctx.registry.get(name)

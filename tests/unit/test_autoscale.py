@@ -358,7 +358,7 @@ def test_suspend_keeps_warm_pool_and_resume_thaws_it(ctx):
     with_warm(ctx, 1)
     powersave.resume(ctx, ["cn01", "cn02"])
     join(ctx, ["cn01", "cn02"])
-    ret = powersave.suspend(ctx, ["cn01", "cn02"])
+    ret = powersave.power_down(ctx, ["cn01", "cn02"])
     assert ret["nodes"] == {"cn01": "suspended (warm pool)", "cn02": "released"}
     assert ctx.registry.get("cn01").state == "suspended"
     assert ctx.provider("lxd").frozen == {"i-cn01"}
@@ -372,7 +372,7 @@ def warm_node(ctx):
     with_warm(ctx, 1)
     powersave.resume(ctx, ["cn01"])
     join(ctx, ["cn01"])
-    assert powersave.suspend(ctx, ["cn01"])["nodes"] == {"cn01": "suspended (warm pool)"}
+    assert powersave.power_down(ctx, ["cn01"])["nodes"] == {"cn01": "suspended (warm pool)"}
 
 
 def test_a_warm_pool_node_is_retired_as_it_is(ctx):
