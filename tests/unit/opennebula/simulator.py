@@ -117,9 +117,14 @@ class OneSimulator:
         return _InProcess(self)
 
     @contextlib.contextmanager
-    def serve(self):
-        """A loopback HTTP XML-RPC endpoint; yields its URL."""
-        server = xmlrpc.server.SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False, allow_none=False)
+    def serve(self, port=0, handler=xmlrpc.server.SimpleXMLRPCRequestHandler):
+        """A loopback HTTP XML-RPC endpoint on ``port`` (0: any free one); yields its URL.
+
+        ``handler``: the request handler class (tests/unit/opennebula/test_retries.py
+        fails chosen requests at the HTTP level with one).
+        """
+        server = xmlrpc.server.SimpleXMLRPCServer(("127.0.0.1", port), requestHandler=handler,
+                                                  logRequests=False, allow_none=False)
         server.register_instance(_Dispatcher(self))
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()

@@ -368,25 +368,41 @@ def test_get(replay):
 # -- errors, timeouts, credentials -------------------------------------------------------------
 
 def test_transport_failures(replay):
+    """How each failure reads once no try is left (retries off here; test_retries.py has them)."""
     provider = replay("transport_errors.json")
-    with pytest.raises(ProviderTimeout, match="did not answer one.vmpool.infoextended within 30 s"):
+    provider._one.retries = 0
+    with pytest.raises(ProviderTimeout, match="did not answer one.vmpool.infoextended within 30 s$"):
         provider.list("demo")
-    with pytest.raises(ProviderError, match=f"cannot reach OpenNebula at {ENDPOINT}"):
+    with pytest.raises(ProviderError, match=f"cannot reach OpenNebula at {ENDPOINT} for one.vmpool.infoextended "):
         provider.list("demo")
     with pytest.raises(ProviderError, match="database is locked"):
         provider.list("demo")
+
+
+def test_a_read_rides_through_transport_failures_but_not_an_internal_error(replay):
+    """The same exchanges with retries: one list() call, tried three times; INTERNAL is oned's answer."""
+    provider = replay("transport_errors.json")
+    waits = []
+    provider._one.wait = waits.append
+    with pytest.raises(ProviderError, match="database is locked"):
+        provider.list("demo")
+    assert waits == [0.5, 1.0]
+    assert provider.calls == {"list": 1, "retry": 2}
 
 
 def test_real_socket_timeout_is_a_provider_timeout(credentials_file):
     """A loopback server that accepts and never answers; no fixed sleep."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
+        listener.listen(8)
         port = listener.getsockname()[1]
         provider = OpenNebulaProvider("one", {"endpoint": f"http://127.0.0.1:{port}/RPC2",
                                               "credentials_file": credentials_file, "timeout": 0.3})
-        with pytest.raises(ProviderTimeout, match="within 0.3 s"):
+        waits = []
+        provider._one.wait = waits.append  # the backoff's length is checked, not slept
+        with pytest.raises(ProviderTimeout, match="within 0.3 s after 5 tries$"):
             provider.hosts()
+        assert waits == [0.5, 1.0, 2.0, 4.0] and provider.calls == {"hosts": 1, "retry": 4}
         provider.close()
 
 

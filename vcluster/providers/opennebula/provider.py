@@ -108,10 +108,15 @@ class OpenNebulaProvider(Provider):
     # -- the one place that talks to OpenNebula ----------------------------
 
     def _call(self, kind, method, *args):
-        """Call ``one.<method>`` (counted as ``kind``); every failure is a vcluster error."""
+        """Call ``one.<method>`` (counted as ``kind``, its retries as ``retry``); every failure is a vcluster error."""
         self.calls[kind] += 1
         log.debug("opennebula %s: one.%s", self.name, method)
-        return self._one.call(method, *args)
+        before = self._one.retried
+        try:
+            return self._one.call(method, *args)
+        finally:
+            if self._one.retried > before:
+                self.calls["retry"] += self._one.retried - before
 
     # -- reading VMs ---------------------------------------------------------
 
