@@ -190,10 +190,10 @@ def remove(ctx, node, reason, instance=True, slurm="leave", strict=("instance", 
     """Take ``node`` out of everything, then release it.
 
     In order: its instance (``instance=False``: none to delete, or the
-    caller deleted it), Slurm, its minion key, and last its name and address
-    (``released`` with ``reason``, and the event; a node neither ``retiring``
-    nor ``failed``, one whose creation failed, goes ``failed`` just before). ``slurm`` says how it
-    leaves Slurm: ``"leave"`` by its membership (:func:`vcluster.membership.leave`),
+    caller deleted it), Slurm, its minion key, and last its name and
+    address (``released`` with ``reason``, and the event; a node neither
+    ``retiring`` nor ``failed``, one whose creation failed, goes ``failed``
+    just before). ``slurm`` says how it leaves Slurm: ``"leave"`` by its membership (:func:`vcluster.membership.leave`),
     ``"dynamic"`` deleted only when it is a dynamic node and absent is fine
     (a failed join), ``None`` not at all (Slurm powered it down itself).
     A failure of a step named in ``strict`` stops the removal and is
@@ -241,9 +241,8 @@ def fail(ctx, name, reason):
 def release(ctx, name, reason, delete_instance=True):
     """Delete instance, Slurm node and key of ``name`` (each step may fail); free its name and address.
 
-    Released
-    by another process meanwhile (expand's deadline and the join handler
-    failing it at once) is the end state wanted: no error then.
+    Released by another process meanwhile (expand's deadline and the join
+    handler failing it at once) is the end state wanted: no error then.
     """
     node = ctx.registry.get(name)
     if node is None:
