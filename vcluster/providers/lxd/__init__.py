@@ -28,8 +28,14 @@ before its first start; note that the image renders ``/etc/hostname`` and
 ``spec.extra`` may hold ``config`` and ``devices`` dicts merged into the
 instance (for example a disk device sharing a host directory).
 
+Requests LXD could not take are tried again through
+:func:`vcluster.retry.api_call` (the defaults OpenStack's ``api_retry_*``
+have): a refused, missing or reset socket and LXD's 503 while it starts or
+shuts down; a request that changes something only when it never left or was
+answered 503. Not found, already exists and failed operations are answers.
+
 Modules: :mod:`.provider` (the class), :mod:`.api` (client, requests,
-error mapping, the urllib3 log filter), :mod:`.create` (container
+retries, error mapping, the urllib3 log filter), :mod:`.create` (container
 creation and rollback), :mod:`.data` (status words, tags, addresses,
 limits read from LXD's answers). The driver's options are in
 :mod:`vcluster.providers.lxd_options`.

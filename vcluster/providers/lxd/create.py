@@ -10,12 +10,9 @@ import concurrent.futures
 import re
 import secrets
 
-import pylxd.exceptions
-import requests
-
 from vcluster.errors import ProviderError
 from vcluster.providers.base import Instance, Status, spec_names
-from vcluster.providers.lxd.api import Missing, translate
+from vcluster.providers.lxd.api import Missing
 from vcluster.providers.lxd.data import TAG_PREFIX
 
 #: Config key marking the create() call that made an instance: a rollback
@@ -106,16 +103,23 @@ class CreateContainers:
     def _create_one(self, spec, fingerprint, request, created):
         what = f"create {spec.name}"
         body = self._instance_body(spec, fingerprint, request)
-        self._count("create")
+
+        def accepted():
+            with self._lock:
+                created.append(spec.name)
+
+        # Sent again only after LXD's 503 or when it never left (api.py); a
+        # POST lost after it went out may still have made the container, so
+        # the rollback looks at it too (it deletes only what carries
+        # REQUEST_KEY = this call's mark, never a namesake).
         try:
-            response = self.client.api.instances.post(json=body)
-        except pylxd.exceptions.LXDAPIException as exc:
-            raise translate(what, str(exc)) from exc
-        except requests.RequestException as exc:
-            raise ProviderError(f"{what}: LXD did not answer ({exc})") from exc
-        with self._lock:
-            created.append(spec.name)  # accepted; the rollback still checks REQUEST_KEY
-        self._wait_operation(response.json()["operation"], what)
+            self._request("create", "post", self.client.api.instances, what, accepted=accepted, json=body)
+        except ProviderError as exc:
+            if spec.name not in created:
+                accepted()
+            if isinstance(exc, Missing):  # an answer about the request (image, pool), not the instance
+                raise ProviderError(str(exc)) from exc
+            raise
         for boot_file in spec.boot_files:
             self._push_file(spec.name, boot_file)
         self._set_state(spec.name, "start", f"start {spec.name}")
@@ -141,10 +145,12 @@ class CreateContainers:
         what = f"push {boot_file.path} into {name}"
         data = boot_file.content.encode() if isinstance(boot_file.content, str) else boot_file.content
         try:
-            self._request("file", "post", node, what, params={"path": boot_file.path}, data=data, headers=headers)
+            self._request("file", "post", node, what, idempotent=True,  # overwrites: may be sent twice
+                          params={"path": boot_file.path}, data=data, headers=headers)
         except Missing:
             self._make_parents(name, boot_file.path)
-            self._request("file", "post", node, what, params={"path": boot_file.path}, data=data, headers=headers)
+            self._request("file", "post", node, what, idempotent=True,
+                          params={"path": boot_file.path}, data=data, headers=headers)
 
     def _make_parents(self, name, path):
         node = self.client.api.instances[name].files

@@ -8,7 +8,9 @@ the package docstring lists the options.
 import concurrent.futures
 import re
 import threading
+import time
 
+from vcluster import retry
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError
 from vcluster.providers.base import Host, Instance, Provider, Status, SuspendModes
 from vcluster.providers.lxd.api import LxdApi, Missing
@@ -38,8 +40,13 @@ class LxdProvider(LxdApi, CreateContainers, Provider):
         self.privileged = bool(self.config.get("privileged"))
         self.timeout = float(self.config.get("timeout") or 120)
         self.parallel = max(1, int(self.config.get("parallel") or 4))
+        # retries of one request (api.py): the product's defaults, as OpenStack's api_retry_* have
+        self.retries = retry.API_RETRIES
+        self.retry_deadline = retry.API_RETRY_DEADLINE
+        self.retry_backoff = retry.API_RETRY_BACKOFF
+        self._wait = time.sleep  # between two tries
         self._client = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered: a retry of the first connect is counted under it
 
     def delete(self, instance_ids):
         """Stop (forcefully) and delete instances; missing ones are ignored.
