@@ -36,7 +36,8 @@ class Faults:
         self._lock = threading.Lock()
 
     def fail(self, n, method, how):
-        """The next ``n`` calls of ``method`` fail: "503", "500", "drop" (not run), "lost" (run, answer lost)."""
+        """The next ``n`` calls of ``method`` fail: "503", "500", "drop" (not run), "lost" (run, answer
+        lost), "ran-500" (run, then answered 500)."""
         with self._lock:
             self.plan.append([n, method, how])
 
@@ -63,8 +64,10 @@ class Faults:
                 how = faults.take(xmlrpc.client.loads(data)[1])
                 if how is None:
                     return data
-                if how in ("500", "503"):
-                    self.send_response(int(how))
+                if how == "ran-500":  # e.g. a proxy whose upstream ran the call, then failed
+                    self.server._marshaled_dispatch(data, None, self.path)
+                if how in ("500", "503", "ran-500"):
+                    self.send_response(int(how[-3:]))
                     self.send_header("Content-length", "0")
                     self.end_headers()
                     return None
@@ -180,6 +183,18 @@ def test_a_create_whose_answer_was_lost_is_not_sent_again_and_is_swept(provider,
     sim.tick(2)  # terminate-hard was taken: the VM leaves through its clean-up states
     assert vm.state == "DONE"
     assert "retry" not in provider.calls and provider.waits == []
+
+
+def test_a_create_answered_500_after_it_ran_is_not_sent_again_and_is_swept(provider, faults, sim):
+    faults.fail(1, "one.template.instantiate", "ran-500")
+    with pytest.raises(ProviderError) as err:
+        provider.create([spec("vnode001", "10.99.0.20", template=7)])
+    [vm] = sim.vms.values()
+    assert str(err.value) == (f"OpenNebula at {provider.endpoint} answered HTTP 500 to one.template.instantiate "
+                              f"of VM vnode001; terminated VM {vm.id} created by this request")
+    assert faults.count("one.template.instantiate") == 1 and provider.waits == []
+    sim.tick(2)
+    assert vm.state == "DONE"
 
 
 def test_an_action_answered_500_is_not_sent_again(provider, faults):

@@ -184,9 +184,11 @@ class Connection:
                 f"({exc.__class__.__name__})"
             ) from None
         except xmlrpc.client.ProtocolError as exc:
-            raise ProviderError(
+            error = ProviderError(
                 f"OpenNebula at {self.endpoint} answered HTTP {exc.errcode} to one.{method}{subject}{after}"
-            ) from None
+            )
+            error.http_status = exc.errcode
+            raise error from None
         except (xmlrpc.client.Fault, xmlrpc.client.ResponseError, xml.parsers.expat.ExpatError,
                 requests.RequestException, OSError, ValueError, SyntaxError, IndexError, TypeError) as exc:
             # a malformed answer (not XML-RPC, not OpenNebula's [ok, value, code])

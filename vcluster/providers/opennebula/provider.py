@@ -178,9 +178,10 @@ class OpenNebulaProvider(Provider):
                 created.append((str(vid), spec))
                 log.info("opennebula %s: instantiated VM %s for %s", self.name, vid, spec.name)
         except Exception as exc:
-            # after a timeout or a lost connection OpenNebula may have made a
-            # VM whose id we never saw: look for it by its tags too
-            uncertain = isinstance(exc, (ProviderTimeout, api.Unreachable))
+            # after a timeout, a lost connection or an HTTP 5xx OpenNebula may
+            # have made a VM whose id we never saw: look for it by its tags too
+            uncertain = (isinstance(exc, (ProviderTimeout, api.Unreachable))
+                         or getattr(exc, "http_status", 0) >= 500)
             note = self._cleanup(created, specs, sweep=uncertain)
             if isinstance(exc, api.NotFound):
                 self._template_ids.clear()  # a template was deleted since we looked it up
