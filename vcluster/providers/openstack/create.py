@@ -29,6 +29,7 @@ from vcluster.providers.openstack.servers import (
     tag_request,
     to_instance,
 )
+from vcluster.retry import call as retry_call
 
 log = logging.getLogger(__name__)
 
@@ -210,25 +211,29 @@ class CreateServers:
         """One POST /servers; not blindly retried, since a 5xx may still have created the servers.
 
         After a 5xx or a lost connection it lists the request's servers: when
-        the batch exists it goes on with it, otherwise it asks again (bounded).
+        the batch exists it goes on with it, otherwise it asks again (at most
+        ``api_retries`` more times, through :func:`vcluster.retry.call`).
         """
-        attempts = 0
-        while True:
+
+        def once():
             try:
                 return self._call("create", self.conn.compute.create_server, retry=False, **args)
             except ProviderError as exc:
                 status = getattr(exc, "http_status", None)
-                if status is None or not (status == 0 or status >= 500) or attempts >= self.retries:
+                if status is None or not (status == 0 or status >= 500):
                     raise
-            existing = [
-                s for s in self._list_request(request_id)
-                if (s.metadata or {}).get(META_PREFIX + "batch") == str(batch_no)
-            ]
-            if existing:
-                return existing[0]
-            attempts += 1
-            self._count("retry")
-            time.sleep(self.retry_backoff * (2 ** (attempts - 1)))
+                existing = [
+                    s for s in self._list_request(request_id)
+                    if (s.metadata or {}).get(META_PREFIX + "batch") == str(batch_no)
+                ]
+                if existing:
+                    return existing[0]
+                exc.unsent_batch = True  # Nova made nothing: asking again cannot double it
+                raise
+
+        return retry_call(once, self.retries + 1, self.retry_backoff, time.monotonic() + self.retry_deadline,
+                          is_transient=lambda exc: getattr(exc, "unsent_batch", False),
+                          on_retry=lambda *_: self._count("retry"), wait=time.sleep, quiet=True)
 
     def _list_request(self, request_id):
         return self._call("list", lambda: list(self.conn.compute.servers(details=True, tags=tag_request(request_id))))
