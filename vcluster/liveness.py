@@ -61,7 +61,7 @@ just now) is left to the next round, which judges it afresh.
 import logging
 import time
 
-from vcluster import lifecycle
+from vcluster import lifecycle, taskstate
 from vcluster.errors import PolicyError, VclusterError
 from vcluster.nodestates import WATCHED_STATES
 from vcluster.providers.base import Status
@@ -75,7 +75,7 @@ REASON_PREFIX = "vcluster liveness"
 #: that is gone altogether within SCHEDULE_TICK + PROBE_WAIT +
 #: vcluster:liveness:timeout (plus Salt's gather_job_timeout, which Salt
 #: spends on a minion that does not answer; as the former minion-only check).
-SCHEDULE_TICK = 10
+SCHEDULE_TICK = taskstate.TICKS["liveness"]
 DEAD_STATUSES = (Status.STOPPED, Status.ERROR, Status.DELETED)
 DOWN_WORDS = ("DOWN", "FAIL")
 #: Seconds the controller's SYN probe waits for silent slurmds (a listening

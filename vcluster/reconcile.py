@@ -38,17 +38,16 @@ really an orphan, not a node being born. A provider, key store or Slurm that
 cannot be read is reported and its checks are skipped: nothing is deleted on
 the strength of a failed listing.
 
-One reconcile applies at a time (``<registry>.reconcile.lock``); a second one
+One reconcile applies at a time (a lock in the registry, :mod:`vcluster.taskstate`); a second one
 returns at once. The master's ``vcluster_tasks`` engine runs it (see
 :mod:`vcluster.periodic`), every ``vcluster:reconcile:interval`` seconds.
 """
 
 import contextlib
-import fcntl
 import logging
-import os
 import time
 
+from vcluster import taskstate
 from vcluster.arguments import flag, seconds
 from vcluster.errors import PolicyError, RegistryError, sentence
 from vcluster.reconcile_repair import repair
@@ -57,29 +56,15 @@ from vcluster.reconcile_survey import KINDS, survey
 log = logging.getLogger(__name__)
 
 #: How often the master's ``vcluster_tasks`` engine looks whether a run is due (seconds).
-SCHEDULE_TICK = 60
+SCHEDULE_TICK = taskstate.TICKS["reconcile"]
 
 
 @contextlib.contextmanager
 def _exclusive(registry):
-    """Hold ``<registry>.reconcile.lock``; yields False when another reconcile has it."""
+    """Hold reconcile's lock in the registry's database (:func:`vcluster.taskstate.lock`); False: another has it."""
     path = getattr(registry, "path", ":memory:")
-    if path == ":memory:" or path.startswith("file::memory:"):
-        yield True
-        return
-    fd = os.open(path + ".reconcile.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with taskstate.lock(path, "reconcile", legacy=path + ".reconcile.lock") as held:
+        yield held
 
 
 #: What a repair of each kind would do, for ``test=True`` (see the module table).
@@ -204,32 +189,17 @@ def _apply_one(ctx, kind, item):
 # -- schedule -------------------------------------------------------------------
 
 
-def _stamp(registry):
-    path = getattr(registry, "path", ":memory:")
-    if path == ":memory:" or path.startswith("file::memory:"):
-        return None
-    return path + ".reconcile-last"
-
-
 def _mark_run(registry):
-    stamp = _stamp(registry)
-    if stamp is None:
-        return
     try:
-        with open(stamp, "w", encoding="ascii") as fh:
-            fh.write(f"{time.time():.3f}\n")
-    except OSError as exc:
-        log.warning("reconcile: cannot write %s: %s", stamp, exc)
+        taskstate.mark_run(getattr(registry, "path", ":memory:"), "reconcile")
+    except RegistryError as exc:
+        log.warning("reconcile: cannot record its run: %s", exc)
 
 
 def last_run(registry):
-    """Unix time of the last finished reconcile, or ``None``."""
-    stamp = _stamp(registry)
-    try:
-        with open(stamp, encoding="ascii") as fh:
-            return float(fh.read().strip())
-    except (TypeError, OSError, ValueError):
-        return None
+    """Unix time of the last finished reconcile, or ``None`` (an older ``<registry>.reconcile-last`` is taken over)."""
+    path = getattr(registry, "path", ":memory:")
+    return taskstate.last_run(path, "reconcile", stamp=path + ".reconcile-last")
 
 
 def due(policy, registry, now=None):
@@ -238,11 +208,7 @@ def due(policy, registry, now=None):
     if interval <= 0:
         return False, "vcluster:reconcile:interval is 0: scheduled reconcile is off"
     now = time.time() if now is None else now
-    last = last_run(registry)
-    # half a tick of slack: the schedule's tick is not exact
-    if last is not None and now - last < interval - SCHEDULE_TICK / 2:
-        return False, f"last reconcile {now - last:.0f} s ago, interval {interval:g} s"
-    return True, "due"
+    return taskstate.due(last_run(registry), interval, now, SCHEDULE_TICK, "reconcile")
 
 
 def scheduled(ctx):
