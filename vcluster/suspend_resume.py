@@ -6,7 +6,7 @@ Suspend, per node (``ready -> suspending -> suspended``):
    lands on it: a node whose jobs are suspended shows ``idle``;
 2. ``scontrol suspend`` every running job on it (the job ids are kept in the
    registry's job map, so resume continues exactly those);
-3. the provider's suspend (LXD freeze; Nova suspend or pause).
+3. the provider's suspend in the requested mode (freeze, pause, save; docs/policy.md#suspend-modes).
 
 Resume reverses it (``suspended -> resuming -> ready``): provider resume
 (optionally on another host, where the provider can move a suspended
@@ -32,20 +32,22 @@ from vcluster.arguments import flag, node_names, positive_int
 from vcluster.errors import PolicyError, VclusterError, sentence
 from vcluster.migrate import migrate
 from vcluster.nodestates import ADMIN_REASON, WARM_REASON
+from vcluster.providers.base import SUSPEND_NAMES
 from vcluster.slurm.client import HOLD_REASON
 
 log = logging.getLogger(__name__)
 
 #: Slurm node reason vcluster sets while a node is suspended.
 DRAIN_REASON = HOLD_REASON
-MODES = ("suspend", "pause")
+#: every name ``mode=`` takes: freeze, pause, save, shelve and the old names (providers/base.py)
+MODES = SUSPEND_NAMES
 
 
 def _mode(ctx, mode):
     if mode is None or mode == "":
         return ctx.policy.suspend.mode
     if mode not in MODES:
-        raise PolicyError(f"mode must be suspend or pause, got {mode!r}")
+        raise PolicyError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     return mode
 
 
@@ -94,6 +96,9 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None, test=False):
             raise PolicyError(f"provider {found[name].provider} cannot suspend node {name} with mode {mode!r}: "
                               f"it takes {', '.join(modes)}")
     jobs = _node_jobs(ctx, todo, ("RUNNING", "SUSPENDED", "CONFIGURING", "COMPLETING"), all_jobs)
+    if mode == "shelve" and (busy := [n for n in todo if jobs[n]]):
+        raise PolicyError(f"mode shelve stops the guest, for nodes without jobs only: "
+                          f"{hostlist.collect_hostlist(busy)} hold jobs")
     for name in todo:
         for job in jobs[name]:
             others = sorted(set(job.get("nodes", [])) - set(todo))
@@ -197,7 +202,11 @@ def resume(ctx, nodes, host=None, timeout=None, test=False):
     Nodes already ``ready`` are left as they are. A node whose provider
     resume or restart check fails goes back to ``suspended`` (its jobs stay
     suspended, nothing is lost) and the return says why; run resume again.
-    ``test=True`` validates and says what would be done; nothing changes.
+    Where the provider measures its resume (libvirt: ``seconds``,
+    ``clock_offset_before``/``_after`` of the guest clock, ``minion_restart``)
+    the return has it under ``resumed`` (``{name: {...}}``) and the node's
+    ``ready`` event carries it. ``test=True`` validates and says what would
+    be done; nothing changes.
     """
     names = node_names(nodes)
     if host is not None and (not isinstance(host, str) or not host.strip()):
@@ -228,12 +237,24 @@ def resume(ctx, nodes, host=None, timeout=None, test=False):
                           f"for its minion and slurmd, {jobs} and lift vcluster's drain")
         return _plan(names, plan, f"would resume {len(todo)} of {len(names)} node(s)")
 
+    reports = {}
+
     def one(name):
         if host and host != found[name].host:
             migrate(ctx, name, host=host)
-        _resume_one(ctx, ctx.registry.get(name), timeout)
+        report = _resume_one(ctx, ctx.registry.get(name), timeout)
+        if report:
+            reports[name] = report
 
-    return _per_node(ctx, names, todo, found, "ready", one, "ready", "resuming")
+    ret = _per_node(ctx, names, todo, found, "ready", one, "ready", "resuming")
+    if reports:
+        ret["resumed"] = reports  # providers that measure it (libvirt): seconds, guest clock offsets, minion restart
+    return ret
+
+
+#: what a provider's resume may report (libvirt: the restore's seconds, the
+#: guest clock offset before and after it was stepped, the minion restart)
+RESUME_REPORT = ("seconds", "clock_offset_before", "clock_offset_after", "minion_restart")
 
 
 def _resume_one(ctx, node, timeout):
@@ -244,6 +265,7 @@ def _resume_one(ctx, node, timeout):
         inst = ctx.provider(node.provider).resume(node.instance_id)
         if inst is not None and getattr(inst, "host", None) and inst.host != node.host:
             ctx.registry.update(name, host=inst.host)
+        report = {k: inst[k] for k in RESUME_REPORT if k in inst} if isinstance(inst, dict) else {}
         _wait_alive(ctx, name, deadline)
         # one controller call: scontrol resume the mapped jobs still
         # suspended, then lift the drain if it is vcluster's
@@ -253,7 +275,8 @@ def _resume_one(ctx, node, timeout):
                        event={"reason": "resume failed"})
         raise
     ctx.registry.map_jobs(name, [])
-    lifecycle.move(ctx, name, "ready", expect="resuming", event={"resumed": True})
+    lifecycle.move(ctx, name, "ready", expect="resuming", event={"resumed": True, **report})
+    return report
 
 
 def _wait_alive(ctx, name, deadline):

@@ -112,7 +112,7 @@ def test_bad_input_is_refused_with_one_sentence(vstack, nodes):
     for args, words in [
         (("nodes=tnode[01-",), "nodes must be a Slurm hostlist"),
         (("nodes=nosuch9",), "'nosuch9' is not in the registry"),
-        ((f"nodes={nodes[0]}", "mode=hibernate"), "mode must be suspend or pause"),
+        ((f"nodes={nodes[0]}", "mode=hibernate"), "mode must be one of freeze, pause, save, shelve, suspend"),
     ]:
         ret = vstack.run("vcluster.suspend", *args)
         assert ret.returncode != 0 and ret.data["result"] is False

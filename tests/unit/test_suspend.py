@@ -101,6 +101,7 @@ class FakeProvider:
         self.host = {}
         self.calls = []
         self.fail = set()
+        self.resume_report = None  # what a measuring provider's resume returns (libvirt)
 
     def suspend(self, iid, mode="suspend"):
         self.calls.append(("suspend", iid, mode))
@@ -111,6 +112,7 @@ class FakeProvider:
     def resume(self, iid):
         self.calls.append(("resume", iid))
         self.status[iid] = Status.RUNNING
+        return self.resume_report
 
     def migrate(self, iid, host=None, live=True):
         self.calls.append(("migrate", iid, host))
@@ -141,6 +143,7 @@ class FakeEvents:
 
     def fire(self, tag, data):
         self.fired.append(tag)
+        self.data = getattr(self, "data", []) + [(tag, data)]
 
     def progress(self, message, **data):
         pass
@@ -201,6 +204,21 @@ def test_suspend_then_resume_keeps_job(env):
     assert ctx.events.fired[-2:] == ["vcluster/node/vn1/resuming", "vcluster/node/vn1/ready"]
 
 
+def test_resume_reports_what_the_provider_measured(env):
+    ctx = env()
+    sus.suspend(ctx, "vn1,vn2")
+    report = {"seconds": 2.4, "clock_offset_before": -331.2, "clock_offset_after": -0.004,
+              "minion_restart": {"ok": True, "seconds": 8.1, "error": None}, "internal": "not reported"}
+    ctx.provider("lxd").resume_report = report
+    ret = sus.resume(ctx, "vn1")
+    shown = {k: v for k, v in report.items() if k != "internal"}
+    assert ret["result"] is True and ret["resumed"] == {"vn1": shown}, ret
+    tag, data = ctx.events.data[-1]
+    assert tag == "vcluster/node/vn1/ready" and data == dict(shown, resumed=True, node="vn1", state="ready")
+    ctx.provider("lxd").resume_report = None  # a provider that measures nothing: no key
+    assert "resumed" not in sus.resume(ctx, "vn2")
+
+
 def test_resume_leaves_jobs_it_did_not_suspend_and_foreign_drain(env):
     ctx = env()
     ctx.slurm.jobs_[8] = {"id": 8, "state": "SUSPENDED", "nodes": ["vn2"], "partition": "htc"}
@@ -217,7 +235,7 @@ def test_resume_leaves_jobs_it_did_not_suspend_and_foreign_drain(env):
     [
         ("vn[1-", {}, "nodes must be a Slurm hostlist"),
         ("zz9", {}, "'zz9' is not in the registry"),
-        ("vn1", {"mode": "hibernate"}, "mode must be suspend or pause, got 'hibernate'"),
+        ("vn1", {"mode": "hibernate"}, "mode must be one of freeze, pause, save, shelve, suspend, got 'hibernate'"),
         ("", {}, "nodes must be a Slurm hostlist"),
     ],
 )
