@@ -19,7 +19,7 @@ or event can at worst cause a check.
 
 Policy (pillar ``vcluster:preemption``): ``partitions`` whose jobs preempt,
 ``preemptible`` partitions (a virtual node is preemptible when its profile's
-partition is listed), ``mode`` (suspend | pause), ``migrate`` (when the host
+partition is listed), ``mode`` (freeze | pause | save | suspend), ``migrate`` (when the host
 is still busy at job end, move the node to a free host and resume it there,
 where the provider can), ``hypervisors`` (Slurm node name -> provider host
 name; a Slurm node not listed is a host of the same name, as with LXD on the
