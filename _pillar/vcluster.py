@@ -30,12 +30,11 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "vcluster"
 
-#: Registry states in which a node belongs in slurm.conf.
-IN_SLURM = ("joining", "ready", "draining", "suspending", "suspended", "resuming", "migrating")
 #: Membership modes whose nodes are declared in slurm.conf.
 DECLARED = ("static", "cloud")
 
 try:
+    from vcluster.nodestates import IN_SLURM  # registry states in which a node belongs in slurm.conf
     from vcluster.registry import Registry
 
     HAS_LIB = True

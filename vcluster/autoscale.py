@@ -44,7 +44,7 @@ from vcluster import retire as _retire
 from vcluster import taskstate
 from vcluster.arguments import flag
 from vcluster.errors import VclusterError
-from vcluster.nodestates import WARM_REASON
+from vcluster.nodestates import UNJOINED, WARM_REASON
 from vcluster.slurm import jobctl, states
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def plan(policy, nodes, slurm_nodes, jobs, state, now):
             out[name] = act  # Slurm's power saving decides; the warm pool fills on suspend
             continue
         ready = [n for n in mine if n.state == "ready"]
-        coming = [n for n in mine if n.state in ("allocated", "booting", "joining", "resuming")]
+        coming = [n for n in mine if n.state in (*UNJOINED, "resuming")]
         idle = []
         for n in ready:
             if n.name not in busy and _idle(slurm_nodes.get(n.name)):

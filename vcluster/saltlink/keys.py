@@ -54,7 +54,7 @@ class WheelKeys:
         self.wheel = salt.wheel.WheelClient(opts)
         self._master_pub = None
         self._cache = None
-        # expand generates keys in several threads (engine._specs): one
+        # expand generates keys in several threads (lifecycle._specs): one
         # wheel call and one cache store at a time; the generation runs free
         self._lock = threading.Lock()
 
