@@ -46,6 +46,22 @@ def _check_mutable(fields):
     if unknown:
         raise RegistryError(f"update cannot set {', '.join(unknown)}; settable: {', '.join(MUTABLE_FIELDS)}")
 
+@contextlib.contextmanager
+def write_transaction(db, path):
+    """One ``BEGIN IMMEDIATE`` transaction on ``db`` (the registry file ``path``): committed, or rolled back."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise RegistryError(f"registry {path} is not writable: {exc}") from None
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 class Registry(PoolSlots):
     """The registry in one SQLite file; open one per process (or thread).
 
@@ -113,18 +129,8 @@ class Registry(PoolSlots):
     @contextlib.contextmanager
     def _write(self):
         """One ``BEGIN IMMEDIATE`` transaction: committed on success, else rolled back."""
-        with self._locked():
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise RegistryError(f"registry {self.path} is not writable: {exc}") from None
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._locked(), write_transaction(self._db, self.path) as db:
+            yield db
 
     def _migrate(self):
         if self._version() == SCHEMA_VERSION:

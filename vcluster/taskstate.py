@@ -44,7 +44,7 @@ import time
 import uuid
 
 from vcluster.errors import RegistryError
-from vcluster.registry import BUSY_TIMEOUT_MS
+from vcluster.registry import BUSY_TIMEOUT_MS, write_transaction
 
 log = logging.getLogger(__name__)
 
@@ -143,20 +143,9 @@ class TaskState:
     def __exit__(self, *exc):
         self.close()
 
-    @contextlib.contextmanager
     def _write(self):
         """One ``BEGIN IMMEDIATE`` transaction: committed on success, else rolled back."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise RegistryError(f"registry {self.path} is not writable: {exc}") from None
-        try:
-            yield self._db
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
+        return write_transaction(self._db, self.path)
 
     # -- values ----------------------------------------------------------------
 
