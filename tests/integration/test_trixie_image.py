@@ -1,0 +1,379 @@
+"""The Debian 13 (trixie) node image: Slurm 24.11, Salt, and the node states on it.
+
+Groundwork for a 24.11 test stack (issue 16, item 2): one container of the
+trixie variant of the node image (``SUITE=trixie image/build.sh``, its own
+cache directory and LXD alias, see image/README.md), launched by the LXD
+provider as expand launches nodes. Checked in it:
+
+- the packages: slurmd 24.11, munge, chrony, nfs-common, and Salt in
+  /opt/salt at the bookworm image's version, on Debian 13's Python 3.13;
+- the states a virtual node gets (munge, slurm.compute, chrony.client,
+  nfs.client: salt/top.sls for roles slurm-compute + vcluster-virtual) from
+  this checkout's salt/ and pillar/, pushed into the container and run by
+  its own masterless ``salt-call --local`` with its own Debian 13 grains:
+  the top assigns them, they render, a ``test=True`` highstate has no
+  failure, munge, chrony.client and nfs.client apply (munged runs with the
+  pillar's key), and slurmd, started with the options file the states
+  write, runs configless and asks the conf server (nothing listens yet).
+
+Then a 24.11 controller: a second container of the same image with Debian
+13's slurmctld package added (its .deb fetched from the Debian mirror into
+the image's .deb cache: the containers have no route out), configured by
+this checkout's munge and slurm.controller states (no accounting: see
+docs/slurm-versions.md for what slurmdbd on Debian 13 needs). The node's
+full highstate then starts its configless slurmd against it, the node
+registers as a dynamic node, `sinfo` lists it and a job runs on it.
+Nothing is mocked.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import pathlib
+import re
+import subprocess
+import urllib.request
+
+import pytest
+import yaml
+
+from tests.integration.lxd_fixtures import REPO, run_script
+from tests.provider_contract import SpecFactory, eventually
+from vcluster.providers.lxd import LxdProvider
+
+pytestmark = pytest.mark.integration
+
+SUITE = "trixie"
+IMAGE_ALIAS = "vcluster-node-trixie"
+# Its own cache directory: build.sh prunes every other build in its cache
+# directory, so the bookworm and trixie images would evict each other there.
+CACHE_DIR = "/var/cache/vcluster/trixie"
+SALT_VERSION = "3008.3"  # image/build.sh's default, the bookworm image's Salt
+BOOT_TIMEOUT = 120
+NODE_STATES = ["munge", "slurm.compute", "chrony.client", "nfs.client"]
+MUNGE_KEY_RAW = hashlib.sha512(b"vcluster-trixie-image-test-munge-key").digest()
+MUNGE_KEY_B64 = base64.b64encode(MUNGE_KEY_RAW).decode()
+SRV = "/srv/vcluster"
+MIRROR = os.environ.get("MIRROR", "http://deb.debian.org/debian")  # image/build.sh's default
+# The Debian 13 package list of the Slurm chroot (tests/harness/trixie_chroot.sh,
+# which scripts/test.sh builds): where slurmctld's .deb and checksum are found.
+TRIXIE_PACKAGES = (pathlib.Path(os.environ.get("VCLUSTER_SLURM_CHROOT", "/var/tmp/vcluster-trixie"))
+                   / "var/lib/apt/lists/deb.debian.org_debian_dists_trixie_main_binary-amd64_Packages")
+
+
+def _build(*extra):
+    env = {"SUITE": SUITE, "VCLUSTER_CACHE_DIR": CACHE_DIR}
+    return run_script("env", *(f"{k}={v}" for k, v in env.items()),
+                      REPO / "image" / "build.sh", "--alias", IMAGE_ALIAS, *extra, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def trixie_build(lxd_root):
+    """The trixie image's files, built or taken from the cache (no LXD, no lock needed)."""
+    _build("--no-import")
+
+
+@pytest.fixture(scope="module")
+def trixie_image(trixie_build, host_slurm_lock, lxd_daemon):
+    """The image imported under its alias (cached: seconds)."""
+    _build()
+    return IMAGE_ALIAS
+
+
+@pytest.fixture(scope="module")
+def provider(trixie_image, lxd_daemon, lxd_network):  # the image fixture takes the lock first
+    prov = LxdProvider("lxd-trixie-test", {"network": lxd_network["name"], "storage_pool": lxd_daemon})
+    yield prov
+    prov.close()
+
+
+def lxc_exec(name, *cmd, timeout=BOOT_TIMEOUT, check=True):
+    """Run a command in the container; return its stripped stdout."""
+    proc = subprocess.run(["lxc", "exec", name, "--", *cmd], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if check:
+        assert proc.returncode == 0, f"{' '.join(cmd)} in {name} exited {proc.returncode}: {proc.stderr.strip()}"
+    return proc.stdout.strip()
+
+
+def push(name, path, text, mode="0644"):
+    """Write ``text`` to ``path`` in the container (parents created), mode set before it has content."""
+    script = 'mkdir -p "$(dirname "$1")" && : > "$1" && chmod "$2" "$1" && cat > "$1"'
+    subprocess.run(["lxc", "exec", name, "--", "sh", "-c", script, "sh", path, mode],
+                   input=text, text=True, check=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def node(provider, trixie_image, lxd_addresses, lxd_network):
+    """One trixie container, booted, with this checkout's salt/ and pillar/ in /srv/vcluster."""
+    [spec] = SpecFactory(trixie_image, lxd_addresses, prefix="tx", memory_mb=512)(1)
+    [inst] = provider.create([spec])
+    try:
+        # lxc exec may run before the container's systemd answers: poll
+        state = eventually(
+            lambda: lxc_exec(spec.name, "systemctl", "is-system-running", "--wait", check=False),
+            BOOT_TIMEOUT, "systemd in the container to answer")
+        assert state == "running", (
+            f"systemd is {state}: " + lxc_exec(spec.name, "systemctl", "--failed", "--no-legend", "--plain", check=False))
+        for tree in ("salt", "pillar"):
+            subprocess.run(["lxc", "file", "push", "-r", "--create-dirs", str(REPO / tree), f"{spec.name}{SRV}/"],
+                           check=True, timeout=120, capture_output=True)
+        # no controller yet: the test bridge's gateway, where nothing listens
+        site = {"slurm": {"controller": {"host": "ctl", "address": lxd_network["gateway"]}}}
+        # grains: what a virtual node's first boot writes (vcluster's boot files)
+        configure_minion(spec.name, spec.name, ["slurm-compute", "vcluster-virtual"], site, grains_extra={
+            "vcluster": {"node": spec.name, "profile": "htc", "cpus": 1, "memory": 256,
+                         "features": ["virtual", "htc"], "membership": "dynamic"}})
+        yield spec
+    finally:
+        provider.delete([inst.id])
+
+
+def salt_call(name, *args, timeout=300):
+    """``salt-call --local`` in the container with the pushed tree; its JSON ``local`` value."""
+    cmd = ["salt-call", "--local", "-c", f"{SRV}/conf", "--out=json", *args]
+    proc = subprocess.run(["lxc", "exec", name, "--", *cmd], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode in (0, 1, 2), f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-3000:]}"
+    try:
+        return json.loads(proc.stdout)["local"], output
+    except (ValueError, KeyError) as exc:
+        raise AssertionError(f"no JSON from {' '.join(cmd)}:\n{output[-3000:]}") from exc
+
+
+def by_id(state_return):
+    assert isinstance(state_return, dict), f"state run failed: {state_return}"
+    return {key.split("_|-")[1]: val for key, val in state_return.items()}
+
+
+class TestTrixieImage:
+    def test_is_debian_13(self, node):
+        release = lxc_exec(node.name, "cat", "/etc/os-release")
+        assert 'VERSION_CODENAME=trixie' in release
+        assert 'VERSION_ID="13"' in release
+
+    def test_slurmd_is_24_11(self, node):
+        # Debian's build says "slurm-wlm 24.11.5"
+        version = lxc_exec(node.name, "slurmd", "-V")
+        assert re.fullmatch(r"slurm(-wlm)? 24\.11\.\d+", version), version
+
+    def test_salt_is_the_bookworm_images_version_on_python_3_13(self, node):
+        assert lxc_exec(node.name, "salt-minion", "--version") == f"salt-minion {SALT_VERSION} (Argon)"
+        assert lxc_exec(node.name, "salt-call", "--version") == f"salt-call {SALT_VERSION} (Argon)"
+        assert lxc_exec(node.name, "/opt/salt/bin/python", "-c",
+                        "import sys; print(*sys.version_info[:2], sep='.')") == "3.13"
+
+    def test_munge_chrony_and_nfs_client_installed(self, node):
+        assert "munge-0." in lxc_exec(node.name, "munged", "--version")
+        assert lxc_exec(node.name, "chronyd", "--version").startswith("chronyd (chrony) version 4.")
+        for pkg in ("munge", "chrony", "nfs-common", "slurmd", "slurm-client"):
+            assert lxc_exec(node.name, "dpkg-query", "-W", "-f", "${Status}", pkg) == "install ok installed", pkg
+
+    def test_services_left_to_salt_as_in_the_bookworm_image(self, node):
+        """munge/slurmd enabled but held back by their conditions, chrony off, no key, no options."""
+        def systemctl(*args):
+            return lxc_exec(node.name, "systemctl", *args, check=False)
+
+        assert systemctl("is-enabled", "munge") == "enabled"
+        assert systemctl("is-enabled", "slurmd") == "enabled"
+        assert systemctl("is-enabled", "chrony") == "disabled"
+        assert systemctl("is-active", "munge", "slurmd", "chrony").split() == ["inactive"] * 3
+        assert lxc_exec(node.name, "sh", "-c",
+                        "test ! -e /etc/munge/munge.key && test ! -e /etc/default/slurmd && echo absent") == "absent"
+
+
+class TestNodeStatesOnTrixie:
+    """This checkout's node states, run by the container's own Salt with Debian 13 grains."""
+
+    def test_grains_are_debian_13_in_a_container(self, node):
+        grains, _ = salt_call(node.name, "grains.item", "os", "osmajorrelease", "oscodename", "init", "virtual")
+        assert (grains["os"], grains["osmajorrelease"], grains["oscodename"]) == ("Debian", 13, "trixie")
+        assert grains["init"] == "systemd"
+        assert grains["virtual"] in ("container", "LXC", "lxc")
+
+    def test_top_assigns_the_node_states_and_they_render(self, node):
+        top, _ = salt_call(node.name, "state.show_top")
+        assert sorted(top["base"]) == sorted(NODE_STATES)
+        rendered, output = salt_call(node.name, "state.show_sls", ",".join(NODE_STATES))
+        assert isinstance(rendered, dict), f"render errors: {rendered}"
+        assert {"munge-service-running", "slurm-compute-service-running",
+                "slurm-compute-systemd-dropin-managed", "chrony-client-skipped", "nfs-client-disabled"} <= set(rendered)
+        assert MUNGE_KEY_B64 not in output
+
+    def test_dry_run_has_no_failure(self, node):
+        result, output = salt_call(node.name, "state.highstate", "test=True")
+        failed = {i: r["comment"] for i, r in by_id(result).items() if r["result"] is False}
+        assert not failed, failed
+        assert MUNGE_KEY_B64 not in output
+
+    def test_munge_chrony_and_nfs_states_apply(self, node):
+        result, output = salt_call(node.name, "state.apply", "munge,chrony.client,nfs.client")
+        states = by_id(result)
+        failed = {i: r["comment"] for i, r in states.items() if r["result"] is not True}
+        assert not failed, failed
+        assert MUNGE_KEY_B64 not in output
+        assert lxc_exec(node.name, "systemctl", "is-active", "munge") == "active"
+        assert lxc_exec(node.name, "sh", "-c", "munge -n | unmunge | sed -n 's/^STATUS: *//p'").startswith("Success")
+        key = lxc_exec(node.name, "sh", "-c", "stat -c '%a %U' /etc/munge/munge.key && sha256sum < /etc/munge/munge.key")
+        assert key.splitlines() == ["400 munge", f"{hashlib.sha256(MUNGE_KEY_RAW).hexdigest()}  -"]
+        assert "chrony-client-skipped" in states
+        assert chrony_untouched(node)
+
+    def test_slurmd_starts_with_the_states_options(self, node, lxd_network):
+        """The options file and drop-in for real; slurmd then runs configless and asks the conf server.
+
+        Not the whole slurm.compute: Debian 13's slurmd.service is
+        Type=notify, so its start (service.running) waits until slurmd has
+        its configuration from a controller, and none runs here.
+        """
+        for state_id in ("slurm-compute-options-file-managed", "slurm-compute-systemd-dropin-managed"):
+            result, output = salt_call(node.name, "state.sls_id", state_id, "slurm.compute")
+            [ret] = by_id(result).values()
+            assert ret["result"] is True, ret["comment"]
+            if state_id.endswith("dropin-managed"):
+                # the image ships the states' drop-in byte for byte: no daemon-reload on a first highstate
+                assert ret["changes"] == {}, ret["changes"]
+        gateway = lxd_network["gateway"]
+        assert lxc_exec(node.name, "sed", "-n", "s/^SLURMD_OPTIONS=//p", "/etc/default/slurmd") == (
+            f"\"-Z --conf-server {gateway} --conf 'CPUs=1 RealMemory=256 Feature=virtual,htc' -N {node.name}\"")
+        lxc_exec(node.name, "systemctl", "start", "--no-block", "slurmd")
+        try:
+            cmdline = eventually(
+                lambda: lxc_exec(node.name, "sh", "-c", "tr '\\0' ' ' < /proc/$(pgrep -o -x slurmd)/cmdline",
+                                 check=False),
+                30, "a slurmd process")
+            assert f"--conf-server {gateway}" in cmdline and f"-N {node.name}" in cmdline, cmdline
+            eventually(lambda: "fetch" in lxc_exec(node.name, "journalctl", "-u", "slurmd", "--no-pager", check=False),
+                       60, "slurmd to log its attempt to fetch the configuration")
+        finally:
+            lxc_exec(node.name, "systemctl", "stop", "slurmd", check=False)
+
+
+def chrony_untouched(node):
+    """chrony.client skips containers: chronyd stays off, its options are the package's."""
+    return (lxc_exec(node.name, "systemctl", "is-active", "chrony", check=False) == "inactive"
+            and "Managed by Salt" not in lxc_exec(node.name, "cat", "/etc/default/chrony", check=False))
+
+
+# ------------------------------------------------------------ a 24.11 controller
+
+
+def _package_entry(name):
+    """``{Version, Filename, SHA256}`` of ``name`` in the Debian 13 package list."""
+    entry, found = {}, False
+    with open(TRIXIE_PACKAGES, encoding="utf-8") as fh:
+        for line in fh:
+            if line == f"Package: {name}\n":
+                found = True
+            elif found and line == "\n":
+                break
+            elif found and line.split(":", 1)[0] in ("Version", "Filename", "SHA256"):
+                key, value = line.rstrip("\n").split(": ", 1)
+                entry[key] = value
+    return entry if found else None
+
+
+@pytest.fixture(scope="module")
+def slurmctld_deb(node):
+    """Debian 13's slurmctld .deb of the node's Slurm version, fetched once into the image's .deb cache."""
+    if not TRIXIE_PACKAGES.exists():
+        pytest.skip(f"no Debian 13 package list at {TRIXIE_PACKAGES} to find slurmctld in: "
+                    "build the chroot with tests/harness/trixie_chroot.sh")
+    entry = _package_entry("slurmctld")
+    version = lxc_exec(node.name, "dpkg-query", "-W", "-f", "${Version}", "slurmd")
+    assert entry and entry["Version"] == version, (
+        f"the package list at {TRIXIE_PACKAGES} has slurmctld {entry and entry['Version']}, the image slurmd "
+        f"{version}: rebuild the image or the chroot's list")
+    path = pathlib.Path(CACHE_DIR) / "debs" / os.path.basename(entry["Filename"])
+    if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != entry["SHA256"]:
+        with urllib.request.urlopen(f"{MIRROR}/{entry['Filename']}", timeout=120) as resp:  # noqa: S310 - the mirror
+            data = resp.read()
+        assert hashlib.sha256(data).hexdigest() == entry["SHA256"], f"{entry['Filename']}: checksum mismatch"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return path
+
+
+def configure_minion(name, minion_id, roles, site, grains_extra=None, cluster_ids=None, policy_ids="L@nobody"):
+    """A masterless minion config in ``SRV/conf`` and the site pillar in ``SRV/site``."""
+    push(name, f"{SRV}/site/site.sls", yaml.safe_dump(site))
+    push(name, f"{SRV}/site/secrets.sls", yaml.safe_dump({"munge": {"key": MUNGE_KEY_B64}}), "0600")
+    minion = {
+        "id": minion_id,
+        "file_client": "local",
+        "root_dir": f"{SRV}/r",
+        "file_roots": {"base": [f"{SRV}/salt"]},
+        "pillar_roots": {"base": [f"{SRV}/pillar", f"{SRV}/site"]},
+        "nodegroups": {"vcluster_cluster": cluster_ids or f"L@{minion_id}", "vcluster_policy": policy_ids},
+        "grains": {"roles": roles, **(grains_extra or {})},
+        "enable_fqdns_grains": False,
+    }
+    # a config of its own: /etc/salt/minion would start the image's salt-minion
+    push(name, f"{SRV}/conf/minion", yaml.safe_dump(minion))
+
+
+@pytest.fixture(scope="module")
+def controller(provider, trixie_image, lxd_addresses, slurmctld_deb, node):
+    """A trixie container with slurmctld 24.11 from this checkout's controller states."""
+    [spec] = SpecFactory(trixie_image, lxd_addresses, prefix="txc", memory_mb=512)(1)
+    [inst] = provider.create([spec])
+    try:
+        state = eventually(
+            lambda: lxc_exec(spec.name, "systemctl", "is-system-running", "--wait", check=False),
+            BOOT_TIMEOUT, "systemd in the controller container to answer")
+        assert state == "running", state
+        subprocess.run(["lxc", "file", "push", str(slurmctld_deb), f"{spec.name}/tmp/"], check=True, timeout=60)
+        lxc_exec(spec.name, "env", "DEBIAN_FRONTEND=noninteractive", "dpkg", "-i", f"/tmp/{slurmctld_deb.name}")
+        for tree in ("salt", "pillar"):
+            subprocess.run(["lxc", "file", "push", "-r", "--create-dirs", str(REPO / tree), f"{spec.name}{SRV}/"],
+                           check=True, timeout=120, capture_output=True)
+        site = {"slurm": {"controller": {"host": spec.name, "address": spec.address}}}
+        configure_minion(spec.name, spec.name, ["slurm-controller"], site,
+                         cluster_ids=f"L@{spec.name},{node.name}", policy_ids=f"L@{spec.name}")
+        yield spec
+    finally:
+        provider.delete([inst.id])
+
+
+def run_in(name, *cmd, timeout=60):
+    return lxc_exec(name, *cmd, timeout=timeout)
+
+
+class TestController24_11:
+    """slurmctld 24.11 from the controller states; the trixie node joins it by its highstate."""
+
+    def test_controller_states_start_slurmctld(self, controller):
+        result, output = salt_call(controller.name, "state.apply", "munge,slurm.controller", timeout=600)
+        states = by_id(result)
+        failed = {i: r["comment"] for i, r in states.items() if r["result"] is not True}
+        assert not failed, failed
+        assert MUNGE_KEY_B64 not in output
+        assert run_in(controller.name, "systemctl", "is-active", "slurmctld") == "active"
+        version = run_in(controller.name, "scontrol", "--version")
+        assert re.fullmatch(r"slurm(-wlm)? 24\.11\.\d+", version), version
+        assert "is UP" in run_in(controller.name, "scontrol", "ping")
+
+    def test_node_highstate_registers_its_slurmd(self, controller, node):
+        site = {"slurm": {"controller": {"host": controller.name, "address": controller.address}}}
+        configure_minion(node.name, node.name, ["slurm-compute", "vcluster-virtual"], site, grains_extra={
+            "vcluster": {"node": node.name, "profile": "htc", "cpus": 1, "memory": 256,
+                         "features": ["virtual", "htc"], "membership": "dynamic"}})
+        result, output = salt_call(node.name, "state.highstate", timeout=600)
+        failed = {i: r["comment"] for i, r in by_id(result).items() if r["result"] is not True}
+        assert not failed, failed
+        assert lxc_exec(node.name, "systemctl", "is-active", "slurmd") == "active"
+        line = eventually(
+            lambda: run_in(controller.name, "sinfo", "-h", "-N", "-n", node.name, "-o", "%N %t %f %c %m"),
+            60, f"{node.name} in sinfo")
+        assert line.split() == [node.name, "idle", "virtual,htc", "1", "256"], line
+
+    def test_a_job_runs_on_the_node(self, controller, node):
+        job = run_in(controller.name, "sbatch", "--parsable", "-p", "htc", "-w", node.name,
+                     "-o", "/dev/null", "--wrap", "hostname")
+        state = eventually(
+            lambda: (lambda s: s if s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") else None)(
+                run_in(controller.name, "scontrol", "show", "-o", "job", job).split("JobState=")[1].split()[0]),
+            120, f"job {job} to end")
+        assert state == "COMPLETED", run_in(controller.name, "scontrol", "show", "job", job)
