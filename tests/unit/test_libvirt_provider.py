@@ -1,5 +1,6 @@
 """libvirt provider: what needs no hypervisor (XML, metadata, input checks)."""
 
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -64,3 +65,20 @@ def test_mac_follows_the_address():
     assert lx.mac_for("10.82.0.30") == "52:54:00:52:00:1e" == lx.mac_for("10.82.0.30")
     assert lx.mac_for("10.82.0.31") != lx.mac_for("10.82.0.30")
     assert lx.mac_for(None).startswith("52:54:00:")
+
+
+def test_an_unreachable_libvirtd_is_tried_again_then_named(monkeypatch, tmp_path):
+    """A socket nobody listens on: libvirt's real "Failed to connect socket" (no daemon needed)."""
+    import functools
+
+    from vcluster import retry
+    from vcluster.providers import libvirt_conn
+
+    waits = []
+    monkeypatch.setattr(libvirt_conn.retry, "api_call", functools.partial(retry.api_call, wait=waits.append))
+    uri = f"qemu:///system?socket={tmp_path}/libvirt-sock"
+    prov = LibvirtProvider("v", {"network": "n", "storage_pool": "p", "uri": uri})
+    with pytest.raises(ProviderError, match=re.escape(f"cannot reach libvirt at {uri}: Failed to connect socket")):
+        prov.host_name  # noqa: B018 - the property opens the connection
+    assert (prov.calls["connect"], prov.calls["retry"]) == (1, retry.API_RETRIES)
+    assert waits == [retry.API_RETRY_BACKOFF * 2 ** i for i in range(retry.API_RETRIES)]

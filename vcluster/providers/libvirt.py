@@ -52,6 +52,7 @@ import libvirt
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError
 from vcluster.providers import libvirt_xml as lx
 from vcluster.providers.base import Host, Instance, Provider, Status, SuspendModes, spec_names
+from vcluster.providers.libvirt_conn import Connection, _Missing
 from vcluster.providers.libvirt_guest import GuestAgent
 
 log = logging.getLogger(__name__)
@@ -60,20 +61,7 @@ log = logging.getLogger(__name__)
 SUSPEND_MODES = {"pause": "pause", "save": "save", "suspend": "save"}
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
 
-# libvirt prints every error to stderr unless a handler takes it; ours are raised.
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-
-class _Missing(ProviderError):
-    """Internal: the libvirt object does not exist."""
-
-
-_MISSING_CODES = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_NETWORK,
-                  libvirt.VIR_ERR_NO_STORAGE_POOL}
-_STATE_CODES = {libvirt.VIR_ERR_OPERATION_INVALID}
-
-
-class LibvirtProvider(GuestAgent, Provider):
+class LibvirtProvider(Connection, GuestAgent, Provider):
     """Virtual nodes as libvirt/QEMU domains."""
 
     driver = "libvirt"
@@ -102,32 +90,6 @@ class LibvirtProvider(GuestAgent, Provider):
         self._lock = threading.RLock()
 
     # -- plumbing ------------------------------------------------------------
-
-    @property
-    def conn(self):
-        """The libvirt connection, opened on first use."""
-        with self._lock:
-            if self._conn is None:
-                self.calls["connect"] += 1
-                try:
-                    self._conn = libvirt.open(self.uri)
-                except libvirt.libvirtError as exc:
-                    raise ProviderError(f"cannot reach libvirt at {self.uri}: {exc.get_error_message()}") from exc
-            return self._conn
-
-    def _call(self, kind, what, fn, *args):
-        """One libvirt call counted under ``kind``; libvirt errors -> vcluster errors."""
-        with self._lock:
-            self.calls[kind] += 1
-        try:
-            return fn(*args)
-        except libvirt.libvirtError as exc:
-            code, message = exc.get_error_code(), exc.get_error_message()
-            if code in _MISSING_CODES:
-                raise _Missing(f"{what}: {message}") from exc
-            if code in _STATE_CODES:
-                raise ProviderStateError(f"{what}: {message}") from exc
-            raise ProviderError(f"{what}: {message}") from exc
 
     @property
     def host_name(self):
@@ -499,12 +461,3 @@ class LibvirtProvider(GuestAgent, Provider):
         return [Host(name=self.host_name, cpus_free=max(0, cpus - used_cpus),
                      memory_free_mb=max(0, memory_mb - used_mb), instances=active)]
 
-    def close(self):
-        """Close the libvirt connection."""
-        with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except libvirt.libvirtError:
-                    pass
-                self._conn = None
