@@ -27,6 +27,7 @@ from vcluster.masterconf import KEEP_FROZEN_MINIONS
 from vcluster.providers.base import BootFile, Status
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (extra `libvirt`)")
+from tests.integration.libvirt_fixtures import module_network  # noqa: E402 - after the importorskip
 from vcluster.providers import libvirt_xml  # noqa: E402 - after the importorskip
 from vcluster.providers.libvirt import LibvirtProvider  # noqa: E402
 
@@ -56,25 +57,12 @@ def virt_daemon(lxd_root):
 @pytest.fixture(scope="module")
 def virt_network(virt_daemon):
     """An isolated libvirt network of the module's own: ``{"name", "gateway", "cidr"}``."""
-    iface = ipaddress.ip_interface(CIDR)
     conn = libvirt.open(URI)
     try:
-        old = conn.networkLookupByName(NETWORK)
-        if old.isActive():
-            old.destroy()
-        old.undefine()
-    except libvirt.libvirtError:
-        pass
-    hosts = list(iface.network.hosts())
-    net = conn.networkDefineXML(f"""<network><name>{NETWORK}</name>
-      <bridge name='vclvtest0' stp='off'/>
-      <ip address='{iface.ip}' prefix='{iface.network.prefixlen}'>
-        <dhcp><range start='{hosts[1]}' end='{hosts[98]}'/></dhcp></ip></network>""")
-    net.create()
-    yield {"name": NETWORK, "gateway": str(iface.ip), "cidr": str(iface.network), "net": net}
-    net.destroy()
-    net.undefine()
-    conn.close()
+        with module_network(conn, NETWORK, "vclvtest0", CIDR, 98) as net:
+            yield net
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,7 @@ from tests.integration.stack import (
 )
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (extra `libvirt`)")
+from tests.integration.libvirt_fixtures import module_network  # noqa: E402 - after the importorskip
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -72,23 +73,8 @@ def virt(lxd_root):
 @pytest.fixture(scope="module")
 def vm_network(virt):
     """The module's libvirt network: ``{"name", "gateway", "cidr", "net"}``; removed at the end."""
-    iface = ipaddress.ip_interface(CIDR)
-    try:
-        old = virt.networkLookupByName(NETWORK)
-        if old.isActive():
-            old.destroy()
-        old.undefine()
-    except libvirt.libvirtError:
-        pass
-    hosts = list(iface.network.hosts())
-    net = virt.networkDefineXML(f"""<network><name>{NETWORK}</name><forward mode='open'/>
-      <bridge name='vclvm0' stp='off'/>
-      <ip address='{iface.ip}' prefix='{iface.network.prefixlen}'>
-        <dhcp><range start='{hosts[1]}' end='{hosts[49]}'/></dhcp></ip></network>""")
-    net.create()
-    yield {"name": NETWORK, "gateway": str(iface.ip), "cidr": str(iface.network), "net": net}
-    net.destroy()
-    net.undefine()
+    with module_network(virt, NETWORK, "vclvm0", CIDR, 49, forward="open") as net:
+        yield net
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,36 @@
+"""libvirt networks of the integration modules (test_provider_libvirt, test_vm_nodes)."""
+
+import contextlib
+import ipaddress
+
+import libvirt
+
+
+@contextlib.contextmanager
+def module_network(conn, name, bridge, cidr, dhcp_hosts, forward=None):
+    """A libvirt network of a test module's own, made anew, removed at the end.
+
+    ``cidr`` is the gateway's address with its prefix; DHCP hands out the
+    hosts 2 to ``dhcp_hosts`` + 1 of the network; ``forward`` is the
+    ``<forward mode=>`` (None: isolated). Yields ``{"name", "gateway",
+    "cidr", "net"}``. A network of that name left by an earlier run is
+    removed first.
+    """
+    iface = ipaddress.ip_interface(cidr)
+    with contextlib.suppress(libvirt.libvirtError):
+        old = conn.networkLookupByName(name)
+        if old.isActive():
+            old.destroy()
+        old.undefine()
+    hosts = list(iface.network.hosts())
+    mode = f"<forward mode='{forward}'/>" if forward else ""
+    net = conn.networkDefineXML(f"""<network><name>{name}</name>{mode}
+      <bridge name='{bridge}' stp='off'/>
+      <ip address='{iface.ip}' prefix='{iface.network.prefixlen}'>
+        <dhcp><range start='{hosts[1]}' end='{hosts[dhcp_hosts]}'/></dhcp></ip></network>""")
+    net.create()
+    try:
+        yield {"name": name, "gateway": str(iface.ip), "cidr": str(iface.network), "net": net}
+    finally:
+        net.destroy()
+        net.undefine()
