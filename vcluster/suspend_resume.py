@@ -279,19 +279,29 @@ def _resume_one(ctx, node, timeout):
     return report
 
 
+#: seconds the first probe of a resumed node waits for its minion, doubled
+#: after each miss up to the last: a minion still reconnecting misses the
+#: publish altogether (a restored VM's restarted minion), so short waits find
+#: it sooner, while a slow minion (TCG guest) still gets a long one
+PROBE_WAITS = (3.0, 10.0)
+
+
 def _wait_alive(ctx, name, deadline):
     """Until the node's minion answers and its slurmd runs, or raise at ``deadline``."""
     last = "its minion did not answer"
+    wait = PROBE_WAITS[0]
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise VclusterError(f"{name} was resumed by its provider but {last} within the resume timeout")
         asked = time.monotonic()
-        answers = ctx.salt.probe([name], min(left, 10))
+        answers = ctx.salt.probe([name], min(left, wait))
         if name in answers:
             if answers[name] is not None:
                 return
             last = "its slurmd is not running"
+        else:
+            wait = min(wait * 2, PROBE_WAITS[1])
         # poll at most once a second (a probe of an absent minion may return at once)
         time.sleep(min(max(0.0, 1.0 - (time.monotonic() - asked)), max(0.0, deadline - time.monotonic())))
 

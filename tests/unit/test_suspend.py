@@ -292,6 +292,22 @@ def test_resume_waits_for_minion_and_gives_up_at_deadline(env):
     assert sus.resume(ctx, "vn1")["result"] is True
 
 
+def test_resume_probes_briefly_then_longer_while_the_minion_is_silent(env, monkeypatch):
+    ctx = env()
+    sus.suspend(ctx, "vn1")
+    asked = []
+    silent_for = 3  # probes without an answer: a restored minion still reconnecting
+
+    def probe(names, timeout):
+        asked.append(timeout)
+        return {} if len(asked) <= silent_for else {n: 30 for n in names}
+
+    ctx.salt.probe = probe
+    monkeypatch.setattr(sus.time, "sleep", lambda s: None)  # the once-a-second pacing between probes
+    assert sus.resume(ctx, "vn1", timeout=600)["result"] is True
+    assert asked == [3.0, 6.0, 10.0, 10.0]
+
+
 def test_migrate_updates_registry_and_slurm_address(env):
     ctx = env()
     calls = []
