@@ -1,7 +1,8 @@
-"""libvirt networks of the integration modules (test_provider_libvirt, test_vm_nodes)."""
+"""libvirt helpers of the integration modules (test_provider_libvirt, test_vm_nodes): networks, QEMU pids."""
 
 import contextlib
 import ipaddress
+import os
 
 import libvirt
 
@@ -34,3 +35,12 @@ def module_network(conn, name, bridge, cidr, dhcp_hosts, forward=None):
     finally:
         net.destroy()
         net.undefine()
+
+
+def qemu_pid(name):
+    """The QEMU process of a running domain, or None (libvirt's pid file)."""
+    try:
+        pid = int(open(f"/run/libvirt/qemu/{name}.pid").read().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if os.path.exists(f"/proc/{pid}") else None

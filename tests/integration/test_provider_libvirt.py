@@ -27,7 +27,7 @@ from vcluster.masterconf import KEEP_FROZEN_MINIONS
 from vcluster.providers.base import BootFile, Status
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (extra `libvirt`)")
-from tests.integration.libvirt_fixtures import module_network  # noqa: E402 - after the importorskip
+from tests.integration.libvirt_fixtures import module_network, qemu_pid  # noqa: E402 - after the importorskip
 from vcluster.providers import libvirt_xml  # noqa: E402 - after the importorskip
 from vcluster.providers.libvirt import LibvirtProvider  # noqa: E402
 
@@ -184,15 +184,6 @@ def master_connections(master, address, kill=False):
     cmd = ["ss", "-H", "-t", *(["-K"] if kill else []), "state", "established", "dst", address, ports]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if line.strip()]
-
-
-def qemu_pid(name):
-    """The QEMU process of a running domain, or None (libvirt's pid file)."""
-    try:
-        pid = int(open(f"/run/libvirt/qemu/{name}.pid").read().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if os.path.exists(f"/proc/{pid}") else None
 
 
 def pings(address):

@@ -46,7 +46,7 @@ from tests.integration.stack import (
 )
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (extra `libvirt`)")
-from tests.integration.libvirt_fixtures import module_network  # noqa: E402 - after the importorskip
+from tests.integration.libvirt_fixtures import module_network, qemu_pid  # noqa: E402 - after the importorskip
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -113,14 +113,6 @@ def domain(conn, name):
         return conn.lookupByName(name)
     except libvirt.libvirtError:
         return None
-
-
-def qemu_pid(name):
-    try:
-        pid = int(open(f"/run/libvirt/qemu/{name}.pid").read().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if os.path.exists(f"/proc/{pid}") else None
 
 
 def guest_offset(conn, name):
