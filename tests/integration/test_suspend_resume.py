@@ -84,6 +84,13 @@ def counter_lines(node, job_id):
     return [int(x) for x in out.stdout.split()]
 
 
+def counter_lines_so_far(node, job_id):
+    """The counter's lines written so far (none while the file does not exist yet)."""
+    out = subprocess.run(["lxc", "exec", node, "--", "cat", f"/tmp/counter.{job_id}"],
+                         capture_output=True, text=True, check=False)
+    return out.stdout.split() if out.returncode == 0 else []
+
+
 def wait_until(predicate, timeout, what):
     deadline = time.monotonic() + timeout
     while True:
@@ -124,10 +131,11 @@ def test_bad_input_is_refused_with_one_sentence(vstack, nodes):
 
 def test_job_survives_long_suspension_and_nothing_lands_on_the_node(vstack, nodes):
     node = nodes[0]
-    seconds = 20
+    # the counter runs a few seconds before the freeze and the rest after the resume
+    seconds = 15
     job = sbatch("-p", "htc", "-w", node, script=counter_script(seconds))
     wait_jobs([job], states=("RUNNING",), timeout=60)
-    time.sleep(3)  # let the counter run a little before the freeze
+    wait_until(lambda: len(counter_lines_so_far(node, job)) >= 2, 30, f"job {job} counting before the freeze")
 
     ret = vstack.run("vcluster.suspend", f"nodes={node}")
     assert ret.returncode == 0 and ret.data["result"] is True, ret.stdout
@@ -147,7 +155,10 @@ def test_job_survives_long_suspension_and_nothing_lands_on_the_node(vstack, node
     ret = vstack.run("vcluster.liveness")
     assert ret.data["result"] is True and node not in ret.data["down"], ret.data
 
-    # longer than 3x the liveness timeout plus schedule: Slurm and vcluster both keep the node
+    # longer than 3x the liveness timeout plus schedule: Slurm and vcluster both keep the node.
+    # This length is the point: it is also longer than the 30 s (plus a 10 s
+    # interval) after which Salt's ZMTP heartbeats would drop the frozen
+    # minion (vcluster.masterconf turns them off; resume after a long freeze)
     while time.monotonic() - suspended_at < 3 * (LIVENESS_TIMEOUT + SCHEDULE):
         assert job_states([pinned]) == {pinned: "PENDING"}
         info = node_info(node)
@@ -181,10 +192,10 @@ def test_node_killed_behind_vclusters_back_is_set_down(vstack, nodes):
 
 def test_preemption_freezes_and_resumes_colocated_node(vstack, nodes):
     node = nodes[0]
-    seconds = 20
+    seconds = 15
     low = sbatch("-p", "htc", "-w", node, script=counter_script(seconds))
     wait_jobs([low], states=("RUNNING",), timeout=60)
-    time.sleep(2)
+    wait_until(lambda: len(counter_lines_so_far(node, low)) >= 2, 30, f"job {low} counting before the preemption")
     high = sbatch("-p", "batch", "-w", HOST, script="sleep 12")
     wait_jobs([high], states=("RUNNING",), timeout=60)
     started = time.monotonic()
