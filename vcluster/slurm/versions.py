@@ -60,6 +60,11 @@ class Release:
       (``scontrol update``, ``slurmd --instance-id``), which slurmctld sends
       to slurmdbd for ``sacctmgr show instance`` (23.11+). ``Extra`` is older
       (22.05 has it) but only reaches the database with them.
+    * ``slurmd_notify``: SchedMD's ``slurmd.service`` is ``Type=notify``
+      (``slurmd --systemd``, 23.11+; Debian 13 ships it so): ``systemctl
+      start slurmd`` returns once slurmd has its configuration, so a
+      configless slurmd whose controller does not answer holds its start
+      job until systemd's start timeout (salt/slurm/compute.sls bounds it).
 
     ``tested``: ``captured`` (real output in the unit fixtures) or ``schema``
     (fixtures written from SchedMD's data_parser source).
@@ -79,6 +84,7 @@ class Release:
     requeue_on_resume_failure: bool
     prolog_power_wait: bool
     instance_fields: bool
+    slurmd_notify: bool
     tested: str
 
     @property
@@ -93,24 +99,26 @@ class Release:
 
 
 def _r(series, parser, tested, *flags):
-    (job_list, objects, sinfo_key, filters, reconf, reg_addrs, aliases, power, exc, requeue, wait, inst) = flags
+    (job_list, objects, sinfo_key, filters, reconf, reg_addrs, aliases, power, exc, requeue, wait, inst,
+     notify) = flags
     return Release(series, parser, job_list, objects, sinfo_key, filters, reconf, reg_addrs, aliases,
-                   power, exc, requeue, wait, inst, tested)
+                   power, exc, requeue, wait, inst, notify, tested)
 
 
 #: The supported releases. Columns after ``tested`` in the order of :class:`Release`:
 #: job_state_list, number_objects, sinfo_key, squeue_json_filters,
 #: reconfigure_changes_nodes, cloud_reg_addrs, node_aliases, power_command,
-#: suspend_exc_states, requeue_on_resume_failure, prolog_power_wait, instance_fields.
+#: suspend_exc_states, requeue_on_resume_failure, prolog_power_wait, instance_fields, slurmd_notify.
+#: salt/slurm/releases.yaml is the same table for the state tree (tests/unit/test_state_releases.py).
 RELEASES = {r.series: r for r in (
-    #   series   parser     tested      list   obj    sinfo     filt   reconf regadr alias  power  exc    requeue wait  inst
-    _r("22.05", "v0.0.38", "captured", False, False, "nodes", False, False, True,  True,  False, False, False, True, False),
-    _r("23.02", "v0.0.39", "schema",   False, True,  "sinfo", False, False, True,  True,  False, True,  False, True, False),
-    _r("23.11", "v0.0.40", "schema",   True,  True,  "sinfo", False, True,  False, False, False, True,  False, True, True),
-    _r("24.05", "v0.0.41", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  False, True, True),
-    _r("24.11", "v0.0.42", "captured", True,  True,  "sinfo", True,  True,  False, False, True,  True,  False, True, True),
-    _r("25.05", "v0.0.43", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  True,  True, True),
-    _r("25.11", "v0.0.44", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  True,  True, True),
+    #   series   parser     tested      list   obj    sinfo     filt   reconf regadr alias  power  exc    requeue wait  inst  notify
+    _r("22.05", "v0.0.38", "captured", False, False, "nodes", False, False, True,  True,  False, False, False, True, False, False),
+    _r("23.02", "v0.0.39", "schema",   False, True,  "sinfo", False, False, True,  True,  False, True,  False, True, False, False),
+    _r("23.11", "v0.0.40", "schema",   True,  True,  "sinfo", False, True,  False, False, False, True,  False, True, True, True),
+    _r("24.05", "v0.0.41", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  False, True, True, True),
+    _r("24.11", "v0.0.42", "captured", True,  True,  "sinfo", True,  True,  False, False, True,  True,  False, True, True, True),
+    _r("25.05", "v0.0.43", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  True,  True, True, True),
+    _r("25.11", "v0.0.44", "schema",   True,  True,  "sinfo", True,  True,  False, False, True,  True,  True,  True, True, True),
 )}
 
 #: The release series the parsers were first written for (and the default of
