@@ -17,14 +17,24 @@ import time
 import pytest
 import yaml
 
-from tests.integration.stack import job_states, live_jobs, node_info, sbatch, slurm, wait_jobs
+from tests.integration.stack import REPO, job_states, live_jobs, node_info, sbatch, slurm, wait_jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SUSPEND_TIME = 30
+#: SuspendTime: what the idle tests wait before SuspendProgram runs. Short, but
+#: well above the few seconds the tests look at a node between its job's end
+#: and the assertions that it is still up.
+SUSPEND_TIME = 15
+#: SuspendTimeout: after it slurmctld shows a suspended node POWERED_DOWN (the
+#: warm-pool test waits for that). vcluster's freeze or retire of an idle node
+#: takes 1-2 s here; no test submits work in between.
+SUSPEND_TIMEOUT = 10
 RESUME_TIMEOUT = 150
-#: The broken profile's own ResumeTimeout (its partition's): Slurm gives up sooner there.
-BROKEN_RESUME_TIMEOUT = 90
+#: The broken profile's join_timeout and its own ResumeTimeout (its partition's):
+#: Slurm gives up sooner there. Its join fails about 8 s after the resume
+#: (highstate without a munge key), well inside both; the test waits ResumeTimeout.
+BROKEN_JOIN_TIMEOUT = 30
+BROKEN_RESUME_TIMEOUT = 40
 
 
 def _cloud_site(stack):
@@ -41,12 +51,23 @@ def _cloud_site(stack):
                 "htc": {"join_timeout": 120},
                 "mem": {"pool": "spare", "membership": "dynamic"},
                 # never joins (no munge key for tbad*): the resume-fail path
-                "broken": {"partition": "cloudfail", "join_timeout": 60, "resume_timeout": BROKEN_RESUME_TIMEOUT},
+                "broken": {"partition": "cloudfail", "join_timeout": BROKEN_JOIN_TIMEOUT,
+                           "resume_timeout": BROKEN_RESUME_TIMEOUT},
             },
-            "power_save": {"suspend_time": SUSPEND_TIME, "suspend_timeout": 30,
+            "power_save": {"suspend_time": SUSPEND_TIME, "suspend_timeout": SUSPEND_TIMEOUT,
                            "resume_timeout": RESUME_TIMEOUT},
         },
+        # slurmctld's power-saving thread looks at idle, powering-down and
+        # powering-up nodes every power_save_interval seconds (10 by default):
+        # every second here, so the tests wait SuspendTime, SuspendTimeout and
+        # ResumeTimeout, not up to 10 s more each
+        "slurm": {"config": {"SlurmctldParameters": f"{_default_ctld_params()},power_save_interval=1"}},
     }
+
+
+def _default_ctld_params():
+    defaults = yaml.safe_load((REPO / "salt" / "slurm" / "defaults.yaml").read_text())
+    return defaults["slurm"]["config"]["SlurmctldParameters"]
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +79,9 @@ def cloud_stack(stack):
         yield stack
     finally:
         stack.site_extra = saved
+        # CLOUD lines and power saving leave slurm.conf: the declared node set
+        # changes, so slurm.controller restarts slurmctld (and waits for it)
         stack.set_membership("dynamic")
-        # CLOUD lines and power saving leave slurm.conf: slurmctld must restart
-        stack.call("service.restart", "slurmctld")
         _wait(lambda: subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout.count("UP"),
               60, "slurmctld back")
 
@@ -114,6 +135,7 @@ def test_cloud_nodes_declared_with_power_saving(cloud_stack):
     assert "NodeName=tnode[01-08] CPUs=1 RealMemory=1024 Feature=virtual,htc State=CLOUD" in conf
     assert f"SuspendTime={SUSPEND_TIME}" in conf and f"ResumeTimeout={RESUME_TIMEOUT}" in conf
     assert f"SuspendExcNodes={cloud_stack.hostname}" in conf
+    assert "power_save_interval=1" in slurm("scontrol", "show", "config")
     # the broken profile's own ResumeTimeout is its partition's, and slurmctld took it
     (part,) = [ln for ln in conf.splitlines() if ln.startswith("PartitionName=cloudfail ")]
     assert part.endswith(f" ResumeTimeout={BROKEN_RESUME_TIMEOUT}"), part
