@@ -37,10 +37,10 @@ def module_network(conn, name, bridge, cidr, dhcp_hosts, forward=None):
         net.undefine()
 
 
-def qemu_pid(name):
-    """The QEMU process of a running domain, or None (libvirt's pid file)."""
+def qemu_pid(name, run_dir="/run/libvirt"):
+    """The QEMU process of a running domain, or None (libvirt's pid file; ``run_dir``: that libvirtd's /run/libvirt)."""
     try:
-        pid = int(open(f"/run/libvirt/qemu/{name}.pid").read().strip())
+        pid = int(open(f"{run_dir}/qemu/{name}.pid").read().strip())
     except (OSError, ValueError):
         return None
     return pid if os.path.exists(f"/proc/{pid}") else None

@@ -8,16 +8,26 @@ if needed (scripts/libvirt-up.sh), builds or reuses the VM image
 run at once (the contract's pair, then one node). The node's minion talks to
 a real salt-master of the module's own (salt-factories, on the network's
 gateway, its key pre-accepted as expand does), which runs jobs on it.
+
+Live migration: a second libvirtd on this machine
+(scripts/libvirt-second-host.sh: own mount namespace, state directories and
+host UUID, the same storage directory) gets a network of the same name
+bridged onto the module's bridge; a provider with ``hosts: {hv1, hv2}``
+refuses to move the node while it is saved, then moves it, running, there
+and back.
 """
 
 import base64
+import contextlib
 import ipaddress
 import os
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from pytestshellutils.exceptions import FactoryTimeout
 
 from tests.integration.lxd_fixtures import REPO, run_script
 from tests.provider_contract import ProviderContract, SpecFactory, eventually
@@ -42,6 +52,8 @@ BOOT_TIMEOUT = 300  # TCG: a guest boots to its minion in about 40 s when the ho
 MEMORY_MB = 512
 SAVED_FOR = 30  # seconds a node stays saved in the save test (see there)
 MINION_BACK = 60  # seconds a restored node's minion has to answer the master again
+HV2_DIR = os.environ.get("VCLUSTER_VIRT2_DIR", "/var/lib/vcluster/hv2")
+COUNTER = "/var/tmp/vcl-counter"  # a process in the guest appends 1, 2, 3... here, one line each 0.1 s
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +92,46 @@ def make_specs(virt_network):
     network = ipaddress.ip_network(virt_network["cidr"])
     addresses = (str(a) for i, a in enumerate(network.hosts()) if i >= 199)
     return SpecFactory(IMAGE, addresses, prefix="vcl-virt-", memory_mb=MEMORY_MB)
+
+
+@pytest.fixture(scope="module")
+def second_hypervisor(virt_daemon, virt_network):
+    """A second libvirtd (scripts/libvirt-second-host.sh) with the pool and a network of the module's names.
+
+    Its network bridges onto the module network's bridge (no dnsmasq of its
+    own): a guest that moves there stays on the same segment, with the same
+    DHCP host entry and address. Stopped (its domains and network removed)
+    at the end.
+    """
+    script = REPO / "scripts" / "libvirt-second-host.sh"
+    env_dir = ["--dir", HV2_DIR, "--pool", POOL]
+    uri = run_script(script, "up", *env_dir).stdout.strip().splitlines()[-1]
+    conn = libvirt.open(uri)
+    try:
+        with contextlib.suppress(libvirt.libvirtError):
+            old = conn.networkLookupByName(NETWORK)
+            if old.isActive():
+                old.destroy()
+            old.undefine()
+        bridge = ET.fromstring(virt_network["net"].XMLDesc(0)).find("bridge").get("name")
+        net = conn.networkDefineXML(f"<network><name>{NETWORK}</name><forward mode='bridge'/>"
+                                    f"<bridge name='{bridge}'/></network>")
+        net.create()
+        yield {"uri": uri, "conn": conn, "run_dir": f"{HV2_DIR}/run"}
+    finally:
+        conn.close()
+        run_script(script, "down", *env_dir)
+
+
+@pytest.fixture(scope="module")
+def pair(virt_daemon, virt_network, second_hypervisor):
+    """The provider with two hypervisors: ``hv1`` (the module's libvirtd) and ``hv2`` (the second one)."""
+    prov = LibvirtProvider("virt-pair", {
+        "hosts": {"hv1": {"uri": URI, "migration_address": "127.0.0.1"},
+                  "hv2": {"uri": second_hypervisor["uri"], "migration_address": "127.0.0.1"}},
+        "network": virt_network["name"], "storage_pool": virt_daemon, "shared_storage": True})
+    yield prov
+    prov.close()
 
 
 def seed_user_data(provider, name):
@@ -139,7 +191,10 @@ def minion_answers(master, name, timeout=5):
     salt's own timeout to the process's, and one unanswered ping would
     last longer than a whole deadline.
     """
-    ret = master.salt_cli().run(f"--timeout={timeout}", "test.ping", minion_tgt=name)
+    try:
+        ret = master.salt_cli().run(f"--timeout={timeout}", "test.ping", minion_tgt=name)
+    except FactoryTimeout:  # the CLI itself outlived its timeout (a loaded host): no answer yet
+        return False
     return ret.data is True
 
 
@@ -184,6 +239,36 @@ def master_connections(master, address, kill=False):
     cmd = ["ss", "-H", "-t", *(["-K"] if kill else []), "state", "established", "dst", address, ports]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if line.strip()]
+
+
+def lx_mac(name, conn=None):
+    """The MAC of the domain's nic, as its live XML has it (``conn``: default the module's libvirtd)."""
+    conn = conn or libvirt.open(URI)
+    return ET.fromstring(conn.lookupByName(name).XMLDesc(0)).find("./devices/interface/mac").get("address")
+
+
+def guest_sh(prov, name, script, timeout=30):
+    """Run ``script`` in the guest through its agent (wherever ``prov`` finds the domain): its output."""
+    dom = prov._domain(name, "test")  # noqa: SLF001 - the provider's own agent call, not a second client
+    code, out = prov._guest_exec(dom, ["/bin/sh", "-c", script], time.monotonic() + timeout, "test")  # noqa: SLF001
+    assert code == 0, out
+    return out
+
+
+def start_counter(prov, name):
+    """Start a process in the guest appending 1, 2, 3... to COUNTER every 0.1 s; returns its pid."""
+    loop = f"i=0; while :; do i=$((i+1)); echo $i >> {COUNTER}; sleep 0.1; done"
+    return int(guest_sh(prov, name, f"rm -f {COUNTER}; setsid sh -c '{loop}' </dev/null >/dev/null 2>&1 & echo $!"))
+
+
+def counter_lines(prov, name):
+    return [int(x) for x in guest_sh(prov, name, f"cat {COUNTER}").split()]
+
+
+def counter_alive(prov, name, pid, stop=False):
+    """Is the counter's process (``pid``) still running in the guest? ``stop``: kill it after the look."""
+    out = guest_sh(prov, name, f"if kill -0 {pid}; then echo alive; fi" + (f"; kill {pid}" if stop else ""))
+    return out == "alive"
 
 
 def pings(address):
@@ -237,7 +322,7 @@ class TestLibvirtNode:
         assert provider.get(inst.id).status is Status.RUNNING and qemu_pid(inst.id) == pid
         with pytest.raises(ProviderError, match="no instance"):
             provider.suspend("vcl-virt-no-such-node", mode="save")
-        with pytest.raises(ProviderError, match="live migration"):
+        with pytest.raises(ProviderError, match="has one hypervisor .* name two or more under its hosts option"):
             provider.migrate(inst.id, host="elsewhere")
 
     def test_pause_keeps_the_process_and_resumes(self, provider, node):
@@ -253,7 +338,8 @@ class TestLibvirtNode:
         assert back["minion_restart"] is None  # QEMU and its sockets stayed: the minion is left alone
         eventually(lambda: pings(spec.address), 30, f"{spec.address} answering after the pause")
 
-    def test_save_frees_the_qemu_process_and_the_restored_minion_runs_jobs(self, provider, node, salt_master):
+    def test_save_frees_the_qemu_process_and_the_restored_minion_runs_jobs(self, provider, node, salt_master,
+                                                                           pair, second_hypervisor):
         """Managed save: QEMU gone, memory back; restored, the clock is right and the minion runs jobs again.
 
         While the guest is saved its NIC is off the bridge, and the master's
@@ -278,6 +364,9 @@ class TestLibvirtNode:
         assert ret["mode"] == "save" and isinstance(ret["freed_mib"], int)
         assert qemu_pid(inst.id) is None and not os.path.exists(f"/proc/{pid}")
         assert provider.get(inst.id).status is Status.SUSPENDED
+        with pytest.raises(ProviderStateError, match="it is saved .* resume it first, or suspend with mode=pause"):
+            pair.migrate(inst.id, host="hv2")  # refused before any side effect
+        assert provider.get(inst.id).status is Status.SUSPENDED and second_hypervisor["conn"].listAllDomains(0) == []
         assert not pings(spec.address)
         assert master_connections(salt_master, spec.address, kill=True), "the minion held no master connection"
         assert not master_connections(salt_master, spec.address)
@@ -299,6 +388,53 @@ class TestLibvirtNode:
         ret = salt_master.salt_cli(timeout=30).run("cmd.run", "hostname", minion_tgt=spec.name, _timeout=90)
         assert ret.data == spec.name
         assert back["minion_restart"]["ok"], back["minion_restart"]["error"]
+
+    def test_live_migration_to_the_second_hypervisor_and_back(self, provider, pair, node, salt_master,
+                                                              second_hypervisor):
+        """Running guest hv1 -> hv2, paused back: gone from the source, same MAC and address, minion and processes alive."""
+        spec, inst = node
+        hv2 = second_hypervisor["conn"]
+        eventually(lambda: minion_answers(salt_master, spec.name), MINION_BACK, f"{spec.name}'s minion answering")
+        assert [h.name for h in pair.hosts()] == ["hv1", "hv2"]
+        assert pair.get(inst.id).host == "hv1"
+        with pytest.raises(ProviderError, match="'hv3' is not one of its hypervisors"):
+            pair.migrate(inst.id, host="hv3")
+        with pytest.raises(ProviderError, match="already runs on hv1"):
+            pair.migrate(inst.id, host="hv1")
+        counter = start_counter(pair, spec.name)
+        eventually(lambda: len(counter_lines(pair, spec.name)) >= 5, 30, "the counter counting")
+        mac = lx_mac(inst.id)
+
+        moved = pair.migrate(inst.id, host="hv2")
+        stats = pair.last_migration
+        print(f"\nlive migration hv1 -> hv2: {stats}")
+        assert moved.host == "hv2" and moved.status is Status.RUNNING and moved.address == spec.address
+        with pytest.raises(libvirt.libvirtError):
+            provider.conn.lookupByName(inst.id)  # gone from the source, definition and all
+        assert provider.get(inst.id) is None and qemu_pid(inst.id) is None
+        dom = hv2.lookupByName(inst.id)
+        assert dom.isActive() and dom.isPersistent() and not dom.hasManagedSaveImage(0)
+        assert qemu_pid(inst.id, second_hypervisor["run_dir"]) is not None
+        assert lx_mac(inst.id, hv2) == mac
+        assert stats["live"] and stats["downtime_s"] is not None and stats["paused"] is False
+        assert pair.get(inst.id).host == "hv2" and [i.host for i in pair.list(spec.tags["cluster"])] == ["hv2"]
+        eventually(lambda: pings(spec.address), 30, f"{spec.address} answering on hv2")
+        eventually(lambda: minion_answers(salt_master, spec.name), MINION_BACK, f"{spec.name}'s minion on hv2")
+        assert counter_alive(pair, spec.name, counter)
+
+        # back paused (a node suspended with mode=pause moves as it is), then resumed on hv1
+        assert pair.suspend(inst.id, mode="pause")["mode"] == "pause"
+        back = pair.migrate(inst.id)  # the provider picks: the only other hypervisor
+        print(f"paused migration hv2 -> hv1: {pair.last_migration}")
+        assert back.host == "hv1" and back.status is Status.PAUSED and pair.last_migration["paused"]
+        assert abs(pair.resume(inst.id)["clock_offset_after"]) < 1
+        assert hv2.listAllDomains(0) == [] and qemu_pid(inst.id) is not None
+        assert provider.get(inst.id).status is Status.RUNNING and lx_mac(inst.id) == mac
+        eventually(lambda: minion_answers(salt_master, spec.name), MINION_BACK, f"{spec.name}'s minion back on hv1")
+        lines = counter_lines(pair, spec.name)
+        assert counter_alive(pair, spec.name, counter, stop=True)
+        assert lines == list(range(1, len(lines) + 1)) and len(lines) >= 20, lines[-5:]
+        print(f"counter: {len(lines)} lines, unbroken, one process (pid {counter}) all along")
 
     def test_state_errors_on_a_stopped_node(self, provider, node):
         spec, inst = node

@@ -4,6 +4,11 @@ Config keys (pillar ``vcluster:providers:<name>``):
 
 ``uri``           libvirt connection URI (default ``qemu:///system``; a remote
                   hypervisor: ``qemu+ssh://root@host/system``).
+``hosts``         instead of ``uri``: several hypervisors by name, ``{name:
+                  URI}`` or ``{name: {uri, migration_address}}``; nodes are
+                  placed on the one with the most free memory and
+                  :meth:`LibvirtProvider.migrate` live-migrates between them
+                  (:mod:`vcluster.providers.libvirt_migrate`).
 ``network``       libvirt network the nic joins; its dnsmasq hands out the
                   spec's address as a static DHCP host entry (a spec
                   without one gets a lease from the network's range, read
@@ -19,6 +24,9 @@ Config keys (pillar ``vcluster:providers:<name>``):
 ``cmdline``       kernel command line (default: root on vda, serial console).
 ``tcg_cache_mib`` TCG translation cache per guest (default 128; QEMU's own
                   default, 1024, cost 512 MiB more QEMU RSS per guest here).
+``shared_storage``  ``true``: the pool is shared by the hypervisors though
+                  libvirt cannot tell (local directory of two daemons on one
+                  machine): migrations pass ``VIR_MIGRATE_UNSAFE``.
 ``clock_sync_timeout``  seconds resume waits for the guest agent to step
                   the guest clock (default 30).
 ``minion_restart_timeout``  seconds resume from a save waits for the guest
@@ -50,10 +58,14 @@ import xml.etree.ElementTree as ET
 import libvirt
 
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError
+from vcluster.providers import libvirt_migrate
 from vcluster.providers import libvirt_xml as lx
-from vcluster.providers.base import Host, Instance, Provider, Status, SuspendModes, spec_names
+from vcluster.providers.base import Instance, Provider, Status, SuspendModes, spec_names
 from vcluster.providers.libvirt_conn import Connection, _Missing
 from vcluster.providers.libvirt_guest import GuestAgent
+from vcluster.providers.libvirt_hosts import Hypervisors
+from vcluster.providers.libvirt_migrate import Migration
+from vcluster.providers.libvirt_options import hypervisor_uris
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +73,8 @@ log = logging.getLogger(__name__)
 SUSPEND_MODES = {"pause": "pause", "save": "save", "suspend": "save"}
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
 
-class LibvirtProvider(Connection, GuestAgent, Provider):
+
+class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
     """Virtual nodes as libvirt/QEMU domains."""
 
     driver = "libvirt"
@@ -73,7 +86,16 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
         for key in ("network", "storage_pool"):
             if not self.config.get(key):
                 raise PolicyError(f"vcluster:providers:{name}:{key} is required by the libvirt driver")
-        self.uri = self.config.get("uri") or "qemu:///system"
+        if self.config.get("hosts") and self.config.get("uri"):
+            raise PolicyError(f"vcluster:providers:{name} gives both uri and hosts: name one hypervisor with uri "
+                              f"or several with hosts, not both")
+        if self.config.get("hosts"):
+            #: hypervisor name -> {"uri", "migration_address"}; the key None is the one ``uri`` (named by libvirt)
+            self.hypervisors = hypervisor_uris(self.config["hosts"], f"vcluster:providers:{name}:hosts")
+        else:
+            self.hypervisors = {None: {"uri": self.config.get("uri") or "qemu:///system", "migration_address": None}}
+        self.default_host = next(iter(self.hypervisors))
+        self.uri = self.hypervisors[self.default_host]["uri"]
         self.network = self.config["network"]
         self.storage_pool = self.config["storage_pool"]
         self.domain_type_setting = self.config.get("domain_type") or "auto"
@@ -85,15 +107,13 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
         self.clock_sync_timeout = float(self.config.get("clock_sync_timeout") or 30)
         self.minion_restart_timeout = float(self.config.get("minion_restart_timeout") or 60)
         self.tb_cache_mib = int(self.config.get("tcg_cache_mib") or 128)
-        self._conn = None
+        self.shared_storage = self.config.get("shared_storage") is True
+        self._conns = {}
+        self._labels = {}
         self._domain_type = None
         self._lock = threading.RLock()
 
     # -- plumbing ------------------------------------------------------------
-
-    @property
-    def host_name(self):
-        return self._call("get", "read the hypervisor's name", self.conn.getHostname)
 
     @property
     def domain_type(self):
@@ -107,10 +127,6 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
                 features = {f.get("name") for f in caps.findall("./host/cpu/feature")}
                 self._domain_type = "kvm" if "kvm" in offered and features & {"vmx", "svm"} else "qemu"
         return self._domain_type
-
-    def _pool(self):
-        return self._call("get", f"storage pool {self.storage_pool}", self.conn.storagePoolLookupByName,
-                          self.storage_pool)
 
     def _image(self, pool, image):
         """Paths of the image's base disk, kernel and initramfs, or a clear error."""
@@ -129,34 +145,53 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
     def create(self, specs):
         """Define and start one domain per spec (overlay, seed, DHCP entry).
 
-        Everything is checked first (names free, images and networks exist);
-        then each node is made in turn. All or nothing: on any error what
-        this call made is deleted again.
+        Everything is checked first (names free on every hypervisor, images
+        and networks exist); then each node is made in turn, on the
+        hypervisor with the most free memory (:func:`place`). All or
+        nothing: on any error what this call made is deleted again.
         """
         specs = list(specs)
         if not specs:
             return []
         names = spec_names(specs)
-        existing = {d.name() for d in self._call("list", "list domains", self.conn.listAllDomains, 0)}
+        existing = set()
+        for host in self.hypervisors:
+            existing |= {d.name() for d in self._call("list", "list domains", self.conn_to(host).listAllDomains, 0)}
         taken = sorted(set(names) & existing)
         if taken:
             raise ProviderError(f"libvirt already has domains named {', '.join(taken)}: delete them or use other names")
-        pool = self._pool()
-        self._call("get", f"refresh pool {self.storage_pool}", pool.refresh, 0)
-        images = {image: self._image(pool, image) for image in {s.image for s in specs}}
-        networks = {}
-        for spec in specs:
+        if len(self.hypervisors) > 1:
+            free = {self._key(h.name): h.memory_free_mb for h in self.hosts() if h.state == "up"}
+            targets = libvirt_migrate.place([lx.guest_memory_mib(s.memory_mb) for s in specs], free)
+        else:
+            targets = [self.default_host] * len(specs)
+        pools, images, networks, dhcp = {}, {}, {}, {}
+        for spec, host in zip(specs, targets, strict=True):
+            if host not in pools:
+                pools[host] = self._pool(host)
+                self._call("get", f"refresh pool {self.storage_pool}", pools[host].refresh, 0)
+            if (host, spec.image) not in images:
+                images[host, spec.image] = self._image(pools[host], spec.image)
             net = spec.network or self.network
-            if net not in networks:
+            if (host, net) not in networks:
                 try:
-                    networks[net] = self._call("get", f"network {net}", self.conn.networkLookupByName, net)
+                    networks[host, net] = self._call("get", f"network {net}", self.conn_to(host).networkLookupByName,
+                                                     net)
                 except _Missing:
-                    raise ProviderError(f"cannot create {spec.name}: libvirt has no network '{net}'") from None
+                    raise ProviderError(f"cannot create {spec.name}: libvirt has no network '{net}'"
+                                        f"{self._on(host)}") from None
+            if spec.address and net not in dhcp:
+                dhcp[net] = self._dhcp_networks(net)
+                if not dhcp[net]:
+                    raise ProviderError(f"cannot create {spec.name} on {spec.address}: no hypervisor's network "
+                                        f"'{net}' hands out addresses (its <ip> has no <dhcp>)")
         request = secrets.token_hex(8)
         made = []
         try:
-            for spec in specs:
-                made.append(self._create_one(spec, pool, images[spec.image], networks, request))
+            for spec, host in zip(specs, targets, strict=True):
+                net = spec.network or self.network
+                made.append(self._create_one(spec, host, pools[host], images[host, spec.image],
+                                             net, dhcp.get(net, []), request))
         except Exception as exc:
             self.delete([s.name for s in specs[:len(made) + 1]], request=request)
             if isinstance(exc, ProviderError):
@@ -164,34 +199,35 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
             raise ProviderError(f"creating libvirt domains failed: {exc}") from exc
         return made
 
-    def _create_one(self, spec, pool, image, networks, request):
-        net_name = spec.network or self.network
+    def _create_one(self, spec, host, pool, image, net_name, dhcp_nets, request):
         mac = lx.mac_for(spec.address)
         disk, seed = f"{spec.name}.qcow2", f"{spec.name}-seed.iso"
         what = f"create {spec.name}"
+        conn = self.conn_to(host)
         self._call("volume", what, pool.createXML, lx.overlay_xml(disk, image["disk"]), 0)
         iso = lx.seed_iso(spec, f"{spec.name}-{request}")
         vol = self._call("volume", what, pool.createXML, lx.raw_volume_xml(seed, len(iso)), 0)
-        self._upload(vol, iso, what)
+        self._upload(conn, vol, iso, what)
         xml = lx.domain_xml(spec, self.domain_type, self.storage_pool,
                             {"kernel": image["kernel"], "initrd": image["initrd"], "disk": disk, "seed": seed},
                             net_name, mac, request, machine=spec.extra.get("machine") or self.machine,
                             cmdline=spec.extra.get("cmdline") or self.cmdline,
                             console_log=f"/var/log/libvirt/qemu/{spec.name}-console.log",
                             tb_cache_mib=self.tb_cache_mib, memory_mib=lx.guest_memory_mib(spec.memory_mb))
-        dom = self._call("create", what, self.conn.defineXML, xml)
-        # After the definition: a rollback finds the entry through the domain's metadata.
+        dom = self._call("create", what, conn.defineXML, xml)
+        # After the definition: a rollback finds the entries through the domain's metadata.
         if spec.address:
-            self._call("network", f"{what}: DHCP host {spec.address}", networks[net_name].update,
-                       libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
-                       lx.dhcp_host_xml(mac, spec.name, spec.address),
-                       libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG)
+            for net in dhcp_nets:
+                self._call("network", f"{what}: DHCP host {spec.address}", net.update,
+                           libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
+                           lx.dhcp_host_xml(mac, spec.name, spec.address),
+                           libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG)
         self._call("start", f"start {spec.name}", dom.create)
         return Instance(id=spec.name, name=spec.name, status=Status.RUNNING, address=spec.address,
-                        host=self.host_name, tags={k: str(v) for k, v in spec.tags.items()})
+                        host=self._label(host), tags={k: str(v) for k, v in spec.tags.items()})
 
-    def _upload(self, vol, data, what):
-        stream = self.conn.newStream(0)
+    def _upload(self, conn, vol, data, what):
+        stream = conn.newStream(0)
         try:
             self._call("volume", what, vol.upload, stream, 0, len(data), 0)
             view = memoryview(data)
@@ -223,10 +259,7 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
 
     def _delete_one(self, name, request):
         what = f"delete {name}"
-        try:
-            dom = self._call("get", what, self.conn.lookupByName, name)
-        except _Missing:
-            dom = None
+        host, dom = self._locate(name, what)
         meta = self._meta(dom) if dom is not None else None
         if request is not None and (meta or {}).get("request") not in (None, request):
             return False  # a namesake made by someone else
@@ -246,24 +279,18 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
                 self._remove_dhcp_host(network, name, meta, what)
         elif request is None:
             return False
-        pool = self._pool()
-        for vol_name in (f"{name}.qcow2", f"{name}-seed.iso"):
-            try:
-                vol = self._call("get", what, pool.storageVolLookupByName, vol_name)
-                self._call("delete", what, vol.delete, 0)
-            except _Missing:
-                pass
+        # The volumes of a node that moved were made through another hypervisor's
+        # view of the shared pool: refreshed, this one sees them.
+        for pool_host in [host] if dom is not None else list(self.hypervisors):
+            pool = self._pool(pool_host)
+            self._call("get", what, pool.refresh, 0)
+            for vol_name in (f"{name}.qcow2", f"{name}-seed.iso"):
+                try:
+                    vol = self._call("get", what, pool.storageVolLookupByName, vol_name)
+                    self._call("delete", what, vol.delete, 0)
+                except _Missing:
+                    pass
         return dom is not None
-
-    def _remove_dhcp_host(self, network, name, meta, what):
-        try:
-            net = self._call("get", what, self.conn.networkLookupByName, network)
-            self._call("delete", what, net.update, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
-                       libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1,
-                       lx.dhcp_host_xml(meta["mac"], name, meta["address"]),
-                       libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG)
-        except ProviderError as exc:
-            log.warning("%s: DHCP host entry %s left on the network: %s", what, meta["address"], exc)
 
     # -- queries -----------------------------------------------------------------
 
@@ -279,28 +306,32 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
         return [i for i in self.list_all() if i.tags.get("cluster") == cluster]
 
     def list_all(self):
-        """Every domain carrying vcluster metadata."""
-        found = []
-        host = None
-        for dom in self._call("list", "list domains", self.conn.listAllDomains, 0):
-            meta = self._meta(dom)
-            if meta is None:
-                continue
-            host = host or self.host_name
-            try:
-                found.append(self._to_instance(dom, meta, host))
-            except libvirt.libvirtError:
-                continue  # undefined while we looked
-        return found
+        """Every domain carrying vcluster metadata, on every hypervisor (one listing call each).
+
+        A domain found on two hypervisors is in the middle of a migration:
+        the persistent one (the source, until the move ends) is reported.
+        """
+        found = {}
+        for host in self.hypervisors:
+            for dom in self._call("list", "list domains", self.conn_to(host).listAllDomains, 0):
+                meta = self._meta(dom)
+                if meta is None:
+                    continue
+                try:
+                    if dom.name() in found and not dom.isPersistent():
+                        continue
+                    found[dom.name()] = self._to_instance(dom, meta, self._label(host))
+                except libvirt.libvirtError:
+                    continue  # undefined while we looked
+        return list(found.values())
 
     def get(self, instance_id):
         """One domain (tagged or not), or ``None``."""
-        try:
-            dom = self._call("get", f"get {instance_id}", self.conn.lookupByName, instance_id)
-        except _Missing:
+        host, dom = self._locate(instance_id, f"get {instance_id}")
+        if dom is None:
             return None
         return self._to_instance(dom, self._meta(dom) or lx.parse_metadata(f'<n xmlns="{lx.NS}"/>'),
-                                 self.host_name)
+                                 self._label(host))
 
     def _to_instance(self, dom, meta, host):
         status = self._status(dom)
@@ -315,15 +346,20 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
                         host=host, tags=meta["tags"], fault=fault)
 
     def _leased_address(self, dom):
-        """The IPv4 address the network's DHCP server leased to a node created without one."""
-        try:
-            found = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0)
-        except libvirt.libvirtError:
-            return None
-        for iface in (found or {}).values():
-            for addr in iface.get("addrs") or []:
-                if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
-                    return addr["addr"]
+        """The IPv4 address the network's DHCP server leased to a node created without one.
+
+        A hypervisor whose network only bridges onto another's (no dnsmasq
+        of its own) has no lease: the hypervisor's ARP table answers then.
+        """
+        for source in (libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP):
+            try:
+                found = dom.interfaceAddresses(source, 0)
+            except libvirt.libvirtError:
+                continue
+            for iface in (found or {}).values():
+                for addr in iface.get("addrs") or []:
+                    if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                        return addr["addr"]
         return None
 
     def _status(self, dom):
@@ -348,12 +384,6 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
 
     # -- suspend / resume ------------------------------------------------------
 
-    def _domain(self, instance_id, what):
-        try:
-            return self._call("get", what, self.conn.lookupByName, instance_id)
-        except _Missing as exc:
-            raise ProviderError(f"{what}: libvirt has no instance named {instance_id}") from exc
-
     def suspend(self, instance_id, mode="suspend"):
         """``pause`` (vCPUs stopped) or ``save``/``suspend`` (managed save, QEMU gone).
 
@@ -366,13 +396,13 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
                                 f"{', '.join(SUSPEND_MODES)}")
         action = SUSPEND_MODES[mode]
         what = f"{action} {instance_id}"
-        dom = self._domain(instance_id, what)
+        host, dom = self._find(instance_id, what)
         status = self._status(dom)
         if (action, status) in (("pause", Status.PAUSED), ("save", Status.SUSPENDED)):
             return {"mode": action, "seconds": 0.0, "freed_mib": None}
         if status not in (Status.RUNNING, Status.PAUSED) or (action == "pause" and status is not Status.RUNNING):
             raise ProviderStateError(f"cannot {action} {instance_id}: it is {status.value}, not running")
-        before = self._available_mib()
+        before = self._available_mib(host)
         start = time.monotonic()
         if action == "pause":
             self._call("suspend", what, dom.suspend)
@@ -381,7 +411,7 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
             flags = libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE | libvirt.VIR_DOMAIN_SAVE_RUNNING
             self._call("suspend", what, dom.managedSave, flags)
         seconds = time.monotonic() - start
-        return {"mode": action, "seconds": round(seconds, 2), "freed_mib": self._available_mib() - before}
+        return {"mode": action, "seconds": round(seconds, 2), "freed_mib": self._available_mib(host) - before}
 
     def resume(self, instance_id):
         """Undo a pause (virDomainResume) or a save (start from the managed save image).
@@ -427,37 +457,3 @@ class LibvirtProvider(Connection, GuestAgent, Provider):
         restart = self._restart_minion(dom, what) if restored else None
         return {"seconds": seconds, "clock_offset_before": before, "clock_offset_after": after,
                 "minion_restart": restart}
-
-    def _available_mib(self):
-        """Hypervisor memory available to new work, MiB.
-
-        Local URI: the host's ``MemAvailable``. Remote: libvirt's node memory
-        stats (free + buffers + cached), the closest it reports.
-        """
-        if self.uri.split(":", 1)[0] in ("qemu", "qemu+unix") and "///" in self.uri:
-            with open("/proc/meminfo") as fh:
-                for line in fh:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) // 1024
-        stats = self._call("get", "read memory stats", self.conn.getMemoryStats,
-                           libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
-        return sum(stats.get(k, 0) for k in ("free", "buffers", "cached")) // 1024
-
-    def migrate(self, instance_id, host=None, live=True):
-        """Not implemented yet for libvirt."""
-        raise ProviderError(f"cannot migrate {instance_id}: the libvirt provider does not do live migration yet")
-
-    def hosts(self):
-        """The hypervisor with its CPUs and memory minus those of active domains."""
-        info = self._call("get", "read node info", self.conn.getInfo)
-        memory_mb, cpus = int(info[1]), int(info[2])
-        used_cpus = used_mb = active = 0
-        for dom in self._call("list", "list domains", self.conn.listAllDomains,
-                              libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            _state, max_kib, _mem, vcpus, _cpu_time = dom.info()
-            active += 1
-            used_cpus += vcpus
-            used_mb += max_kib // 1024
-        return [Host(name=self.host_name, cpus_free=max(0, cpus - used_cpus),
-                     memory_free_mb=max(0, memory_mb - used_mb), instances=active)]
-

@@ -1,7 +1,9 @@
 """The libvirt provider's connection: opening it, one call, and libvirt's errors as vcluster's.
 
 A mixin of :class:`vcluster.providers.libvirt.LibvirtProvider`: it uses
-the provider's ``uri``, ``calls``, ``_conn`` and ``_lock``.
+the provider's ``hypervisors`` (hypervisor key -> ``{"uri", ...}``),
+``default_host``, ``calls``, ``_conns`` and ``_lock``. One connection per
+hypervisor, each opened on first use.
 """
 
 import libvirt
@@ -39,32 +41,39 @@ class Connection:
 
     @property
     def conn(self):
-        """The libvirt connection, opened on first use.
+        """The connection to the provider's first (or only) hypervisor; see :meth:`conn_to`."""
+        return self.conn_to(self.default_host)
+
+    def conn_to(self, host):
+        """The libvirt connection to hypervisor ``host`` (a key of ``hypervisors``), opened on first use.
 
         Opening goes through :func:`vcluster.retry.api_call` (the product's
         one retry loop): "Failed to connect socket" (libvirtd restarting, or
         not yet up) is tried again; it changes nothing on the host.
         """
         with self._lock:
-            if self._conn is None:
+            conn = self._conns.get(host)
+            if conn is None:
+                uri = self.hypervisors[host]["uri"]
                 self.calls["connect"] += 1
 
                 def counted_retry(*_):
                     self.calls["retry"] += 1
 
                 try:
-                    self._conn = retry.api_call(lambda: libvirt.open(self.uri), is_transient=_unreached,
-                                                on_retry=counted_retry)
+                    conn = retry.api_call(lambda: libvirt.open(uri), is_transient=_unreached,
+                                          on_retry=counted_retry)
                 except libvirt.libvirtError as exc:
-                    raise ProviderError(f"cannot reach libvirt at {self.uri}: {exc.get_error_message()}") from exc
-            return self._conn
+                    raise ProviderError(f"cannot reach libvirt at {uri}: {exc.get_error_message()}") from exc
+                self._conns[host] = conn
+            return conn
 
     def _call(self, kind, what, fn, *args):
         """One libvirt call counted under ``kind``; libvirt errors -> vcluster errors.
 
-        A call that finds the connection gone (libvirtd restarted since it
+        A call that finds a connection gone (a libvirtd restarted since it
         was opened) is not sent again, since it may have acted; the
-        connection is dropped so that the next call opens a new one.
+        connections are dropped so that the next call opens new ones.
         """
         with self._lock:
             self.calls[kind] += 1
@@ -81,14 +90,14 @@ class Connection:
             raise ProviderError(f"{what}: {message}") from exc
 
     def close(self):
-        """Close the libvirt connection."""
+        """Close the libvirt connections."""
         self._drop_connection()
 
     def _drop_connection(self):
         with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except libvirt.libvirtError:
-                    pass
-                self._conn = None
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass

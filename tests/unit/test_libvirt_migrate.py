@@ -1,0 +1,105 @@
+"""libvirt provider, several hypervisors: the `hosts` option, placement and the migration rules that need no hypervisor."""
+
+import re
+
+import pytest
+
+pytest.importorskip("libvirt", reason="libvirt-python is not installed (extra `libvirt`)")
+
+import libvirt  # noqa: E402
+
+from vcluster.errors import PolicyError, ProviderError  # noqa: E402
+from vcluster.policy import provider_options  # noqa: E402, F401 - the tables load
+from vcluster.providers import libvirt_migrate as lm  # noqa: E402
+from vcluster.providers.base import Host  # noqa: E402
+from vcluster.providers.libvirt import LibvirtProvider  # noqa: E402
+from vcluster.providers.libvirt_options import OPTIONS, hypervisor_uris  # noqa: E402
+
+PATH = "vcluster:providers:v:hosts"
+
+
+def test_hosts_take_a_uri_or_a_mapping():
+    got = hypervisor_uris({"hv1": "qemu:///system", "hv2": {"uri": "qemu+ssh://root@hv2/system",
+                                                            "migration_address": "10.0.0.2"}}, PATH)
+    assert got == {"hv1": {"uri": "qemu:///system", "migration_address": None},
+                   "hv2": {"uri": "qemu+ssh://root@hv2/system", "migration_address": "10.0.0.2"}}
+    assert list(got) == ["hv1", "hv2"]  # the order of the pillar: the first is the default hypervisor
+
+
+@pytest.mark.parametrize("value, message", [
+    ([], "vcluster:providers:v:hosts must map hypervisor names to libvirt URIs"),
+    ({}, "vcluster:providers:v:hosts must map hypervisor names to libvirt URIs"),
+    ({"hv1": 3}, "vcluster:providers:v:hosts:hv1 must be a libvirt URI or a mapping with `uri`"),
+    ({"hv1": {"migration_address": "10.0.0.1"}}, "hosts:hv1 must be a libvirt URI or a mapping with `uri`"),
+    ({"hv1": {"uri": "qemu:///system", "port": 1}}, "hosts:hv1 takes only `uri` and `migration_address`, got 'port'"),
+    ({"hv1": {"uri": "qemu:///system", "migration_address": "not an address!"}},
+     "hosts:hv1:migration_address must be an IPv4 address or a DNS name"),
+    ({"hv1": "qemu:///system", "hv2": "qemu:///system"},
+     "hosts:hv2 names the same hypervisor as hv1 (one URI, two names), got 'qemu:///system'"),
+    ({"bad name": "qemu:///system"}, "vcluster:providers:v:hosts"),
+])
+def test_hosts_are_refused_in_one_sentence(value, message):
+    with pytest.raises(PolicyError, match=re.escape(message)) as err:
+        hypervisor_uris(value, PATH)
+    assert "\n" not in str(err.value)
+
+
+def test_hosts_is_in_the_option_table_and_the_provider_refuses_uri_with_it():
+    assert {"hosts", "shared_storage", "uri"} <= set(OPTIONS.options)
+    assert OPTIONS.options["hosts"].check is hypervisor_uris
+    with pytest.raises(PolicyError, match="gives both uri and hosts: name one hypervisor with uri or several"):
+        LibvirtProvider("v", {"network": "n", "storage_pool": "p", "uri": "qemu:///system",
+                              "hosts": {"hv1": "qemu:///system"}})
+    prov = LibvirtProvider("v", {"network": "n", "storage_pool": "p",
+                                 "hosts": {"hv1": "qemu+ssh://nobody@192.0.2.1/system", "hv2": "qemu:///x"}})
+    assert prov.default_host == "hv1" and prov.uri == "qemu+ssh://nobody@192.0.2.1/system"
+    assert prov.host_name == "hv1" and prov.calls["connect"] == 0  # named by the pillar, not asked
+
+
+def test_one_hypervisor_cannot_migrate_and_says_how_to_name_more():
+    prov = LibvirtProvider("v", {"network": "n", "storage_pool": "p", "uri": "qemu+ssh://nobody@192.0.2.254/system"})
+    with pytest.raises(ProviderError, match=re.escape("cannot migrate n1: libvirt provider v has one hypervisor "
+                                                      "(qemu+ssh://nobody@192.0.2.254/system); name two or more "
+                                                      "under its hosts option to migrate")):
+        prov.migrate("n1", host="hv2")
+    assert prov.calls["connect"] == 0  # refused before any connection
+
+
+def test_place_fills_the_freest_hypervisor_first():
+    assert lm.place([1000, 1000, 1000], {"hv1": 3000, "hv2": 2500}) == ["hv1", "hv2", "hv1"]
+    assert lm.place([500, 500], {"hv1": 1000, "hv2": 1000}) == ["hv1", "hv2"]  # ties: the first named
+    assert lm.place([4000], {"hv1": 100, "hv2": 200}) == ["hv2"]  # fits nowhere: libvirt will say what is short
+    with pytest.raises(ProviderError, match="no hypervisor is up"):
+        lm.place([1], {})
+
+
+def hosts(**free):
+    return [Host(name=n, cpus_free=4, memory_free_mb=m if m >= 0 else 0, state="up" if m >= 0 else "down")
+            for n, m in free.items()]
+
+
+def test_choose_target_with_and_without_a_wanted_host():
+    assert lm.choose_target("hv1", 600, hosts(hv1=9000, hv2=1000, hv3=2000)) == "hv3"
+    assert lm.choose_target("hv1", 600, hosts(hv1=9000, hv2=1000, hv3=2000), wanted="hv2") == "hv2"
+    with pytest.raises(ProviderError, match=r"'hv9' is not one of its hypervisors \(hv1, hv2\)"):
+        lm.choose_target("hv1", 600, hosts(hv1=1, hv2=1), wanted="hv9")
+    with pytest.raises(ProviderError, match="it already runs on hv1"):
+        lm.choose_target("hv1", 600, hosts(hv1=1, hv2=1), wanted="hv1")
+    with pytest.raises(ProviderError, match="hypervisor hv2 is down"):
+        lm.choose_target("hv1", 600, hosts(hv1=1, hv2=-1), wanted="hv2")
+    with pytest.raises(ProviderError, match=re.escape("no other hypervisor has 600 MiB free (hv2: 500 MiB)")):
+        lm.choose_target("hv1", 600, hosts(hv1=9000, hv2=500, hv3=-1))  # hv3 is down
+    with pytest.raises(ProviderError, match=re.escape("no other hypervisor has 600 MiB free (none is up)")):
+        lm.choose_target("hv1", 600, hosts(hv1=9000, hv2=-1))
+
+
+def test_migration_params_and_job_summary():
+    assert lm.migration_params(None) == {}
+    assert lm.migration_params("127.0.0.1") == {libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1"}
+    got = lm.job_summary({"downtime": 213, "time_elapsed": 2362, "memory_processed": 445845504,
+                          "memory_iteration": 3})
+    assert got == {"downtime_s": 0.213, "time_s": 2.362, "memory_mib": 425.2, "iterations": 3}
+    assert lm.job_summary({}) == {"downtime_s": None, "time_s": None, "memory_mib": None, "iterations": None}
+    # the definition moves with the guest, and a failure leaves the guest running on the source
+    assert lm.BASE_FLAGS & libvirt.VIR_MIGRATE_PERSIST_DEST and lm.BASE_FLAGS & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    assert lm.BASE_FLAGS & libvirt.VIR_MIGRATE_ABORT_ON_ERROR and not lm.BASE_FLAGS & libvirt.VIR_MIGRATE_UNSAFE
