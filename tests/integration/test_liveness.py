@@ -83,7 +83,7 @@ def wait_until(predicate, timeout, what, every=0.5):
 
 
 @pytest.fixture(scope="module")
-def baremetal(lstack, lxd_network, lxd_addresses):
+def baremetal(lstack, lxd_network, lxd_addresses, event_listener):
     """``tbm1``: minion accepted by the admin, slurmd registered by hand, feature baremetal."""
     address = next(lxd_addresses)
     gw = lxd_network["gateway"]
@@ -92,9 +92,12 @@ def baremetal(lstack, lxd_network, lxd_addresses):
         "name=eth0", f"ipv4.address={address}")
     secrets = yaml.safe_load((lstack.site / "secrets.sls").read_text())
     files = {
+        # acceptance_wait_time: the minion asks again 2 s (Salt's default: 10 s)
+        # after the "admin" accepted its pending key, as vcluster's nodes do
         "/etc/salt/minion.d/vcluster.conf": (f"master: {gw}\nid: {BAREMETAL}\n"
                                              f"master_port: {lstack.master.config['ret_port']}\n"
-                                             f"publish_port: {lstack.master.config['publish_port']}\n"),
+                                             f"publish_port: {lstack.master.config['publish_port']}\n"
+                                             "acceptance_wait_time: 2\n"),
         "/etc/munge/munge.key": base64.b64decode(secrets["munge"]["key"]),
         "/etc/default/slurmd": (f"SLURMD_OPTIONS=\"-Z --conf-server {gw} --conf 'CPUs=1 RealMemory=256 "
                                 f"Feature=baremetal' -N {BAREMETAL}\"\n"),
@@ -107,6 +110,7 @@ def baremetal(lstack, lxd_network, lxd_addresses):
         local.chmod(0o600)
         lxc("file", "push", "--create-dirs", "--mode", "0600" if "munge" in path else "0644", str(local),
             f"{BAREMETAL}{path}")
+    booted = time.time()
     lxc("start", BAREMETAL)
     # systemd must have finished booting before units are restarted by hand
     wait_until(lambda: lxc("exec", BAREMETAL, "--", "systemctl", "is-system-running", check=False).stdout.strip()
@@ -122,8 +126,13 @@ def baremetal(lstack, lxd_network, lxd_addresses):
     info = wait_until(lambda: (i := node_info(BAREMETAL)) and i["State"].split("+")[0] == "IDLE" and i, 90,
                       "tbm1 idle in Slurm")
     assert "baremetal" in info.get("AvailableFeatures", ""), info
-    # the minion: its key pending, then accepted by the stack's "admin"
-    wait_until(lambda: lstack.master.salt_cli(timeout=20).run("test.ping", minion_tgt=BAREMETAL).data is True,
+    # the minion: its key pending, then accepted by the stack's "admin". A
+    # ping published before the accepted minion started is lost (and costs
+    # the CLI's timeout and Salt's find_job round): wait for its start event
+    started = event_listener.wait_for_events([(lstack.master_id, f"salt/minion/{BAREMETAL}/start")],
+                                             after_time=booted, timeout=120)
+    assert not started.missed, "tbm1's minion did not start (its key accepted) within 120 s"
+    wait_until(lambda: lstack.master.salt_cli(timeout=5).run("test.ping", minion_tgt=BAREMETAL).data is True,
                120, "tbm1's minion answering", every=2)
     return BAREMETAL
 
