@@ -17,7 +17,26 @@
 
     A changed slurm.conf restarts slurmd only with static/cloud membership
     (new NodeName lines need it); otherwise slurmctld's `scontrol reconfigure`
-    tells the running slurmd to re-read it. #}
+    tells the running slurmd to re-read it.
+
+    By Slurm release (slurm.release, map.jinja; docs/slurm-versions.md):
+    - instance_fields (23.11+): a virtual node's slurmd also gets
+      `--instance-id`/`--instance-type` from vcluster_self (or grain
+      vcluster) instance_id/instance_type, when they are there: slurmd's
+      registration sets InstanceId/InstanceType to what it was started
+      with, so without them every slurmd (re)start clears what vcluster
+      recorded. Not `--extra`: vcluster's Extra names the node's current
+      host, which a migration changes, and a registration keeps the Extra
+      that `scontrol update` set unless slurmd has `--extra`.
+    - slurmd_notify (23.11+: slurmd.service is Type=notify): a configless
+      slurmd is "started" only once it has its configuration, and it asks
+      the controller again every 10 s; a drop-in bounds systemd's start
+      timeout with slurm:slurmd_start_timeout, so a highstate on a node
+      whose controller does not answer fails after that long, with the
+      unit's last journal lines, instead of blocking (systemd's default is
+      90 s); the next highstate starts slurmd again.
+    On a release that is not supported, or none found, the options file
+    state fails with one sentence and nothing is written. #}
 {%- from tpldir ~ "/map.jinja" import slurm with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set node = slurm.node %}
@@ -64,15 +83,38 @@ slurm-compute-package-installed:
 {%-   set missing = [] %}
 {%-   set options = ["-N", node.name] if node.virtual else [] %}
 {%- endif %}
+{%- set release = slurm.release %}
+{%- set invalid = [] %}
+{%- if node.virtual and release.instance_fields %}
+{#-   the values slurmctld and slurmdbd take unquoted (vcluster/slurm/instance.py _VALUE) #}
+{%-   for flag, key in [("--instance-id", "instance_id"), ("--instance-type", "instance_type")] if node[key] %}
+{%-     if (node[key] | string) is match("^[A-Za-z0-9._:@/+,-]{1,128}$") %}
+{%-       do options.extend([flag, node[key] | string]) %}
+{%-     else %}
+{%-       do invalid.append(key ~ " " ~ node[key] ~ " (expected 1-128 letters, digits and . _ : @ / + , -)") %}
+{%-     endif %}
+{%-   endfor %}
+{%- endif %}
 {%- if slurm.slurmd_extra_options %}
 {%-   do options.append(slurm.slurmd_extra_options) %}
 {%- endif %}
+{%- set notify_bound = node.configless and systemd and release.slurmd_notify %}
 
-{%- if missing %}
+{%- if release.error %}
+
+slurm-compute-options-file-managed:
+  test.fail_without_changes:
+    - comment: {{ (release.error ~ "; " ~ slurm.lookup.slurmd_defaults_file ~ " not written") | yaml_dquote }}
+{%- elif missing %}
 
 slurm-compute-options-file-managed:
   test.fail_without_changes:
     - comment: "dynamic virtual node {{ node.name }} lacks {{ missing | join(', ') }}"
+{%- elif invalid %}
+
+slurm-compute-options-file-managed:
+  test.fail_without_changes:
+    - comment: {{ ("virtual node " ~ node.name ~ ": invalid " ~ invalid | join(", ") ~ "; " ~ slurm.lookup.slurmd_defaults_file ~ " not written") | yaml_dquote }}
 {%- else %}
 
 slurm-compute-options-file-managed:
@@ -103,11 +145,31 @@ slurm-compute-systemd-dropin-managed:
         ConditionPathExists=
         ConditionPathExists={{ slurm.lookup.slurmd_defaults_file }}
 
+{%-   if notify_bound %}
+
+slurm-compute-systemd-start-timeout-managed:
+  file.managed:
+    - name: {{ slurm.lookup.slurmd_systemd_start_dropin }}
+    - makedirs: True
+    - user: root
+    - group: root
+    - mode: '0644'
+    - contents: |
+        # Managed by Salt (vcluster): slurmd {{ release.series }} is Type=notify and a
+        # configless slurmd is started only once the controller sent its
+        # configuration; bound the wait (pillar slurm:slurmd_start_timeout).
+        [Service]
+        TimeoutStartSec={{ slurm.slurmd_start_timeout | int }}
+{%-   endif %}
+
 slurm-compute-systemd-reloaded:
   cmd.run:
     - name: systemctl daemon-reload
     - onchanges:
       - file: slurm-compute-systemd-dropin-managed
+{%-   if notify_bound %}
+      - file: slurm-compute-systemd-start-timeout-managed
+{%-   endif %}
 {%- endif %}
 
 slurm-compute-service-running:
@@ -130,4 +192,18 @@ slurm-compute-service-running:
 {%- endif %}
 {%- if not node.configless and restart_on_conf_change %}
       - slurm-config-file-managed
+{%- endif %}
+
+{%- if notify_bound %}
+
+# Only when the start failed: why, in the state's output (the start
+# timeout ended a slurmd still asking the controller for its configuration).
+slurm-compute-service-diagnosed:
+  cmd.run:
+    - name: >-
+        echo "slurmd did not get its configuration from {{ conf_server }} within
+        {{ slurm.slurmd_start_timeout | int }} s (slurm:slurmd_start_timeout); its last messages:";
+        journalctl -u {{ slurm.lookup.compute_service }} -n 12 --no-pager -o cat 2>&1; exit 1
+    - onfail:
+      - service: slurm-compute-service-running
 {%- endif %}

@@ -5,7 +5,11 @@
     With slurm:manage include (site mode) the site's own slurm.conf is left
     as it is and only vcluster's part is written, to the file the site's
     slurm.conf Includes; the settings vcluster needs from the site's file
-    are checked first (map.jinja, docs/slurm-site.md). #}
+    are checked first (map.jinja, docs/slurm-site.md).
+
+    What slurm.conf holds follows this host's Slurm release (slurm.release
+    in map.jinja, e.g. cloud_reg_addrs before 23.11 only); without a
+    supported release nothing is written. #}
 {%- from tpldir ~ "/map.jinja" import slurm with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
 
@@ -18,7 +22,12 @@ slurm-config-directory:
     - makedirs: True
 
 {%- set cloud_error = (salt["pillar.get"]("vcluster_cloud", {}) or {}).get("error") %}
-{%- if slurm.site.error %}
+{%- if slurm.release.error %}
+
+slurm-config-file-managed:
+  test.fail_without_changes:
+    - comment: {{ (slurm.release.error ~ "; slurm.conf not written") | yaml_dquote }}
+{%- elif slurm.site.error %}
 
 slurm-config-file-managed:
   test.fail_without_changes:
