@@ -14,7 +14,12 @@ provider as expand launches nodes. Checked in it:
   the top assigns them, they render, a ``test=True`` highstate has no
   failure, munge, chrony.client and nfs.client apply (munged runs with the
   pillar's key), and slurmd, started with the options file the states
-  write, runs configless and asks the conf server (nothing listens yet).
+  write, runs configless and asks the conf server (nothing listens yet);
+- the states read Slurm 24.11 from the node's slurmd (slurm.release), give
+  slurmd --instance-id/--instance-type from the node's grains, and bound
+  slurmd's Type=notify start: slurm.compute against the address where
+  nothing listens returns after slurm:slurmd_start_timeout with the start
+  failed and explained, and no slurmd left running.
 
 Then a 24.11 controller: a second container of the same image with Debian
 13's slurmctld package added (its .deb fetched from the Debian mirror into
@@ -22,8 +27,11 @@ the image's .deb cache: the containers have no route out), configured by
 this checkout's munge and slurm.controller states (no accounting: see
 docs/slurm-versions.md for what slurmdbd on Debian 13 needs). The node's
 full highstate then starts its configless slurmd against it, the node
-registers as a dynamic node, `sinfo` lists it and a job runs on it.
-Nothing is mocked.
+registers as a dynamic node with its InstanceId/InstanceType (set again by
+a slurmd restart after `scontrol update` changed them), `sinfo` lists it
+and a job runs on it. The controller's states read 24.11 from its
+slurmctld, and cloud membership's slurm.conf rendered there has no
+cloud_reg_addrs. Nothing is mocked.
 """
 
 import base64
@@ -146,18 +154,25 @@ def node(provider, trixie_image, lxd_addresses, lxd_network):
                            check=True, timeout=120, capture_output=True)
         # no controller yet: the test bridge's gateway, where nothing listens
         site = {"slurm": {"controller": {"host": "ctl", "address": lxd_network["gateway"]}}}
-        # grains: what a virtual node's first boot writes (vcluster's boot files)
-        configure_minion(spec.name, spec.name, ["slurm-compute", "vcluster-virtual"], site, grains_extra={
-            "vcluster": {"node": spec.name, "profile": "htc", "cpus": 1, "memory": 256,
-                         "features": ["virtual", "htc"], "membership": "dynamic"}})
+        configure_minion(spec.name, spec.name, ["slurm-compute", "vcluster-virtual"], site,
+                         grains_extra=node_grains(spec.name))
         yield spec
     finally:
         provider.delete([inst.id])
 
 
-def salt_call(name, *args, timeout=300):
+def node_grains(name):
+    """Grain ``vcluster``: what a virtual node's first boot writes (vcluster/bootstrap.py grains_for),
+    plus the instance fields the states read from vcluster_self or this grain
+    (instance_id, instance_type: slurmd's --instance-id/--instance-type on 23.11+)."""
+    return {"vcluster": {"node": name, "profile": "htc", "cpus": 1, "memory": 256,
+                         "features": ["virtual", "htc"], "membership": "dynamic",
+                         "instance_id": f"lxd-{name}", "instance_type": "1cpu-256mb"}}
+
+
+def salt_call(name, *args, timeout=300, conf="conf"):
     """``salt-call --local`` in the container with the pushed tree; its JSON ``local`` value."""
-    cmd = ["salt-call", "--local", "-c", f"{SRV}/conf", "--out=json", *args]
+    cmd = ["salt-call", "--local", "-c", f"{SRV}/{conf}", "--out=json", *args]
     proc = subprocess.run(["lxc", "exec", name, "--", *cmd], capture_output=True, text=True,
                           timeout=timeout, check=False)
     output = proc.stdout + proc.stderr
@@ -262,7 +277,8 @@ class TestNodeStatesOnTrixie:
                 assert ret["changes"] == {}, ret["changes"]
         gateway = lxd_network["gateway"]
         assert lxc_exec(node.name, "sed", "-n", "s/^SLURMD_OPTIONS=//p", "/etc/default/slurmd") == (
-            f"\"-Z --conf-server {gateway} --conf 'CPUs=1 RealMemory=256 Feature=virtual,htc' -N {node.name}\"")
+            f"\"-Z --conf-server {gateway} --conf 'CPUs=1 RealMemory=256 Feature=virtual,htc' -N {node.name} "
+            f"--instance-id lxd-{node.name} --instance-type 1cpu-256mb\"")
         lxc_exec(node.name, "systemctl", "start", "--no-block", "slurmd")
         try:
             cmdline = eventually(
@@ -274,6 +290,49 @@ class TestNodeStatesOnTrixie:
                        60, "slurmd to log its attempt to fetch the configuration")
         finally:
             lxc_exec(node.name, "systemctl", "stop", "slurmd", check=False)
+
+    def test_states_read_slurm_24_11_here(self, node):
+        """slurm.release (salt/slurm/map.jinja) from the node's own slurmd, as the states see it."""
+        release = json.loads(salt_call(node.name, "slsutil.renderer", f"string={RELEASE_PROBE}",
+                                       "default_renderer=jinja")[0])
+        assert (release["series"], release["source"], release["error"]) == ("24.11", "/usr/sbin/slurmd -V", None)
+        assert release["instance_fields"] and release["slurmd_notify"] and not release["cloud_reg_addrs"]
+
+    def test_unreachable_controller_fails_the_start_in_bounded_time(self, node, lxd_network):
+        """slurmd.service of 24.11 is Type=notify: `systemctl start` returns once slurmd has its
+        configuration. The states bound that wait (slurm:slurmd_start_timeout, a drop-in), so
+        slurm.compute against an address where nothing listens returns: the start fails and the
+        next state says why, with the unit's last journal lines."""
+        site = {"slurm": {"controller": {"host": "ctl", "address": lxd_network["gateway"]},
+                          "slurmd_start_timeout": 4}}
+        configure_minion(node.name, node.name, ["slurm-compute", "vcluster-virtual"], site,
+                         grains_extra=node_grains(node.name))
+        result, output = salt_call(node.name, "state.apply", "slurm.compute", timeout=240)
+        states = by_id(result)
+        assert states["slurm-compute-systemd-start-timeout-managed"]["result"] is True
+        assert lxc_exec(node.name, "systemctl", "show", "-p", "TimeoutStartUSec", "slurmd") == "TimeoutStartUSec=4s"
+        assert states["slurm-compute-service-running"]["result"] is False
+        diagnosis = states["slurm-compute-service-diagnosed"]
+        assert diagnosis["result"] is False
+        stdout = diagnosis["changes"]["stdout"]
+        assert stdout.startswith(f"slurmd did not get its configuration from {lxd_network['gateway']} within 4 s"), stdout
+        # systemd's own words; slurmd's ("failed to load configs") follow its first attempt,
+        # which ended 9 s after the start here ("Unable to contact slurm controller")
+        assert "slurmd.service: start operation timed out" in stdout, stdout
+        assert lxc_exec(node.name, "systemctl", "is-active", "slurmd", check=False) == "failed"
+        # KillMode=process: systemd stops slurmd's main process only; its config-fetch child
+        # ends by itself with its attempt, leaving no slurmd behind
+        eventually(lambda: lxc_exec(node.name, "pgrep", "-x", "slurmd", check=False) == "", 30,
+                   "the last slurmd process to end")
+        others = {i: r["comment"] for i, r in states.items()
+                  if r["result"] is not True and i not in ("slurm-compute-service-running",
+                                                           "slurm-compute-service-diagnosed")}
+        assert not others, others
+
+
+#: Renders to slurm.release of salt/slurm/map.jinja, as JSON.
+RELEASE_PROBE = ('{%- set tpldir = "slurm" %}{%- from "slurm/map.jinja" import slurm with context %}'
+                 '{{ slurm.release | json }}')
 
 
 def chrony_untouched(node):
@@ -321,22 +380,23 @@ def slurmctld_deb(node):
     return path
 
 
-def configure_minion(name, minion_id, roles, site, grains_extra=None, cluster_ids=None, policy_ids="L@nobody"):
-    """A masterless minion config in ``SRV/conf`` and the site pillar in ``SRV/site``."""
-    push(name, f"{SRV}/site/site.sls", yaml.safe_dump(site))
-    push(name, f"{SRV}/site/secrets.sls", yaml.safe_dump({"munge": {"key": MUNGE_KEY_B64}}), "0600")
+def configure_minion(name, minion_id, roles, site, grains_extra=None, cluster_ids=None, policy_ids="L@nobody",
+                     conf="conf", site_dir="site"):
+    """A masterless minion config in ``SRV/<conf>`` and the site pillar in ``SRV/<site_dir>``."""
+    push(name, f"{SRV}/{site_dir}/site.sls", yaml.safe_dump(site))
+    push(name, f"{SRV}/{site_dir}/secrets.sls", yaml.safe_dump({"munge": {"key": MUNGE_KEY_B64}}), "0600")
     minion = {
         "id": minion_id,
         "file_client": "local",
         "root_dir": f"{SRV}/r",
         "file_roots": {"base": [f"{SRV}/salt"]},
-        "pillar_roots": {"base": [f"{SRV}/pillar", f"{SRV}/site"]},
+        "pillar_roots": {"base": [f"{SRV}/pillar", f"{SRV}/{site_dir}"]},
         "nodegroups": {"vcluster_cluster": cluster_ids or f"L@{minion_id}", "vcluster_policy": policy_ids},
         "grains": {"roles": roles, **(grains_extra or {})},
         "enable_fqdns_grains": False,
     }
     # a config of its own: /etc/salt/minion would start the image's salt-minion
-    push(name, f"{SRV}/conf/minion", yaml.safe_dump(minion))
+    push(name, f"{SRV}/{conf}/minion", yaml.safe_dump(minion))
 
 
 @pytest.fixture(scope="module")
@@ -377,19 +437,62 @@ class TestController24_11:
         assert re.fullmatch(r"slurm(-wlm)? 24\.11\.\d+", version), version
         assert "is UP" in run_in(controller.name, "scontrol", "ping")
 
+    def test_controller_states_follow_its_slurm_24_11(self, controller):
+        """slurm.release from the controller's slurmctld; cloud membership's slurm.conf then has no
+        cloud_reg_addrs (24.11 logs "defunct" for it). Rendered with a cloud pillar of its own,
+        in a second minion config, so the running controller keeps its configuration."""
+        release = json.loads(salt_call(controller.name, "slsutil.renderer", f"string={RELEASE_PROBE}",
+                                       "default_renderer=jinja")[0])
+        assert (release["series"], release["source"], release["error"]) == ("24.11", "/usr/sbin/slurmctld -V", None)
+        site = {"slurm": {"controller": {"host": controller.name, "address": controller.address},
+                          "membership": "cloud"},
+                "vcluster_cloud": {
+                    "profiles": {"htc": {"nodes": "cn[1-4]", "cpus": 1, "memory": 256,
+                                         "features": ["virtual", "htc"], "partition": "htc"}},
+                    "power_save": {"suspend_time": 120, "suspend_timeout": 60, "resume_timeout": 300,
+                                   "resume_rate": 10, "suspend_rate": 0, "exclude_nodes": None,
+                                   "exclude_partitions": []}}}
+        configure_minion(controller.name, controller.name, ["slurm-controller"], site, conf="conf-cloud",
+                         site_dir="site-cloud", policy_ids=f"L@{controller.name}")
+        salt_call(controller.name, "cp.get_template", "salt://slurm/files/slurm.conf.jinja", "/tmp/cloud.conf",
+                  "tplroot=slurm", conf="conf-cloud")
+        lines = run_in(controller.name, "cat", "/tmp/cloud.conf").splitlines()
+        assert "NodeName=cn[1-4] CPUs=1 RealMemory=256 Feature=virtual,htc State=CLOUD" in lines, lines
+        assert "SlurmctldParameters=enable_configless,idle_on_node_suspend" in lines, lines
+
     def test_node_highstate_registers_its_slurmd(self, controller, node):
         site = {"slurm": {"controller": {"host": controller.name, "address": controller.address}}}
-        configure_minion(node.name, node.name, ["slurm-compute", "vcluster-virtual"], site, grains_extra={
-            "vcluster": {"node": node.name, "profile": "htc", "cpus": 1, "memory": 256,
-                         "features": ["virtual", "htc"], "membership": "dynamic"}})
+        configure_minion(node.name, node.name, ["slurm-compute", "vcluster-virtual"], site,
+                         grains_extra=node_grains(node.name))
         result, output = salt_call(node.name, "state.highstate", timeout=600)
-        failed = {i: r["comment"] for i, r in by_id(result).items() if r["result"] is not True}
+        states = by_id(result)
+        failed = {i: r["comment"] for i, r in states.items() if r["result"] is not True}
         assert not failed, failed
+        # the diagnosis runs only when the start failed
+        assert "onfail" in states["slurm-compute-service-diagnosed"]["comment"], states["slurm-compute-service-diagnosed"]
         assert lxc_exec(node.name, "systemctl", "is-active", "slurmd") == "active"
+        # the start timeout is the default again (the test before set 4 s)
+        assert lxc_exec(node.name, "systemctl", "show", "-p", "TimeoutStartUSec", "slurmd") == "TimeoutStartUSec=1min"
         line = eventually(
             lambda: run_in(controller.name, "sinfo", "-h", "-N", "-n", node.name, "-o", "%N %t %f %c %m"),
             60, f"{node.name} in sinfo")
         assert line.split() == [node.name, "idle", "virtual,htc", "1", "256"], line
+
+    def test_node_registered_with_its_instance(self, controller, node):
+        """slurmd --instance-id/--instance-type (24.11): the registration sets them, and a restart
+        of slurmd keeps them (without the options a registration clears what scontrol set)."""
+        def fields():
+            words = dict(w.split("=", 1) for w in run_in(controller.name, "scontrol", "show", "-o", "node",
+                                                         node.name).split() if "=" in w)
+            return words.get("InstanceId"), words.get("InstanceType")
+
+        assert fields() == (f"lxd-{node.name}", "1cpu-256mb")
+        run_in(controller.name, "scontrol", "update", f"NodeName={node.name}", "InstanceId=overwritten")
+        assert fields()[0] == "overwritten"
+        lxc_exec(node.name, "systemctl", "restart", "slurmd")
+        eventually(lambda: fields()[0] == f"lxd-{node.name}" or None, 60,
+                   f"{node.name}'s registration to set InstanceId again")
+        assert fields() == (f"lxd-{node.name}", "1cpu-256mb")
 
     def test_a_job_runs_on_the_node(self, controller, node):
         job = run_in(controller.name, "sbatch", "--parsable", "-p", "htc", "-w", node.name,
