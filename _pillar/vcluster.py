@@ -104,7 +104,9 @@ def ext_pillar(minion_id, pillar, registry=None):  # pylint: disable=unused-argu
     for node in held:
         entry = dict(node.attrs or {}, address=node.address, profile=node.profile, state=node.state)
         if node.name == minion_id:
-            me = dict(entry, name=node.name)
+            # instance_id once the provider gave one: the node's slurmd registers it on
+            # Slurm 23.11+ (salt/slurm/compute.sls --instance-id), instance_type is in attrs
+            me = dict(entry, name=node.name, **({"instance_id": node.instance_id} if node.instance_id else {}))
         if node.state in IN_SLURM and node.membership in DECLARED:
             nodes[node.name] = entry
     ret = {"vcluster_nodes": nodes}

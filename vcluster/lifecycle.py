@@ -31,6 +31,7 @@ import os
 from vcluster import bootstrap, membership, retry
 from vcluster.errors import InvalidTransition, PolicyError, RegistryError, sentence
 from vcluster.nodestates import LEAVING
+from vcluster.slurm.instance import instance_type
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,9 @@ def allocate(ctx, prof, request_id, count=None, names=None, **data):
     """
     pool = ctx.policy.pools[prof.pool]
     mode = ctx.policy.membership_of(prof.name)
+    # instance_type: what the node's slurmd registers on Slurm 23.11+ (the states' --instance-type)
     attrs = {"cpus": prof.cpus, "memory": prof.memory, "features": list(prof.features),
-             "partition": prof.partition, "membership": mode}
+             "partition": prof.partition, "membership": mode, "instance_type": instance_type(prof)}
     if names is None:
         nodes = ctx.registry.allocate(pool, prof.name, prof.provider, count, request_id,
                                       membership=mode, actor=ctx.actor, attrs=attrs)
