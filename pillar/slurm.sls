@@ -6,6 +6,15 @@ slurm:
   # dynamic | static | cloud; keep equal to vcluster:membership (policy).
   membership: dynamic
 
+  # The Slurm release the states write for is read on each host (slurmctld
+  # -V, slurmd -V, scontrol --version, else the package about to be
+  # installed). Pin it where hosts run different releases or nothing is
+  # installed yet (docs/slurm-versions.md):
+  # version: "24.11"
+  # On 23.11+ (slurmd.service Type=notify) a node's highstate waits this
+  # many seconds for its slurmd to reach the controller. Default: 60.
+  # slurmd_start_timeout: 60
+
   # Partitions: each one is a NodeSet by feature, so virtual nodes join by
   # their profile's features (vcluster:profiles:<p>:features) and bare-metal
   # nodes by theirs (slurm:nodes:<n>:features, default [baremetal]).

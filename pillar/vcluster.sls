@@ -83,7 +83,7 @@ vcluster:
       gateway: 10.77.0.1
 
   # Where virtual nodes are created. Each provider has a "driver" (lxd,
-  # openstack or opennebula; a provider named after a driver defaults to
+  # openstack, opennebula or libvirt; a provider named after a driver defaults to
   # it) and the driver's settings. Credentials (password, token, key, auth,
   # anything ending in _password/_token/_secret/_key) are accepted but never
   # shown in runner output or logs; prefer clouds.yaml (OpenStack) or a
@@ -104,6 +104,15 @@ vcluster:
     #   cloud: mycloud          # entry in the master's clouds.yaml
     #   network: hpc-net
     #   region_name: RegionOne
+    # A libvirt provider of two hypervisors that live-migrate between each
+    # other (docs/libvirt.md; one hypervisor: `uri:` instead of `hosts:`):
+    # virt:
+    #   driver: libvirt
+    #   network: vcl-virt       # the same name on every hypervisor
+    #   storage_pool: vcl-virt  # the same name, on storage they share
+    #   hosts:
+    #     hv1: qemu+ssh://root@hv1/system
+    #     hv2: {uri: "qemu+ssh://root@hv2/system", migration_address: 10.0.0.2}
 
   # Kinds of virtual node an admin (or the autoscaler) can ask for.
   profiles:

@@ -212,11 +212,15 @@ def test_example_validates():
     assert sorted(pol.profiles) == ["htc", "mem"] and pol.providers["lxd"].driver == "lxd"
 
 
+#: The example's commented provider blocks: name -> driver.
+PROVIDER_EXAMPLES = {"nova": "openstack", "virt": "libvirt"}
+
+
 def test_example_commented_blocks_validate_and_show_the_defaults():
     text = EXAMPLE.read_text(encoding="utf-8")
     lines, blocks = commented_blocks(text)
     names = [name for name, _, _ in blocks]
-    for section in ("reconcile", "faults", "power_save", "autoscale", "liveness", "suspend", "preemption", "nova"):
+    for section in ("reconcile", "faults", "power_save", "autoscale", "liveness", "suspend", "preemption", *PROVIDER_EXAMPLES):
         assert section in names, f"the example has no commented {section}: block"
     default_pol = policy.load(render(text))
     for name, start, end in blocks:
@@ -225,8 +229,8 @@ def test_example_commented_blocks_validate_and_show_the_defaults():
         if name in DEFAULTS_SHOWN:
             assert data["vcluster"][name], name
             assert getattr(pol, name) == getattr(default_pol, name), f"the example's {name}: block is not the defaults"
-        elif name == "nova":
-            assert pol.providers["nova"].driver == "openstack"
+        elif name in PROVIDER_EXAMPLES:
+            assert pol.providers[name].driver == PROVIDER_EXAMPLES[name]
         else:
             assert getattr(pol, name) != getattr(default_pol, name), name
 
