@@ -20,16 +20,35 @@ wait_until() {
 
 need_root() { [ "$(id -u)" -eq 0 ] || die "run this as root (it installs packages and starts daemons)"; }
 
-# start_service NAME: `service NAME start` with no inherited descriptor
-# beyond stdin, stdout and stderr. A daemon started under `flock LOCK cmd`
-# would otherwise keep LOCK's descriptor, and the lock, for as long as it
-# runs (measured: a MariaDB started so held the test-stack lock).
-start_service() {
+# without_fds COMMAND...: run COMMAND with no inherited descriptor beyond
+# stdin, stdout and stderr. A daemon started under `flock LOCK cmd` would
+# otherwise keep LOCK's descriptor, and the lock, for as long as it runs
+# (measured: a MariaDB, libvirtd and virtlogd started so held the
+# test-stack lock).
+without_fds() {
     (
         for fd_path in /proc/$BASHPID/fd/*; do
             fd=${fd_path##*/}
             [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-" 2>/dev/null
         done
-        exec service "$1" "${2:-start}" </dev/null
+        exec "$@"
     )
+}
+
+# start_service NAME [ACTION]: `service NAME ACTION` (start) without inherited descriptors.
+start_service() { without_fds service "$1" "${2:-start}" </dev/null; }
+
+# stop_pidfile PIDFILE [SECONDS]: TERM the process PIDFILE names and wait
+# until it has ended (30 s, then die); nothing when it does not run.
+stop_pidfile() {
+    local pidfile=$1 limit=${2:-30} pid deadline
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile")
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill "$pid"
+    deadline=$((SECONDS + limit))
+    while kill -0 "$pid" 2>/dev/null; do
+        [ "$SECONDS" -lt "$deadline" ] || die "process $pid of $pidfile still running after ${limit} s"
+        sleep 0.2
+    done
 }

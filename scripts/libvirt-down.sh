@@ -11,6 +11,7 @@
 #   --stop-daemon  stop libvirtd and virtlogd (by their pid files)
 # env:   VCLUSTER_VIRT_NETWORK (vcl-virt)  VCLUSTER_VIRT_POOL (vcl-virt)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"  # stop_pidfile
 
 NETWORK=${VCLUSTER_VIRT_NETWORK:-vcl-virt}
 POOL=${VCLUSTER_VIRT_POOL:-vcl-virt}
@@ -76,16 +77,9 @@ fi
 if [ "$STOP" = 1 ]; then
     for daemon in libvirtd virtlogd; do
         pidfile=/run/$daemon.pid
-        [ -f "$pidfile" ] || continue
-        pid=$(cat "$pidfile")
-        if kill -0 "$pid" 2>/dev/null; then
-            log "stopping $daemon ($pid)"
-            kill "$pid"
-            deadline=$((SECONDS + 30))
-            while kill -0 "$pid" 2>/dev/null; do
-                [ "$SECONDS" -lt "$deadline" ] || die "$daemon ($pid) still running after 30 s"
-                sleep 0.2
-            done
+        if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+            log "stopping $daemon ($(cat "$pidfile"))"
+            stop_pidfile "$pidfile"
         fi
     done
 fi

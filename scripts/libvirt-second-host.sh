@@ -20,6 +20,7 @@
 # env:   VCLUSTER_VIRT2_DIR (/var/lib/vcluster/hv2)  VCLUSTER_VIRT_POOL (vcl-virt)
 #        VCLUSTER_VIRT_POOL_DIR (/var/lib/vcluster/libvirt)  VCLUSTER_VIRT_TIMEOUT (60 s)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"  # without_fds, stop_pidfile
 
 DIR=${VCLUSTER_VIRT2_DIR:-/var/lib/vcluster/hv2}
 POOL=${VCLUSTER_VIRT_POOL:-vcl-virt}
@@ -43,18 +44,6 @@ URI="qemu+unix:///system?socket=$DIR/run/libvirt-sock"
 v() { virsh -q -c "$URI" "$@"; }
 ready() { v version >/dev/null 2>&1; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
-# As in libvirt-up.sh: the daemons must not inherit the caller's descriptors
-# (a flock's descriptor kept the test-stack lock held for as long as they ran).
-without_fds() {
-    (
-        for fd in /proc/$BASHPID/fd/*; do
-            fd=${fd##*/}
-            [ "$fd" -le 2 ] || eval "exec $fd>&-" 2>/dev/null || true
-        done
-        exec "$@"
-    )
-}
 
 up() {
     [ "$(id -u)" = 0 ] || die "must run as root"
@@ -112,14 +101,8 @@ down() {
     for daemon in libvirtd virtlogd; do
         pidfile=$DIR/$daemon.pid
         alive "$pidfile" || continue
-        pid=$(cat "$pidfile")
-        log "stopping $daemon ($pid)"
-        kill "$pid"
-        deadline=$((SECONDS + 30))
-        while kill -0 "$pid" 2>/dev/null; do
-            [ "$SECONDS" -lt "$deadline" ] || die "$daemon ($pid) still running after 30 s"
-            sleep 0.2
-        done
+        log "stopping $daemon ($(cat "$pidfile"))"
+        stop_pidfile "$pidfile"
     done
     log "down (state kept under $DIR)"
 }

@@ -8,6 +8,7 @@
 #        VCLUSTER_VIRT_POOL (vcl-virt)  VCLUSTER_VIRT_POOL_DIR (/var/lib/vcluster/libvirt)
 #        VCLUSTER_VIRT_TIMEOUT (60 s)  VCLUSTER_LOG_DIR (/var/log/vcluster)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"  # without_fds
 
 NETWORK=${VCLUSTER_VIRT_NETWORK:-vcl-virt}
 CIDR=${VCLUSTER_VIRT_CIDR:-10.81.0.1/24}
@@ -42,19 +43,6 @@ case "$CIDR" in
 esac
 
 ready() { virsh -c "$URI" version >/dev/null 2>&1; }
-
-# The daemons must not inherit this script's open files: run as
-# `flock /run/vcluster-test-stack.lock libvirt-up.sh`, libvirtd and virtlogd
-# kept the lock's descriptor and held the lock for as long as they ran (seen).
-without_fds() {
-    (
-        for fd in /proc/$BASHPID/fd/*; do
-            fd=${fd##*/}
-            [ "$fd" -le 2 ] || eval "exec $fd>&-" 2>/dev/null || true
-        done
-        exec "$@"
-    )
-}
 
 start_daemons() {
     mkdir -p "$LOG_DIR"
