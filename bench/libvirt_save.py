@@ -62,17 +62,22 @@ def wait_agent(dom, deadline):
             time.sleep(1)
 
 
+def guest_exec(dom, argv, deadline):
+    """Run argv in the guest and wait for it; the agent's last ``guest-exec-status`` (``exitcode``, ``out-data``)."""
+    pid = agent(dom, "guest-exec", {"path": argv[0], "arg": argv[1:], "capture-output": True})["pid"]
+    while True:
+        status = agent(dom, "guest-exec-status", {"pid": pid})
+        if status.get("exited"):
+            return status
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{argv} still running in the guest")
+        time.sleep(0.2)
+
+
 def guest_run(dom, argv, deadline):
     """Run argv in the guest and wait for it; returns its exit code (None: the agent went away)."""
     try:
-        pid = agent(dom, "guest-exec", {"path": argv[0], "arg": argv[1:], "capture-output": True})["pid"]
-        while True:
-            status = agent(dom, "guest-exec-status", {"pid": pid})
-            if status.get("exited"):
-                return status.get("exitcode")
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{argv} still running in the guest")
-            time.sleep(0.5)
+        return guest_exec(dom, argv, deadline).get("exitcode")
     except libvirt.libvirtError as exc:  # the agent restarted (still booting)
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{argv}: the guest agent did not answer: {exc}") from exc
@@ -85,22 +90,34 @@ def qemu_rss_mib(name):
         return next(int(line.split()[1]) // 1024 for line in fh if line.startswith("VmRSS:"))
 
 
-def measure(prov, size, fill, address):
-    name = f"vcl-virt-bench{size}"
+def boot_guest(prov, name, size, address):
+    """Create bench node ``name`` (``size`` MiB, a leftover of that name deleted first) and wait for its boot.
+
+    Returns ``(instance, domain, seconds from the create call to the end of the guest's boot)``.
+    """
     spec = InstanceSpec(name=name, address=address, image="vcluster-node", cpus=1, memory_mb=size,
                         boot_files=[], tags={"cluster": "vcl-virt-bench", "node": name, "profile": "bench",
                                              "registry_id": "0"})
     prov.delete([name])
     start = time.monotonic()
-    prov.create([spec])
+    [inst] = prov.create([spec])
     try:
-        dom = prov.conn.lookupByName(name)
+        dom = prov.conn_to(prov._key(inst.host)).lookupByName(name)  # noqa: SLF001 - the instance's hypervisor
         wait_agent(dom, time.monotonic() + AGENT_TIMEOUT)
         # the agent starts early in boot: wait for the boot to end before loading the guest
         deadline = time.monotonic() + AGENT_TIMEOUT
         while guest_run(dom, ["/bin/systemctl", "is-system-running", "--wait"], deadline) not in (0, 1):
             time.sleep(1)
-        booted = time.monotonic() - start
+    except BaseException:
+        prov.delete([name])
+        raise
+    return inst, dom, time.monotonic() - start
+
+
+def measure(prov, size, fill, address):
+    name = f"vcl-virt-bench{size}"
+    _inst, dom, booted = boot_guest(prov, name, size, address)
+    try:
         nbytes = int(size * fill) * 2**20
         # a background holder of a written buffer; /run/filled once it is written
         script = (f"import time; b = bytearray(b'\\x01') * {nbytes}; open('/run/filled', 'w').close(); "

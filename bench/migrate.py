@@ -43,9 +43,8 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import libvirt  # noqa: E402
-from libvirt_save import AGENT_TIMEOUT, agent, guest_run, wait_agent  # noqa: E402
+from libvirt_save import AGENT_TIMEOUT, agent, boot_guest, guest_exec, guest_run  # noqa: E402
 
-from vcluster.providers.base import InstanceSpec  # noqa: E402
 from vcluster.providers.libvirt import LibvirtProvider  # noqa: E402
 
 SECOND = os.path.join(REPO, "scripts", "libvirt-second-host.sh")
@@ -58,15 +57,9 @@ def sh(dom, script):
 
 
 def sh_out(dom, script):
-    pid = agent(dom, "guest-exec", {"path": "/bin/sh", "arg": ["-c", script], "capture-output": True})["pid"]
-    deadline = time.monotonic() + 60
-    while True:
-        status = agent(dom, "guest-exec-status", {"pid": pid})
-        if status.get("exited"):
-            return base64.b64decode(status.get("out-data") or "").decode()
-        if time.monotonic() >= deadline:
-            raise TimeoutError(script)
-        time.sleep(0.2)
+    """Run a shell line in the guest through the agent; its standard output."""
+    status = guest_exec(dom, ["/bin/sh", "-c", script], time.monotonic() + 60)
+    return base64.b64decode(status.get("out-data") or "").decode()
 
 
 @contextlib.contextmanager
@@ -101,19 +94,8 @@ def second_hypervisor(network):
 
 def measure(prov, size, fill, dirty_mib, address):
     name = f"vcl-virt-migbench{size}"
-    spec = InstanceSpec(name=name, address=address, image="vcluster-node", cpus=1, memory_mb=size,
-                        boot_files=[], tags={"cluster": "vcl-virt-bench", "node": name, "profile": "bench",
-                                             "registry_id": "0"})
-    prov.delete([name])
-    start = time.monotonic()
-    [inst] = prov.create([spec])
+    inst, dom, booted = boot_guest(prov, name, size, address)
     try:
-        dom = prov.conn_to(prov._key(inst.host)).lookupByName(name)  # noqa: SLF001
-        wait_agent(dom, time.monotonic() + AGENT_TIMEOUT)
-        deadline = time.monotonic() + AGENT_TIMEOUT
-        while guest_run(dom, ["/bin/systemctl", "is-system-running", "--wait"], deadline) not in (0, 1):
-            time.sleep(1)
-        booted = time.monotonic() - start
         nbytes = int(size * fill) * 2**20
         job = (f"import os, time\nopen('/run/job.pid', 'w').write(str(os.getpid()))\n"
                f"b = bytearray(b'\\x01') * {nbytes}\nopen('/run/filled', 'w').close()\n"
