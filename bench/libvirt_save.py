@@ -15,8 +15,15 @@ then ``pause``/``resume`` and ``save``/``resume`` it and report, as JSON:
   config, so systemd skips the start: this is the agent's and systemctl's
   share);
 * ``qemu_rss_mib``: the QEMU process's resident memory before the save;
-* ``freed_mib``: host ``MemAvailable`` after the save minus before (what
-  the provider reports), and ``freed_of_guest``: that over the guest's RAM;
+* ``freed_mib``: what the provider reports: the memory the QEMU process
+  held right before the save (its PSS from ``/proc/<pid>/smaps_rollup``,
+  vcluster.providers.libvirt_memory), counted once the process is gone;
+  ``freed_of_guest``: that over the guest's RAM; ``freed_source``: where
+  it was read (``smaps_rollup``, or ``libvirt`` for a remote hypervisor's
+  RSS statistic);
+* ``available_delta_mib``: host ``MemAvailable`` after the save minus
+  before (the provider's second figure, which moves with everything else
+  the host does), and ``available_of_guest``: that over the guest's RAM;
 * ``clock_offset_before_s``/``clock_offset_after_s``: guest minus host
   clock at the restore, before and after the step;
 * ``domain_type``: ``kvm`` or ``qemu`` (TCG).
@@ -139,7 +146,11 @@ def measure(prov, size, fill, address):
             "qemu_rss_mib": rss, "pause_s": paused["seconds"], "save_s": saved["seconds"],
             "restore_s": restored["seconds"], "resume_s": round(resumed, 2),
             "minion_restart_s": restored["minion_restart"]["seconds"], "freed_mib": saved["freed_mib"],
-            "freed_of_guest": round(saved["freed_mib"] / size, 2),
+            "freed_of_guest": round(saved["freed_mib"] / size, 2) if saved["freed_mib"] is not None else None,
+            "freed_source": (saved.get("process_mib") or {}).get("source"),
+            "qemu_pss_mib": (saved.get("process_mib") or {}).get("pss_mib"),
+            "available_delta_mib": saved["available_delta_mib"],
+            "available_of_guest": round(saved["available_delta_mib"] / size, 2),
             "clock_offset_before_s": restored["clock_offset_before"],
             "clock_offset_after_s": restored["clock_offset_after"], "guest_alive_after": alive,
         }

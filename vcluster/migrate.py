@@ -20,7 +20,9 @@ def migrate(ctx, node, host=None, live=True, test=False):
     provider change it) follow, and Slurm gets the new NodeAddr. A ``ready``
     node goes ``migrating -> ready``, a ``suspended`` one ``migrating ->
     suspended``. Providers that cannot move the instance say so and
-    nothing changes. ``test=True`` validates and says what would be done.
+    nothing changes. Where the provider measures the move (libvirt's
+    ``last_migration``: ``seconds``, ``downtime_s``, ``memory_mib``, ...)
+    the return has it under ``migration``. ``test=True`` validates and says what would be done.
     """
     names = node_names(node, what="node")
     if len(names) != 1:
@@ -44,8 +46,9 @@ def migrate(ctx, node, host=None, live=True, test=False):
                             f"Slurm's NodeAddr would follow and it would stay {back}")}
     ctx.events.progress(f"migrating {name} from {found.host} to {target}", node=name)
     lifecycle.move(ctx, name, "migrating", expect=back, event={"source": found.host, "target": host})
+    provider = ctx.provider(found.provider)
     try:
-        inst = ctx.provider(found.provider).migrate(found.instance_id, host=host, live=live)
+        inst = provider.migrate(found.instance_id, host=host, live=live)
     except Exception as exc:
         lifecycle.move(ctx, name, back, expect="migrating", event={"reason": "migration failed"})
         raise VclusterError(f"cannot migrate {name}: {sentence(exc)}") from exc  # noqa: SLF001
@@ -66,5 +69,9 @@ def migrate(ctx, node, host=None, live=True, test=False):
     except InvalidTransition:
         lifecycle.announce(ctx, name, back, **moved)
     ctx.events.progress(f"{name} moved to {inst.host}", node=name, host=inst.host)
-    return {"result": True, "comment": f"{name} moved from {found.host} to {inst.host}",
-            "node": name, "state": back, "host": inst.host, "address": inst.address}
+    ret = {"result": True, "comment": f"{name} moved from {found.host} to {inst.host}",
+           "node": name, "state": back, "host": inst.host, "address": inst.address}
+    stats = getattr(provider, "last_migration", None)
+    if isinstance(stats, dict):
+        ret["migration"] = dict(stats)  # what the provider measured (libvirt: seconds, downtime_s, memory_mib, ...)
+    return ret

@@ -77,7 +77,10 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None, test=False):
     Nodes already ``suspended`` are left as they are. Returns
     ``{"result", "comment", "nodes": {name: state}}``, plus ``freed_mib``
     (``{name: MiB}``) when the provider measured the host memory a suspend
-    gave back (libvirt's save; also in the node's ``suspended`` event). ``all_jobs`` is a
+    gave back (libvirt: what the QEMU process held, gone with a save; 0 for
+    a pause) and ``available_delta_mib`` (``{name: MiB}``, the host's
+    available memory after minus before, a second opinion); both are also in
+    the node's ``suspended`` event. ``all_jobs`` is a
     fresh ``jobs`` listing the caller already holds (preemption), else
     Slurm is asked. ``test=True`` validates, reads the jobs and says what
     would be done; nothing changes.
@@ -119,17 +122,30 @@ def suspend(ctx, nodes, mode=None, reason=None, all_jobs=None, test=False):
                           f"(provider {found[name].provider})")
         return _plan(names, plan, f"would suspend {len(todo)} of {len(names)} node(s)")
     suspended_jobs = set()
-    freed = {}
+    measured = {key: {} for key in SUSPEND_REPORT}
 
     def one(name):
         done = _suspend_one(ctx, found[name], mode, reason, jobs[name], suspended_jobs)
-        if isinstance(done, dict) and done.get("freed_mib") is not None:
-            freed[name] = done["freed_mib"]
+        for key, value in _report(done).items():
+            measured[key][name] = value
 
     ret = _per_node(ctx, names, todo, found, "suspended", one, f"suspended ({mode})", "suspending")
-    if freed:
-        ret["freed_mib"] = freed  # providers that measure it (libvirt save): host memory given back
+    # providers that measure it (libvirt): host memory given back, and the host's MemAvailable delta
+    ret.update({key: by_node for key, by_node in measured.items() if by_node})
     return ret
+
+
+#: what a provider's suspend may report (libvirt: ``freed_mib``, the memory
+#: its QEMU process held, gone with a save, 0 for a pause; ``available_delta_mib``,
+#: the hypervisor's available memory after minus before)
+SUSPEND_REPORT = ("freed_mib", "available_delta_mib")
+
+
+def _report(done):
+    """The :data:`SUSPEND_REPORT` values a provider's suspend returned (None values left out)."""
+    if not isinstance(done, dict):
+        return {}
+    return {key: done[key] for key in SUSPEND_REPORT if done.get(key) is not None}
 
 
 def _plan(names, plan, head):
@@ -187,7 +203,7 @@ def _suspend_one(ctx, node, mode, reason, jobs, suspended_jobs):
         lifecycle.move(ctx, name, "ready", expect="suspending",
                        event={"reason": "suspend failed", "jobs_resumed": bool(held and fresh)})
         raise
-    extra = {"freed_mib": done["freed_mib"]} if isinstance(done, dict) and done.get("freed_mib") is not None else {}
+    extra = _report(done)
     lifecycle.move(ctx, name, "suspended", expect="suspending", reason=reason,
                    event=dict(mode=mode, reason=reason, jobs=[str(j) for j in fresh + shared], **extra))
     return done

@@ -320,6 +320,24 @@ def test_migrate_updates_registry_and_slurm_address(env):
     assert "vcluster/node/vn1/migrating" in ctx.events.fired
     with pytest.raises(PolicyError, match="host must differ"):
         mig.migrate(ctx, "vn1", host="h2")
+    assert "migration" not in ret  # a provider that measures nothing adds nothing
+
+
+def test_migrate_returns_what_the_provider_measured(env):
+    """libvirt's provider keeps its last move's timings (last_migration): the return carries them."""
+    ctx = env()
+    ctx.slurm.update_node_addr = lambda name, addr: None
+    prov = ctx.provider("lxd")
+    plain = prov.migrate
+
+    def measured(iid, host=None, live=True):
+        inst = plain(iid, host=host, live=live)
+        prov.last_migration = {"source": "h1", "host": inst.host, "live": live, "seconds": 2.5, "downtime_s": 0.27}
+        return inst
+
+    prov.migrate = measured
+    ret = mig.migrate(ctx, "vn1", host="h2")
+    assert ret["migration"] == {"source": "h1", "host": "h2", "live": True, "seconds": 2.5, "downtime_s": 0.27}
 
 
 def test_migrate_failure_restores_state(env):
@@ -489,3 +507,24 @@ def test_suspend_reports_the_memory_a_provider_freed(env):
     assert [d["freed_mib"] for d in suspended] == [987, 987]
     prov.suspend = plain
     assert "freed_mib" not in sus.suspend(ctx, "vn3")
+
+
+def test_suspend_reports_the_hosts_available_memory_delta_beside_the_freed_memory(env):
+    """libvirt's save: freed_mib (what QEMU held) and available_delta_mib (MemAvailable) both pass through."""
+    ctx = env()
+    fired = []
+    ctx.events.fire = lambda tag, data: fired.append((tag, data))
+    prov = ctx.provider("lxd")
+    plain = prov.suspend
+
+    def measured(iid, mode="suspend"):
+        plain(iid, mode)
+        return {"mode": "save", "seconds": 1.5, "freed_mib": 612, "available_delta_mib": -40,
+                "process_mib": {"source": "smaps_rollup", "pid": 7, "rss_mib": 650, "pss_mib": 612}}
+
+    prov.suspend = measured
+    ret = sus.suspend(ctx, "vn1")
+    assert ret["freed_mib"] == {"vn1": 612} and ret["available_delta_mib"] == {"vn1": -40}
+    [data] = [data for tag, data in fired if tag.endswith("/suspended")]
+    assert (data["freed_mib"], data["available_delta_mib"]) == (612, -40)
+    assert "process_mib" not in data  # the detail stays with the provider

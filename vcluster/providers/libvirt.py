@@ -58,7 +58,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 
 from vcluster.errors import PolicyError, ProviderError, ProviderStateError
-from vcluster.providers import libvirt_migrate
+from vcluster.providers import libvirt_memory, libvirt_migrate
 from vcluster.providers import libvirt_xml as lx
 from vcluster.providers.base import Instance, Provider, Status, SuspendModes, spec_names
 from vcluster.providers.libvirt_conn import Connection, _Missing
@@ -387,9 +387,20 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
     def suspend(self, instance_id, mode="suspend"):
         """``pause`` (vCPUs stopped) or ``save``/``suspend`` (managed save, QEMU gone).
 
-        Returns ``{"mode", "seconds", "freed_mib"}``; ``freed_mib`` is the
-        hypervisor's available memory after minus before (``None`` for a
-        no-op on an instance already in that state).
+        Returns ``{"mode", "seconds", "freed_mib", "process_mib",
+        "available_delta_mib"}``:
+
+        * ``freed_mib``: what the QEMU process held right before a save,
+          counted once it is gone (:mod:`~vcluster.providers.libvirt_memory`:
+          its PSS on this machine, libvirt's RSS statistic of a remote
+          hypervisor); 0 for a pause (QEMU keeps its memory); ``None`` for a
+          no-op on an instance already in that state, or when it could not
+          be read;
+        * ``process_mib``: that measurement (``{"source", "pid", "rss_mib",
+          "pss_mib"}``, save only);
+        * ``available_delta_mib``: the hypervisor's available memory after
+          minus before (save only): what the rest of the host did meanwhile
+          is in it too, so it is a second opinion, not the figure.
         """
         if mode not in SUSPEND_MODES:
             raise ProviderError(f"libvirt can pause or save a VM: suspend mode '{mode}' is not one of "
@@ -402,16 +413,19 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
             return {"mode": action, "seconds": 0.0, "freed_mib": None}
         if status not in (Status.RUNNING, Status.PAUSED) or (action == "pause" and status is not Status.RUNNING):
             raise ProviderStateError(f"cannot {action} {instance_id}: it is {status.value}, not running")
+        if action == "pause":
+            start = time.monotonic()
+            self._call("suspend", what, dom.suspend)
+            return {"mode": action, "seconds": round(time.monotonic() - start, 2), "freed_mib": 0}
+        held = libvirt_memory.held_before_save(self.hypervisors[host]["uri"], dom)
         before = self._available_mib(host)
         start = time.monotonic()
-        if action == "pause":
-            self._call("suspend", what, dom.suspend)
-        else:
-            # Restore running even if it was paused, and keep the save file out of the page cache.
-            flags = libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE | libvirt.VIR_DOMAIN_SAVE_RUNNING
-            self._call("suspend", what, dom.managedSave, flags)
+        # Restore running even if it was paused, and keep the save file out of the page cache.
+        flags = libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE | libvirt.VIR_DOMAIN_SAVE_RUNNING
+        self._call("suspend", what, dom.managedSave, flags)
         seconds = time.monotonic() - start
-        return {"mode": action, "seconds": round(seconds, 2), "freed_mib": self._available_mib(host) - before}
+        return {"mode": action, "seconds": round(seconds, 2), "freed_mib": libvirt_memory.freed_after_save(held, dom),
+                "process_mib": held, "available_delta_mib": self._available_mib(host) - before}
 
     def resume(self, instance_id):
         """Undo a pause (virDomainResume) or a save (start from the managed save image).
