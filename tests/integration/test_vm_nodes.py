@@ -1,28 +1,43 @@
-"""VM nodes in the stack: libvirt/QEMU guests expanded by vcluster, suspended with a running job.
+"""VM nodes in the stack: libvirt/QEMU guests expanded by vcluster, preempted, paused and moved with running jobs.
 
 Real libvirtd and QEMU (TCG here: KVM guests hang on this machine, see
 docs/libvirt.md), the session's real master, reactor, slurmctld, slurmd and
-slurmdbd; nothing is mocked. The module adds a libvirt provider, a pool and
-a profile ``vm`` to the session stack's site pillar (features and partition
-of the LXD profile ``htc``), on a libvirt network of its own
-(``vcl-vm-test``, 10.83.0.1/24, ``forward mode='open'``: the guests get a
-default route through the host and reach the master and slurmctld on the
-LXD bridge's gateway, as a site's VMs reach its controller through a
-router). Two guests boot once for the whole module, with one
-``vcluster.expand count=2``:
+slurmdbd; nothing is mocked. The module adds to the session stack's site
+pillar a libvirt provider of two hypervisors, ``hv1`` (this host's
+libvirtd: the host is also the bare-metal Slurm node of partition
+``batch``) and ``hv2`` (a second libvirtd on this machine,
+scripts/libvirt-second-host.sh, sharing the storage directory), a pool and a
+profile ``vm`` (features and partition of the LXD profile ``htc``), and
+preemption: jobs of ``batch`` save (``mode: save``) the ``htc`` nodes on
+their host (``hypervisors: {<host>: hv1}``); the controller's
+``slurm.controller`` state is applied to install Slurm's hooks and again at
+the end to remove them. The guests are on a libvirt network of the
+module's own (``vcl-vm-test``, 10.83.0.1/24, ``forward mode='open'``: the
+guests reach the master and slurmctld on the LXD bridge's gateway, as a
+site's VMs reach its controller through a router), which hv2's network of
+the same name bridges onto. Two guests boot once for the whole module, with
+one ``vcluster.expand count=2``: placement puts one on each hypervisor.
 
-* the first runs a counter job (one line per second of running time to a
-  file on the node) through a ``vcluster.suspend mode=pause`` of
-  :data:`PAUSE_FOR` seconds and a ``mode=save`` (libvirt managed save: QEMU
-  gone, memory on disk) of :data:`SAVE_FOR` seconds, longer than munge's
-  credential TTL (300 s); afterwards the job completes with an unbroken
-  sequence, one ``sacct -D`` record (no requeue) and ``Restarts=0``, and the
-  guest clock is within a second of the host's;
-* while the first is saved: a job for it stays pending, a job for the
-  partition runs on the second, and the second's QEMU process is killed:
-  liveness sets it DOWN (and never the saved one);
-* both are retired: domains, volumes, DHCP entries, minion keys, names and
-  addresses gone.
+The poster scenario, whose :data:`SAVE_FOR` seconds hold everything else:
+
+* a counter job (one line per second of running time to a file on the
+  node) runs on the node on hv1; a job of ``batch`` on the host
+  (:data:`SAVE_FOR` s, longer than munge's credential TTL) makes the
+  preemption policy save that node (libvirt managed save: QEMU gone,
+  ``freed_mib`` in the ``suspended`` event); when it ends the node is
+  restored and the counter job completes with an unbroken sequence, one
+  ``sacct -D`` record (no requeue) and ``Restarts=0``; the guest clock is
+  within a second of the host's and the ``ready`` event shows the offsets;
+* meanwhile a job pinned to the saved node stays pending (it runs once the
+  node is back) and a job for the partition runs on the node on hv2;
+* that node's own counter job survives a ``vcluster.suspend mode=pause``
+  of :data:`PAUSE_FOR` seconds, a ``vcluster.resume host=hv1`` (moved
+  paused, then resumed) and a live ``vcluster.migrate host=hv2``: same
+  name, address and NodeAddr, registry host following, Slurm's Extra where
+  the release has it, the job never stopped by the move;
+* its QEMU process is killed: liveness sets it DOWN (and never the saved one);
+* both are retired: domains (on both hypervisors), volumes, DHCP entries,
+  minion keys, names and addresses gone.
 """
 
 import ipaddress
@@ -44,19 +59,23 @@ from tests.integration.stack import (
     vm_site,
     wait_jobs,
 )
+from vcluster.slurm.instance import parse_extra
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (extra `libvirt`)")
-from tests.integration.libvirt_fixtures import module_network, qemu_pid  # noqa: E402 - after the importorskip
+from tests.integration.libvirt_fixtures import module_network, qemu_pid, second_hypervisor  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NETWORK = "vcl-vm-test"
+BRIDGE = "vclvm0"
 CIDR = os.environ.get("VCLUSTER_TEST_VM_CIDR", "10.83.0.1/24")
+HV2_DIR = os.environ.get("VCLUSTER_VIRT2_DIR", "/var/lib/vcluster/hv2")
 MEMORY = 512  # MiB, the profile's: Slurm's RealMemory, and what the guest has at least
-PAUSE_FOR = 60  # seconds the first node stays paused
-SAVE_FOR = 330  # seconds it stays saved: longer than munge's credential TTL (300 s)
-COUNT_TO = 30  # lines the counter job writes (one per second of running time)
-SAVE_MODE = "save"  # libvirt's managed save (the suspend vocabulary of providers.base)
+PAUSE_FOR = 60  # seconds the second node stays paused
+SAVE_FOR = 330  # seconds the preempting job runs, the first node saved: longer than munge's TTL
+MUNGE_TTL = 300  # munge's default credential TTL, seconds
+COUNT_TO = 30  # lines the first node's counter job writes (one per second of running time)
+COUNT_TO_2 = 45  # lines the second node's counter job writes: through the pause and both moves
 LIVENESS_WAIT = 90  # seconds for liveness (every 10 s) to set a dead node DOWN
 
 
@@ -73,23 +92,61 @@ def virt(lxd_root):
 @pytest.fixture(scope="module")
 def vm_network(virt):
     """The module's libvirt network: ``{"name", "gateway", "cidr", "net"}``; removed at the end."""
-    with module_network(virt, NETWORK, "vclvm0", CIDR, 49, forward="open") as net:
+    with module_network(virt, NETWORK, BRIDGE, CIDR, 49, forward="open") as net:
         yield net
 
 
 @pytest.fixture(scope="module")
-def vm_stack(stack, vm_network):
-    """The session's stack with the module's VM provider, pool and profile in its site pillar."""
+def hv2(vm_network):
+    """The second hypervisor: ``{"uri", "conn", "run_dir"}``, its network bridged onto the module's."""
+    with second_hypervisor(REPO / "scripts" / "libvirt-second-host.sh", HV2_DIR, VIRT_POOL, NETWORK, BRIDGE) as hv:
+        yield hv
+
+
+def apply_controller(stack):
+    """``state.apply slurm.controller`` on the controller (Slurm's hooks follow the preemption pillar); seconds."""
+    start = time.monotonic()
+    ret = stack.master.salt_cli(timeout=600).run("state.apply", "slurm.controller", minion_tgt=stack.controller_id,
+                                                 _timeout=600)
+    failed = {k: v.get("comment") for k, v in (ret.data or {}).items()
+              if isinstance(v, dict) and v.get("result") is False}
+    assert ret.returncode == 0 and not failed and isinstance(ret.data, dict), failed or ret.stdout[-3000:]
+    return round(time.monotonic() - start, 1)
+
+
+def slurm_setting(key):
+    for line in slurm("scontrol", "show", "config").splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == key:
+            return value.strip()
+    return None
+
+
+@pytest.fixture(scope="module")
+def vm_stack(stack, vm_network, hv2):
+    """The session's stack with the module's two-hypervisor provider, pool, profile and preemption policy."""
     base = str(ipaddress.ip_interface(CIDR).ip).rsplit(".", 1)[0]
     extra = vm_site(vm_network, "tnodev[1-4]", f"{base}.100-{base}.103", MEMORY)
+    extra["vcluster"]["providers"]["virt"].update(
+        uri=None, shared_storage=True,
+        hosts={"hv1": {"uri": VIRT_URI, "migration_address": "127.0.0.1"},
+               "hv2": {"uri": hv2["uri"], "migration_address": "127.0.0.1"}})
+    extra["vcluster"]["preemption"] = {"enabled": True, "partitions": ["batch"], "preemptible": ["htc"],
+                                       "mode": "save", "hypervisors": {stack.hostname: "hv1"}}
     with stack.extended_site(extra):
         try:
+            took = apply_controller(stack)
+            print(f"\nslurm.controller with preemption's hooks: {took} s")
+            assert slurm_setting("JobCompType") == "jobcomp/script"
             yield stack
         finally:
             # a job of a test that failed half-way would wait for a node that is gone, and run on the
             # next module's node of that name (slurmctld keeps it across restarts)
             slurm("scancel", *SEEN.get("jobs", []), check=False)
             stack.retire_everything()  # while the provider is still in pillar
+    took = apply_controller(stack)  # the stack's own policy again: no preemption hooks
+    print(f"\nslurm.controller without them: {took} s")
+    assert slurm_setting("PrologSlurmctld") == "(null)"
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +207,14 @@ def submit(*args, script):
     return job
 
 
+def counter_job(name, count):
+    """A job on ``name`` writing 1..count, one line a second; ``(job, path)``."""
+    path = "/tmp/vm-counter.$SLURM_JOB_ID"
+    job = submit("-p", "htc", "-w", name, script=f"for i in $(seq 1 {count}); do echo $i >> {path}; sleep 1; done")
+    wait_jobs([job], states=("RUNNING",), timeout=120)
+    return job, path.replace("$SLURM_JOB_ID", job)
+
+
 def show_job(job_id):
     out = slurm("scontrol", "show", "-o", "job", str(job_id))
     return dict(w.split("=", 1) for w in out.split() if "=" in w)
@@ -161,7 +226,33 @@ def timed_run(stack, *args, timeout=900):
     return ret, round(time.monotonic() - start, 1)
 
 
-def test_vm_nodes_join_slurm_like_containers(vm_stack, vms, virt):
+def registry(stack, name):
+    return stack.run("vcluster.status").data["nodes"][name]
+
+
+def wait_until(predicate, timeout, what, every=1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
+        time.sleep(every)
+
+
+def node_event(stack, event_listener, name, state, after):
+    """The newest ``vcluster/node/<name>/<state>`` event's data since ``after`` (time.time()), or None."""
+    events = event_listener.get_events([(stack.master_id, f"vcluster/node/{name}/{state}")], after_time=after)
+    return max(events, key=lambda e: e.stamp).data if events else None
+
+
+def slurm_has_instance_fields():
+    """Slurm 23.11+ keeps InstanceId/InstanceType/Extra for cloud accounting (vcluster.slurm.instance)."""
+    version = slurm("sinfo", "--version").split()[-1]
+    return tuple(int(x) for x in version.split(".")[:2]) >= (23, 11)
+
+
+def test_vm_nodes_join_slurm_like_containers(vm_stack, vms, virt, hv2):
     for name, address in vms.items():
         info = node_info(name)
         assert info is not None, f"{name} not in Slurm"
@@ -173,79 +264,131 @@ def test_vm_nodes_join_slurm_like_containers(vm_stack, vms, virt):
         # the same registration as a container: dynamic slurmd from the same states
         opts = on_node(vm_stack, name, "cat /etc/default/slurmd")
         assert f"-Z --conf-server {vm_stack.network['gateway']}" in opts and f"-N {name}" in opts, opts
-        # a real VM: QEMU runs it, and the guest has at least the memory Slurm is told
-        dom = domain(virt, name)
-        assert dom is not None and dom.isActive() and qemu_pid(name)
         mem_total = int(on_node(vm_stack, name, "awk '/^MemTotal:/ {print $2}' /proc/meminfo")) // 1024
         assert mem_total >= MEMORY, f"{name}: guest MemTotal {mem_total} MiB < RealMemory {MEMORY}"
     status = vm_stack.run("vcluster.status").data["nodes"]
     assert {n: status[n]["state"] for n in vms} == dict.fromkeys(vms, "ready")
     assert {status[n]["instance_state"] for n in vms} == {"running"}
+    # placement: the most free memory first, so one guest on each hypervisor; a real VM, QEMU runs it
+    hosts = {n: status[n]["host"] for n in vms}
+    assert sorted(hosts.values()) == ["hv1", "hv2"], hosts
+    first = next(n for n, h in hosts.items() if h == "hv1")
+    second = next(n for n, h in hosts.items() if h == "hv2")
+    assert domain(virt, first).isActive() and qemu_pid(first)
+    assert domain(hv2["conn"], second).isActive() and qemu_pid(second, hv2["run_dir"])
+    assert domain(virt, second) is None and domain(hv2["conn"], first) is None
+    SEEN.update(node=first, other=second)
 
 
-def test_counter_job_survives_a_pause(vm_stack, vms, virt):
-    name = sorted(vms)[0]
-    path = "/tmp/vm-counter.$SLURM_JOB_ID"
-    job = submit("-p", "htc", "-w", name,
-                 script=f"for i in $(seq 1 {COUNT_TO}); do echo $i >> {path}; sleep 1; done")
-    wait_jobs([job], states=("RUNNING",), timeout=120)
-    path = path.replace("$SLURM_JOB_ID", job)
-    SEEN.update(job=job, node=name, path=path)
+def test_a_preempting_job_on_the_host_saves_the_colocated_vm(vm_stack, vms, virt, event_listener):
+    """The poster scenario: a batch job on hv1's bare metal; the policy saves the VM there (QEMU gone)."""
+    name, other = SEEN["node"], SEEN["other"]
+    job, path = counter_job(name, COUNT_TO)
+    SEEN.update(job=job, path=path)
     wait_lines(vm_stack, name, path, 3, 60)
     pid = qemu_pid(name)
-
-    ret, took = timed_run(vm_stack, "vcluster.suspend", f"nodes={name}", "mode=pause")
-    assert ret.data["result"] is True, ret.data
-    assert job_states([job]) == {job: "SUSPENDED"}
-    assert qemu_pid(name) == pid  # a pause keeps QEMU
-    time.sleep(PAUSE_FOR)  # the node stays paused this long
-    ret, resume_s = timed_run(vm_stack, "vcluster.resume", f"nodes={name}")
-    assert ret.data["result"] is True, ret.data
-    offset = guest_offset(virt, name)
-    print(f"\npause: suspend {took} s, {PAUSE_FOR} s paused, resume {resume_s} s, guest clock offset after "
-          f"{offset:+.3f} s")
-    assert abs(offset) < 1
-    assert job_states([job]) == {job: "RUNNING"}
-    before = counter_lines(vm_stack, name, path)
-    wait_lines(vm_stack, name, path, len(before) + 2, 60)  # counting again
-
-
-def test_counter_job_survives_a_save_longer_than_munge_ttl(vm_stack, vms, virt):
-    """Managed save: the QEMU process ends, the memory goes to disk; the job is suspended with it."""
-    job, name, path = SEEN["job"], SEEN["node"], SEEN["path"]
-    pid = qemu_pid(name)
-    before = counter_lines(vm_stack, name, path)
-    ret, took = timed_run(vm_stack, "vcluster.suspend", f"nodes={name}", f"mode={SAVE_MODE}")
-    assert ret.data["result"] is True, ret.data
-    SEEN["saved_at"] = time.monotonic()
-    assert job_states([job]) == {job: "SUSPENDED"}
+    since = time.time()
+    high = submit("-p", "batch", "-w", vm_stack.hostname, script=f"sleep {SAVE_FOR}")
+    wait_jobs([high], states=("RUNNING",), timeout=60)
+    started = time.monotonic()
+    SEEN.update(high=high, high_started=started)
+    dom = domain(virt, name)
+    wait_until(lambda: not dom.isActive() and dom.hasManagedSaveImage(0), 180, f"{name} saved by job {high}")
+    saved_after = time.monotonic() - started
+    event = wait_until(lambda: node_event(vm_stack, event_listener, name, "suspended", since), 60,
+                       f"the suspended event of {name}")
+    print(f"\npreemption: {name} saved {saved_after:.1f} s after job {high} was seen running; "
+          f"suspended event {event}")
+    assert event["mode"] == "save" and event["reason"] == f"preempted by job {high}", event
+    assert event["jobs"] == [job]
+    assert isinstance(event.get("freed_mib"), int) and event["freed_mib"] > 0, event
     assert qemu_pid(name) is None and not os.path.exists(f"/proc/{pid}")
-    assert domain(virt, name).hasManagedSaveImage(0)
-    freed = (ret.data.get("freed_mib") or {}).get(name)
-    print(f"\nsave: vcluster.suspend {took} s, host memory freed {freed} MiB; counter at {before[-1]} "
-          f"a moment before")
-    assert isinstance(freed, int)
+    assert wait_jobs([job], states=("SUSPENDED",), timeout=30) == {job: "SUSPENDED"}
+    status = vm_stack.run("vcluster.status").data["nodes"]
+    assert status[name]["state"] == "suspended" and status[name]["reason"] == f"preempted by job {high}"
+    assert status[other]["state"] == "ready"  # on hv2: not co-located with the job, left alone
 
 
 def test_nothing_is_scheduled_onto_a_saved_node(vm_stack, vms):
-    saved = SEEN["node"]
-    other = next(n for n in sorted(vms) if n != saved)
+    saved, other = SEEN["node"], SEEN["other"]
     pinned = submit("-p", "htc", "-w", saved, script="hostname")
     anywhere = submit("-p", "htc", script="hostname")
     SEEN["pinned"] = pinned
     wait_jobs([anywhere], timeout=120)
     assert show_job(anywhere)["NodeList"] == other  # it ran elsewhere
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # and stays pending
-        assert job_states([pinned]) == {pinned: "PENDING"}
-        assert node_info(saved)["State"].split("+")[0] not in ("ALLOCATED", "MIXED")
-        time.sleep(2)
+    assert_pinned_waits()
 
 
-def test_a_vm_whose_qemu_is_killed_is_set_down(vm_stack, vms):
-    saved = SEEN["node"]
-    victim = next(n for n in sorted(vms) if n != saved)
-    pid = qemu_pid(victim)
+def assert_pinned_waits():
+    """The job pinned to the saved node is still pending and the node holds no allocation."""
+    pinned, saved = SEEN["pinned"], SEEN["node"]
+    assert job_states([pinned]) == {pinned: "PENDING"}
+    state = node_info(saved)["State"]
+    assert state.split("+")[0] not in ("ALLOCATED", "MIXED") and "DOWN" not in state, state
+
+
+def test_counter_job_survives_a_pause_and_a_resume_on_another_host(vm_stack, vms, virt, hv2):
+    """Meanwhile on hv2: a pause of PAUSE_FOR s, then ``resume host=hv1`` moves it paused and resumes it."""
+    name, address = SEEN["other"], vms[SEEN["other"]]
+    job, path = counter_job(name, COUNT_TO_2)
+    SEEN.update(job2=job, path2=path)
+    wait_lines(vm_stack, name, path, 3, 60)
+    pid = qemu_pid(name, hv2["run_dir"])
+
+    ret, took = timed_run(vm_stack, "vcluster.suspend", f"nodes={name}", "mode=pause")
+    assert ret.data["result"] is True, ret.data
+    assert job_states([job]) == {job: "SUSPENDED"}
+    assert qemu_pid(name, hv2["run_dir"]) == pid  # a pause keeps QEMU
+    time.sleep(PAUSE_FOR)  # the node stays paused this long
+    assert_pinned_waits()
+    ret, resume_s = timed_run(vm_stack, "vcluster.resume", f"nodes={name}", "host=hv1")
+    assert ret.data["result"] is True, ret.data
+    offset = guest_offset(virt, name)
+    print(f"\npause: suspend {took} s, {PAUSE_FOR} s paused, resume host=hv1 (move paused, resume) {resume_s} s, "
+          f"guest clock offset after {offset:+.3f} s")
+    assert abs(offset) < 1
+    assert job_states([job]) == {job: "RUNNING"}
+    assert qemu_pid(name) is not None and domain(hv2["conn"], name) is None  # it runs on hv1 now
+    status = registry(vm_stack, name)
+    assert (status["state"], status["host"], status["address"]) == ("ready", "hv1", address), status
+    assert node_info(name)["NodeAddr"] == address
+    before = counter_lines(vm_stack, name, path)
+    wait_lines(vm_stack, name, path, len(before) + 2, 60)  # counting again
+
+
+def test_live_migration_with_a_running_job(vm_stack, vms, virt, hv2):
+    """``vcluster.migrate`` back to hv2 while the job counts: name, address, job kept; registry and Slurm follow."""
+    name, address, job, path = SEEN["other"], vms[SEEN["other"]], SEEN["job2"], SEEN["path2"]
+    instance = node_info(name).get("InstanceId")
+    before = counter_lines(vm_stack, name, path)
+    assert len(before) < COUNT_TO_2 - 5, f"the job is nearly done ({len(before)} lines): nothing left to move"
+    ret, took = timed_run(vm_stack, "vcluster.migrate", f"node={name}", "host=hv2")
+    assert ret.data["result"] is True, ret.data
+    print(f"\nlive migration hv1 -> hv2 with job {job} running: vcluster.migrate {took} s, "
+          f"provider {ret.data.get('migration')}")
+    assert (ret.data["host"], ret.data["address"], ret.data["state"]) == ("hv2", address, "ready"), ret.data
+    assert job_states([job]) == {job: "RUNNING"}  # Slurm never saw it stop
+    assert qemu_pid(name, hv2["run_dir"]) is not None and domain(virt, name) is None
+    status = registry(vm_stack, name)
+    assert (status["state"], status["host"], status["address"]) == ("ready", "hv2", address), status
+    info = node_info(name)
+    assert info["NodeName"] == name and info["NodeAddr"] == address
+    if slurm_has_instance_fields():  # Slurm is told where the instance runs now
+        assert info.get("InstanceId") == instance and parse_extra(info.get("Extra"))["host"] == "hv2", info
+    wait_lines(vm_stack, name, path, len(before) + 2, 60)  # counting on hv2
+    assert abs(guest_offset(hv2["conn"], name)) < 1
+    final = wait_jobs([job], timeout=COUNT_TO_2 + 120)
+    assert final == {job: "COMPLETED"}
+    assert show_job(job)["Restarts"] == "0"
+    assert_not_requeued([job])
+    lines = counter_lines(vm_stack, name, path)
+    assert lines == list(range(1, COUNT_TO_2 + 1)), lines  # one run, no gap, no repeat: paused and moved twice
+    assert_pinned_waits()
+
+
+def test_a_vm_whose_qemu_is_killed_is_set_down(vm_stack, vms, hv2):
+    victim = SEEN["other"]
+    pid = qemu_pid(victim, hv2["run_dir"])
     assert pid is not None
     start = time.monotonic()
     os.kill(pid, signal.SIGKILL)
@@ -258,46 +401,45 @@ def test_a_vm_whose_qemu_is_killed_is_set_down(vm_stack, vms):
         time.sleep(1)
     print(f"\n{victim} DOWN {time.monotonic() - start:.0f} s after its QEMU was killed: {info['Reason']}")
     assert info["Reason"].startswith("vcluster liveness"), info
-    saved_state = node_info(saved)["State"]
-    assert "DOWN" not in saved_state, saved_state  # the saved node is never judged dead
+    assert_pinned_waits()  # the saved node is never judged dead
     SEEN["dead"] = victim
 
 
-def test_resume_after_the_save_continues_the_job(vm_stack, vms, virt):
-    job, name, path, pinned = SEEN["job"], SEEN["node"], SEEN["path"], SEEN["pinned"]
-    left = SEEN["saved_at"] + SAVE_FOR - time.monotonic()
-    if left > 0:
-        time.sleep(left)  # the node stays saved SAVE_FOR seconds in all
+def test_the_preempting_jobs_end_restores_the_vm_and_its_job_finishes(vm_stack, vms, virt, event_listener):
+    job, name, path, pinned, high = SEEN["job"], SEEN["node"], SEEN["path"], SEEN["pinned"], SEEN["high"]
     assert job_states([job, pinned]) == {job: "SUSPENDED", pinned: "PENDING"}
-    SEEN["resumed_at"] = time.time()
-    ret, resume_s = timed_run(vm_stack, "vcluster.resume", f"nodes={name}")
-    saved_for = time.monotonic() - SEEN["saved_at"]
-    assert ret.data["result"] is True, ret.data
-    offset = guest_offset(virt, name)
-    print(f"\nsave: {saved_for:.0f} s saved, vcluster.resume {resume_s} s, guest clock offset after {offset:+.3f} s")
-    assert abs(offset) < 1
-    final = wait_jobs([job, pinned], timeout=COUNT_TO + 120)
+    SEEN["ended_at"] = time.time()
+    assert wait_jobs([high], timeout=SAVE_FOR + 120) == {high: "COMPLETED"}
+    ended = time.monotonic()
+    final = wait_jobs([job, pinned], timeout=300 + COUNT_TO)
+    print(f"\npreemption over: {name}'s job and the pinned one completed {time.monotonic() - ended:.0f} s "
+          f"after job {high} ended ({time.monotonic() - SEEN['high_started']:.0f} s after it started)")
     assert final == {job: "COMPLETED", pinned: "COMPLETED"}
     assert show_job(job)["Restarts"] == "0"
-    assert_not_requeued([job, pinned])
+    assert_not_requeued([job, pinned, high])
     lines = counter_lines(vm_stack, name, path)
     print(f"counter: {len(lines)} lines, first {lines[:3]}, last {lines[-3:]}")
     assert lines == list(range(1, COUNT_TO + 1)), lines  # one run, no gap, no repeat
     assert show_job(pinned)["NodeList"] == name  # it ran once the node was back
+    status = registry(vm_stack, name)
+    assert (status["state"], status["host"]) == ("ready", "hv1"), status
+    offset = guest_offset(virt, name)
+    print(f"guest clock offset now {offset:+.3f} s")
+    assert abs(offset) < 1
 
 
 def test_resume_event_shows_the_guest_clock_offsets(vm_stack, event_listener):
     name = SEEN["node"]
-    events = event_listener.get_events([(vm_stack.master_id, f"vcluster/node/{name}/ready")],
-                                       after_time=SEEN["resumed_at"])
-    assert events, f"no ready event of {name} after the resume"
-    data = max(events, key=lambda e: e.stamp).data
+    data = node_event(vm_stack, event_listener, name, "ready", SEEN["ended_at"])
+    assert data, f"no ready event of {name} after the preempting job ended"
     print(f"\nready event: guest clock {data['clock_offset_before']} s before the step, "
-          f"{data['clock_offset_after']} s after; minion restart {data.get('minion_restart')}")
-    assert data["clock_offset_before"] <= -SAVE_FOR and abs(data["clock_offset_after"]) < 1, data
+          f"{data['clock_offset_after']} s after; restore {data.get('seconds')} s; "
+          f"minion restart {data.get('minion_restart')}")
+    # saved longer than munge's credential TTL, and the clock put right
+    assert data["clock_offset_before"] <= -MUNGE_TTL and abs(data["clock_offset_after"]) < 1, data
 
 
-def test_retire_leaves_nothing(vm_stack, vms, virt, vm_network):
+def test_retire_leaves_nothing(vm_stack, vms, virt, vm_network, hv2):
     ret = vm_stack.run("vcluster.retire", f"nodes={','.join(sorted(vms))}", "wait=120")
     assert ret.data["result"] is True, ret.data
     assert set(ret.data["nodes"].values()) == {"released"}
@@ -307,7 +449,7 @@ def test_retire_leaves_nothing(vm_stack, vms, virt, vm_network):
     volumes = pool_volumes.listVolumes()
     net_xml = vm_network["net"].XMLDesc(0)
     for name, address in vms.items():
-        assert domain(virt, name) is None  # instance
+        assert domain(virt, name) is None and domain(hv2["conn"], name) is None  # instance, on either hypervisor
         assert not [v for v in volumes if v.startswith(name)]  # its overlay and seed (minion key) volumes
         assert name not in keys  # minion key
         assert node_info(name) is None  # Slurm node
