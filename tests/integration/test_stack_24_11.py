@@ -12,7 +12,10 @@ Scenarios: dynamic membership expand, jobs, retire waiting for a running
 job, retire leaving no key, Slurm node, registry name or address;
 suspend/resume with a counter job alive (unbroken, one sacct record);
 static membership expand/retire with a held job kept across slurmctld's
-restarts.
+restarts; cloud membership's power saving with a warm pool (short Slurm
+timers, as test_cloud_mode). Not here: preemption (its trigger is a job on
+a hypervisor host, and the LXD host's slurmd 22.05 cannot join a 24.11
+controller).
 
 Skipped (not an error) without the Debian 13 package list
 (tests/harness/trixie_chroot.sh, which scripts/test.sh builds) or the host's
@@ -32,22 +35,21 @@ from tests.integration.trixie_stack import HOST_LIBMARIADB, TRIXIE_PACKAGES, Tri
 from tests.provider_contract import SpecFactory
 from vcluster.providers.lxd import LxdProvider
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.own_stack]
+pytestmark = [
+    pytest.mark.integration, pytest.mark.slow, pytest.mark.own_stack,
+    # decided at collection: no lock taken, no container made for a module that cannot run
+    pytest.mark.skipif(not TRIXIE_PACKAGES.exists(), reason=f"no Debian 13 package list at {TRIXIE_PACKAGES} "
+                       "to find slurmctld and slurmdbd in: build it with tests/harness/trixie_chroot.sh"),
+    pytest.mark.skipif(not HOST_LIBMARIADB.exists(), reason=f"no Debian 12 libmariadb3 at {HOST_LIBMARIADB} for "
+                       "Debian 13's slurmdbd (docs/slurm-versions.md)"),
+]
 
 CONTROLLER_MEMORY_MB = 1024
 NODE_MEMORY_MB = 256
 
 
 @pytest.fixture(scope="module")
-def prerequisites():
-    if not TRIXIE_PACKAGES.exists():
-        pytest.skip(f"no Debian 13 package list at {TRIXIE_PACKAGES}: build it with tests/harness/trixie_chroot.sh")
-    if not HOST_LIBMARIADB.exists():
-        pytest.skip(f"no Debian 12 libmariadb3 at {HOST_LIBMARIADB} for Debian 13's slurmdbd (docs/slurm-versions.md)")
-
-
-@pytest.fixture(scope="module")
-def controller_spec(prerequisites, trixie_image, lxd_daemon, lxd_network, lxd_addresses):  # noqa: F811
+def controller_spec(trixie_image, lxd_daemon, lxd_network, lxd_addresses):  # noqa: F811
     """A trixie container for the controller (deleted with the module)."""
     prov = LxdProvider("lxd-stack-24-11", {"network": lxd_network["name"], "storage_pool": lxd_daemon})
     [spec] = SpecFactory(trixie_image, lxd_addresses, prefix="tctl", memory_mb=CONTROLLER_MEMORY_MB)(1)
