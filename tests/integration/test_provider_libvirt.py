@@ -18,7 +18,6 @@ and back.
 """
 
 import base64
-import contextlib
 import ipaddress
 import os
 import subprocess
@@ -38,6 +37,7 @@ from vcluster.providers.base import BootFile, Status
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (extra `libvirt`)")
 from tests.integration.libvirt_fixtures import module_network, qemu_pid  # noqa: E402 - after the importorskip
+from tests.integration.libvirt_fixtures import second_hypervisor as hypervisor_two  # noqa: E402
 from vcluster.providers import libvirt_xml  # noqa: E402 - after the importorskip
 from vcluster.providers.libvirt import LibvirtProvider  # noqa: E402
 
@@ -51,7 +51,10 @@ CIDR = os.environ.get("VCLUSTER_TEST_VIRT_CIDR", "10.82.0.1/24")
 BOOT_TIMEOUT = 300  # TCG: a guest boots to its minion in about 40 s when the host is idle
 MEMORY_MB = 512
 SAVED_FOR = 30  # seconds a node stays saved in the save test (see there)
-MINION_BACK = 60  # seconds a restored node's minion has to answer the master again
+# Seconds a restored or moved node's minion has to answer the master again. Usually 2-10 s; a restored
+# minion once stayed silent past 60 s (2026-12-07, after a restart the guest agent reported done in 10.4 s)
+# and a node moved paused answered 41 s late in test_vm_nodes: not explained yet (docs/operations.md).
+MINION_BACK = 120
 HV2_DIR = os.environ.get("VCLUSTER_VIRT2_DIR", "/var/lib/vcluster/hv2")
 COUNTER = "/var/tmp/vcl-counter"  # a process in the guest appends 1, 2, 3... here, one line each 0.1 s
 
@@ -88,6 +91,16 @@ def provider(virt_daemon, virt_network):
 
 
 @pytest.fixture(scope="module")
+def shared(virt_daemon, virt_network):
+    """This libvirtd as a provider told its pool is shared (as ``pair`` is): the volumes it creates are QEMU's
+    own and never relabelled, so a migration's end leaves their owner alone. The migrated ``node`` is its."""
+    prov = LibvirtProvider("virt-shared", {"uri": URI, "network": virt_network["name"], "storage_pool": virt_daemon,
+                                           "shared_storage": True})
+    yield prov
+    prov.close()
+
+
+@pytest.fixture(scope="module")
 def make_specs(virt_network):
     network = ipaddress.ip_network(virt_network["cidr"])
     addresses = (str(a) for i, a in enumerate(network.hosts()) if i >= 199)
@@ -96,31 +109,11 @@ def make_specs(virt_network):
 
 @pytest.fixture(scope="module")
 def second_hypervisor(virt_daemon, virt_network):
-    """A second libvirtd (scripts/libvirt-second-host.sh) with the pool and a network of the module's names.
-
-    Its network bridges onto the module network's bridge (no dnsmasq of its
-    own): a guest that moves there stays on the same segment, with the same
-    DHCP host entry and address. Stopped (its domains and network removed)
-    at the end.
-    """
-    script = REPO / "scripts" / "libvirt-second-host.sh"
-    env_dir = ["--dir", HV2_DIR, "--pool", POOL]
-    uri = run_script(script, "up", *env_dir).stdout.strip().splitlines()[-1]
-    conn = libvirt.open(uri)
-    try:
-        with contextlib.suppress(libvirt.libvirtError):
-            old = conn.networkLookupByName(NETWORK)
-            if old.isActive():
-                old.destroy()
-            old.undefine()
-        bridge = ET.fromstring(virt_network["net"].XMLDesc(0)).find("bridge").get("name")
-        net = conn.networkDefineXML(f"<network><name>{NETWORK}</name><forward mode='bridge'/>"
-                                    f"<bridge name='{bridge}'/></network>")
-        net.create()
-        yield {"uri": uri, "conn": conn, "run_dir": f"{HV2_DIR}/run"}
-    finally:
-        conn.close()
-        run_script(script, "down", *env_dir)
+    """A second libvirtd (scripts/libvirt-second-host.sh) with the pool and a network of the module's names,
+    bridged onto the module network's bridge (libvirt_fixtures.second_hypervisor)."""
+    bridge = ET.fromstring(virt_network["net"].XMLDesc(0)).find("bridge").get("name")
+    with hypervisor_two(REPO / "scripts" / "libvirt-second-host.sh", HV2_DIR, POOL, NETWORK, bridge) as hv2:
+        yield hv2
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +192,7 @@ def minion_answers(master, name, timeout=5):
 
 
 @pytest.fixture(scope="module")
-def node(provider, make_specs, virt_network, salt_master):
+def node(provider, shared, make_specs, virt_network, salt_master):
     """One VM whose minion has a pre-accepted key on ``salt_master``, booted until it answers a job."""
     import salt.crypt
     import yaml
@@ -218,7 +211,7 @@ def node(provider, make_specs, virt_network, salt_master):
         BootFile("/etc/vcluster/secret", "s3cret\n", 0o600),
     ]
     start = time.monotonic()
-    [inst] = provider.create([spec])
+    [inst] = shared.create([spec])
     created = time.monotonic() - start
     eventually(lambda: minion_answers(salt_master, spec.name), BOOT_TIMEOUT, f"{spec.name}'s minion answering")
     print(f"\n{spec.name}: create {created:.1f} s, minion answered the master {time.monotonic() - start:.1f} s "
@@ -239,6 +232,11 @@ def master_connections(master, address, kill=False):
     cmd = ["ss", "-H", "-t", *(["-K"] if kill else []), "state", "established", "dst", address, ports]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if line.strip()]
+
+
+def virt_daemon_dir(prov):
+    """The storage pool's directory on this host."""
+    return ET.fromstring(prov.conn.storagePoolLookupByName(prov.storage_pool).XMLDesc(0)).findtext("target/path")
 
 
 def lx_mac(name, conn=None):
@@ -427,6 +425,10 @@ class TestLibvirtNode:
         back = pair.migrate(inst.id)  # the provider picks: the only other hypervisor
         print(f"paused migration hv2 -> hv1: {pair.last_migration}")
         assert back.host == "hv1" and back.status is Status.PAUSED and pair.last_migration["paused"]
+        # hv2's end of the move gave the disk back to root before the node's volumes were QEMU's own, and a
+        # guest that arrived paused opens its disk only when it runs: "Permission denied" at the resume
+        overlay = Path(virt_daemon_dir(provider)) / f"{inst.id}.qcow2"
+        assert overlay.stat().st_uid != 0, f"{overlay} is root's after the move: QEMU could not reopen it"
         assert abs(pair.resume(inst.id)["clock_offset_after"]) < 1
         assert hv2.listAllDomains(0) == [] and qemu_pid(inst.id) is not None
         assert provider.get(inst.id).status is Status.RUNNING and lx_mac(inst.id) == mac

@@ -39,6 +39,33 @@ def test_domain_xml_sizes_disks_and_network():
     assert root.find("devices/interface/source").get("network") == "net"
 
 
+# The <secmodel> part of `virsh capabilities` on Debian 12's libvirt 9.0 (dac and no other driver).
+CAPABILITIES = """<capabilities><host><uuid>u</uuid>
+<secmodel><model>none</model><doi>0</doi></secmodel>
+<secmodel><model>dac</model><doi>0</doi>
+<baselabel type='kvm'>+64055:+994</baselabel><baselabel type='qemu'>+64055:+994</baselabel></secmodel>
+</host></capabilities>"""
+
+
+def test_qemu_owner_is_read_from_the_dac_base_label():
+    assert lx.qemu_owner(CAPABILITIES, "qemu") == (64055, 994)
+    assert lx.qemu_owner(CAPABILITIES, "kvm") == (64055, 994)
+    assert lx.qemu_owner("<capabilities><host/></capabilities>", "qemu") is None
+
+
+def test_shared_storage_volumes_are_qemus_and_not_relabelled():
+    disks = {"kernel": "/k", "initrd": "/i", "disk": "d.qcow2", "seed": "s.iso"}
+    root = ET.fromstring(lx.domain_xml(spec(), "qemu", "p", disks, "n", "52:54:00:aa:bb:cc", "r", relabel=False))
+    labels = [d.find("source/seclabel") for d in root.findall("devices/disk")]
+    assert [(x.get("model"), x.get("relabel")) for x in labels] == [("dac", "no"), ("dac", "no")]
+    default = ET.fromstring(lx.domain_xml(spec(), "qemu", "p", disks, "n", "52:54:00:aa:bb:cc", "r"))
+    assert default.find("devices/disk/source/seclabel") is None
+    for vol in (lx.overlay_xml("d.qcow2", "/base.qcow2", (64055, 994)), lx.raw_volume_xml("s.iso", 4096, (64055, 994))):
+        perms = ET.fromstring(vol).find("target/permissions")
+        assert (perms.findtext("owner"), perms.findtext("group"), perms.findtext("mode")) == ("64055", "994", "0600")
+    assert ET.fromstring(lx.overlay_xml("d.qcow2", "/base.qcow2")).find("target/permissions") is None
+
+
 def test_required_options_and_domain_type_are_checked():
     with pytest.raises(PolicyError, match="storage_pool is required"):
         LibvirtProvider("v", {"network": "n"})

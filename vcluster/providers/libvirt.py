@@ -26,7 +26,8 @@ Config keys (pillar ``vcluster:providers:<name>``):
                   default, 1024, cost 512 MiB more QEMU RSS per guest here).
 ``shared_storage``  ``true``: the pool is shared by the hypervisors though
                   libvirt cannot tell (local directory of two daemons on one
-                  machine): migrations pass ``VIR_MIGRATE_UNSAFE``.
+                  machine): migrations pass ``VIR_MIGRATE_UNSAFE``, and the
+                  nodes' volumes are QEMU's own, never relabelled by libvirt.
 ``clock_sync_timeout``  seconds resume waits for the guest agent to step
                   the guest clock (default 30).
 ``minion_restart_timeout``  seconds resume from a save waits for the guest
@@ -128,6 +129,14 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
                 self._domain_type = "kvm" if "kvm" in offered and features & {"vmx", "svm"} else "qemu"
         return self._domain_type
 
+    def _qemu_owner(self, host):
+        """(uid, gid) of QEMU on ``host``: with ``shared_storage`` the nodes' volumes are created QEMU's own
+        and libvirt is told not to relabel them, since a libvirtd that cannot tell the pool is shared gives
+        a migrated node's disk back to root at the end of the move (a node that arrived paused then cannot
+        reopen it when it runs)."""
+        caps = self._call("get", "read capabilities", self.conn_to(host).getCapabilities)
+        return lx.qemu_owner(caps, self.domain_type)
+
     def _image(self, pool, image):
         """Paths of the image's base disk, kernel and initramfs, or a clear error."""
         paths = {}
@@ -204,16 +213,18 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
         disk, seed = f"{spec.name}.qcow2", f"{spec.name}-seed.iso"
         what = f"create {spec.name}"
         conn = self.conn_to(host)
-        self._call("volume", what, pool.createXML, lx.overlay_xml(disk, image["disk"]), 0)
+        owner = self._qemu_owner(host) if self.shared_storage else None
+        self._call("volume", what, pool.createXML, lx.overlay_xml(disk, image["disk"], owner), 0)
         iso = lx.seed_iso(spec, f"{spec.name}-{request}")
-        vol = self._call("volume", what, pool.createXML, lx.raw_volume_xml(seed, len(iso)), 0)
+        vol = self._call("volume", what, pool.createXML, lx.raw_volume_xml(seed, len(iso), owner), 0)
         self._upload(conn, vol, iso, what)
         xml = lx.domain_xml(spec, self.domain_type, self.storage_pool,
                             {"kernel": image["kernel"], "initrd": image["initrd"], "disk": disk, "seed": seed},
                             net_name, mac, request, machine=spec.extra.get("machine") or self.machine,
                             cmdline=spec.extra.get("cmdline") or self.cmdline,
                             console_log=f"/var/log/libvirt/qemu/{spec.name}-console.log",
-                            tb_cache_mib=self.tb_cache_mib, memory_mib=lx.guest_memory_mib(spec.memory_mb))
+                            tb_cache_mib=self.tb_cache_mib, memory_mib=lx.guest_memory_mib(spec.memory_mb),
+                            relabel=owner is None)
         dom = self._call("create", what, conn.defineXML, xml)
         # After the definition: a rollback finds the entries through the domain's metadata.
         if spec.address:

@@ -65,8 +65,9 @@ OPTIONS = DriverOptions(
             "host name)", shown_default="driver: one hypervisor, `uri`"),
         Key("shared_storage", c.boolean, None, "`true`: the storage pool is shared by the `hosts` though libvirt "
             "cannot tell (one local directory seen by several daemons on a machine, a file system libvirt does "
-            "not recognise): migration then passes `VIR_MIGRATE_UNSAFE`; libvirt itself recognises NFS, GFS2, "
-            "OCFS2, Ceph and the like", shown_default="driver: `false`"),
+            "not recognise): migration then passes `VIR_MIGRATE_UNSAFE`, and the nodes' volumes are created owned "
+            "by QEMU's user (the hypervisor's DAC label) and never relabelled, so the end of a move cannot give "
+            "a disk back to root; libvirt itself recognises NFS, GFS2, OCFS2, Ceph and the like", shown_default="driver: `false`"),
         Key("domain_type", c.choice(("auto", "kvm", "qemu")), None, "`kvm`, `qemu` (TCG) or `auto`: `kvm` when "
             "libvirt offers it and the host CPU has vmx/svm", shown_default="driver: `auto`"),
         Key("machine", c.string, None, "QEMU machine type", shown_default="driver: `pc`"),

@@ -9,6 +9,7 @@ virtio nic on a libvirt network. The vcluster tags live in the domain's
 """
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -88,8 +89,14 @@ def parse_metadata(text):
 
 
 def domain_xml(spec, domain_type, pool, disks, network, mac, request, machine="pc", cmdline=CMDLINE,
-               console_log=None, tb_cache_mib=None, memory_mib=None):
+               console_log=None, tb_cache_mib=None, memory_mib=None, relabel=True):
     """The persistent domain definition of one node.
+
+    ``relabel=False`` keeps libvirt's DAC driver off the node's volumes
+    (``<seclabel model='dac' relabel='no'/>``): they are created owned by
+    QEMU's user (:func:`volume_permissions`), so no libvirtd changes their
+    owner, and none gives them back to root when a migration ends on a
+    storage it cannot tell is shared.
 
     ``disks`` maps ``kernel``/``initrd`` to file paths on the hypervisor and
     ``disk``/``seed`` to volume names in ``pool``. ``tb_cache_mib`` sizes
@@ -100,6 +107,7 @@ def domain_xml(spec, domain_type, pool, disks, network, mac, request, machine="p
     tcg = (f"<tcg><tb-cache unit='MiB'>{int(tb_cache_mib)}</tb-cache></tcg>"
            if domain_type == "qemu" and tb_cache_mib else "")
     log = f"<log file={quoteattr(console_log)} append='off'/>" if console_log else ""
+    seclabel = "" if relabel else "<seclabel model='dac' relabel='no'/>"
     return f"""<domain type={quoteattr(domain_type)}>
   <name>{escape(spec.name)}</name>
   <metadata>{metadata(spec.tags, mac, spec.address, request)}</metadata>
@@ -119,12 +127,12 @@ def domain_xml(spec, domain_type, pool, disks, network, mac, request, machine="p
   <devices>
     <disk type='volume' device='disk'>
       <driver name='qemu' type='qcow2' discard='unmap'/>
-      <source pool={quoteattr(pool)} volume={quoteattr(disks['disk'])}/>
+      <source pool={quoteattr(pool)} volume={quoteattr(disks['disk'])}>{seclabel}</source>
       <target dev='vda' bus='virtio'/>
     </disk>
     <disk type='volume' device='disk'>
       <driver name='qemu' type='raw'/>
-      <source pool={quoteattr(pool)} volume={quoteattr(disks['seed'])}/>
+      <source pool={quoteattr(pool)} volume={quoteattr(disks['seed'])}>{seclabel}</source>
       <target dev='vdb' bus='virtio'/>
       <readonly/>
     </disk>
@@ -142,21 +150,47 @@ def domain_xml(spec, domain_type, pool, disks, network, mac, request, machine="p
 </domain>"""
 
 
-def overlay_xml(name, base_path):
-    """A qcow2 volume backed by the image's base disk (copy on write)."""
+def volume_permissions(owner):
+    """``<permissions>`` making a volume QEMU's own (``owner`` is ``(uid, gid)``), or nothing for None."""
+    if owner is None:
+        return ""
+    uid, gid = owner
+    return f"<permissions><owner>{int(uid)}</owner><group>{int(gid)}</group><mode>0600</mode></permissions>"
+
+
+def qemu_owner(capabilities, domain_type):
+    """``(uid, gid)`` QEMU runs as on a hypervisor, from its capabilities' DAC base label (``+64055:+64055``).
+
+    None when libvirt names no DAC label for ``domain_type`` (its
+    security driver is off: then it changes no owner either).
+    """
+    root = ET.fromstring(capabilities)
+    for model in root.findall("./host/secmodel"):
+        if (model.findtext("model") or "") != "dac":
+            continue
+        for label in model.findall("baselabel"):
+            if label.get("type") == domain_type:
+                match = re.fullmatch(r"\+?(\d+):\+?(\d+)", (label.text or "").strip())
+                if match:
+                    return int(match.group(1)), int(match.group(2))
+    return None
+
+
+def overlay_xml(name, base_path, owner=None):
+    """A qcow2 volume backed by the image's base disk (copy on write); ``owner`` see :func:`volume_permissions`."""
     return f"""<volume>
   <name>{escape(name)}</name>
   <capacity unit='bytes'>0</capacity>
-  <target><format type='qcow2'/></target>
+  <target><format type='qcow2'/>{volume_permissions(owner)}</target>
   <backingStore><path>{escape(base_path)}</path><format type='qcow2'/></backingStore>
 </volume>"""
 
 
-def raw_volume_xml(name, size):
+def raw_volume_xml(name, size, owner=None):
     return f"""<volume>
   <name>{escape(name)}</name>
   <capacity unit='bytes'>{int(size)}</capacity>
-  <target><format type='raw'/></target>
+  <target><format type='raw'/>{volume_permissions(owner)}</target>
 </volume>"""
 
 
