@@ -15,7 +15,10 @@ import pytest
 from tests.harness.chroot_slurm import DEFAULT_CHROOT, ChrootSlurmHarness, chroot_unavailable
 from vcluster.slurm import client, versions
 
+# SuspendTimeout 3 s and Slurm's power-save pass every second (10 s by default; the later
+# SlurmctldParameters line replaces the harness's): a power down ends in seconds, not 30-40.
 CLOUD = ["SuspendProgram=/bin/true", "ResumeProgram=/bin/true", "SuspendTime=3600", "ResumeTimeout=60",
+         "SuspendTimeout=3", "SlurmctldParameters=enable_configless,power_save_interval=1",
          "NodeName=cl1 CPUs=1 RealMemory=300 Feature=cloud State=CLOUD"]
 
 

@@ -33,8 +33,11 @@ import pytest
 from tests.harness.chroot_slurm import DEFAULT_CHROOT, ChrootSlurmHarness, accounting_unavailable
 from vcluster.slurm import client, instance
 
+# Slurm's power-save pass every second (10 s by default; the later SlurmctldParameters line
+# replaces the harness's): power ups and downs end in seconds.
 CLOUD = ["SuspendProgram=/bin/true", "ResumeProgram=/bin/true", "SuspendTime=3600", "ResumeTimeout=60",
-         "SuspendTimeout=3", "NodeName=cl1 CPUs=1 RealMemory=300 Feature=cloud State=CLOUD"]
+         "SuspendTimeout=3", "SlurmctldParameters=enable_configless,power_save_interval=1",
+         "NodeName=cl1 CPUs=1 RealMemory=300 Feature=cloud State=CLOUD"]
 FORMAT = "format=NodeName,InstanceId,InstanceType,Extra,Start,End"
 
 
