@@ -27,11 +27,12 @@ How a node moves (see docs/libvirt.md, "Live migration"):
   :meth:`LibvirtProvider._dhcp_networks`), its TCP connections and its jobs.
 * a *saved* node (managed save: no QEMU process) is refused in one
   sentence: libvirt cannot migrate a save file (it lives in the source
-  daemon's state directory), and the way round it, restore paused on the
-  source, move, save again on the destination, fails with QEMU 7.2 here:
-  a guest that arrived by migration cannot be saved ("bdrv_inactivate_all()
-  failed", and an assertion when it arrived paused). ``pause`` nodes that
-  must move while suspended, as with Nova.
+  daemon's state directory); the way round it (restore paused on the
+  source, move, save again on the destination) is not implemented.
+  ``pause`` nodes that must move while suspended, as with Nova. A node
+  that arrived by migration saves like any other: with ``shared_storage``
+  its volumes are QEMU's own, so the source's end of the move cannot give
+  them back to root (docs/libvirt.md).
 """
 
 import logging
