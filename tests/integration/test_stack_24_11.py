@@ -32,7 +32,7 @@ import yaml
 from tests.integration.stack import REPO, _merge
 from tests.integration.test_trixie_image import trixie_build, trixie_image  # noqa: F401 - fixtures
 from tests.integration.trixie_stack import HOST_LIBMARIADB, TRIXIE_PACKAGES, TrixieStack, lxc_exec
-from tests.provider_contract import SpecFactory
+from tests.provider_contract import SpecFactory, eventually
 from vcluster.providers.lxd import LxdProvider
 
 pytestmark = [
@@ -102,17 +102,6 @@ def counter_lines(node, job_id):
     return [int(x) for x in lxc_exec(node, "sh", "-c", f"cat /tmp/counter.{job_id} 2>/dev/null || true").split()]
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.5)
-
-
 def test_controller_runs_slurm_24_11_with_accounting(stack24):
     slurm = stack24.slurm
     assert slurm("scontrol", "--version").split()[-1].startswith("24.11."), slurm("scontrol", "--version")
@@ -171,7 +160,7 @@ def test_job_survives_suspend_and_resume(stack24, nodes):
     seconds = 12
     job = slurm.sbatch("-p", "htc", "-w", node, script=counter_script(seconds))
     slurm.wait_jobs([job], states=("RUNNING",), timeout=60)
-    wait_until(lambda: len(counter_lines(node, job)) >= 2, 30, f"job {job} counting before the freeze")
+    eventually(lambda: len(counter_lines(node, job)) >= 2, 30, f"job {job} counting before the freeze")
 
     ret = stack24.run("vcluster.suspend", f"nodes={node}")
     assert ret.returncode == 0 and ret.data["result"] is True, ret.stdout
@@ -288,9 +277,9 @@ def test_cloud_power_saving_and_warm_pool(stack24):
         assert name.startswith("tnode") and name <= "tnode04", name
         assert registry_state(stack, name) == "ready"
         # idle for SuspendTime -> SuspendProgram -> frozen (warm pool), then POWERED_DOWN
-        wait_until(lambda: registry_state(stack, name) == "suspended", SUSPEND_TIME + 120, f"{name} in the warm pool")
+        eventually(lambda: registry_state(stack, name) == "suspended", SUSPEND_TIME + 120, f"{name} in the warm pool")
         assert lxd_status(name) == "FROZEN"
-        wait_until(lambda: "POWERED_DOWN" in (slurm.node_info(name) or {}).get("State", ""), 120,
+        eventually(lambda: "POWERED_DOWN" in (slurm.node_info(name) or {}).get("State", ""), 120,
                    f"{name} powered down")
         job2 = slurm.sbatch("-p", "htc", "-w", name, script="hostname")
         assert slurm.wait_jobs([job2], timeout=120) == {job2: "COMPLETED"}
@@ -302,6 +291,6 @@ def test_cloud_power_saving_and_warm_pool(stack24):
             stack.run("vcluster.on_slurm_power", "action=resume", f"nodes={name}", f"sender={stack.controller_id}")
         if name and registry_state(stack, name) == "ready":
             stack.run("vcluster.retire", f"nodes={name}", "force=True")
-        wait_until(lambda: not lxd_instances(), 120, "no cloud instance left")
+        eventually(lambda: not lxd_instances(), 120, "no cloud instance left")
         stack.site_extra = saved
         stack.set_membership("dynamic")

@@ -37,17 +37,21 @@ cloud_reg_addrs. Nothing is mocked.
 import base64
 import hashlib
 import json
-import os
-import pathlib
 import re
 import subprocess
-import time
-import urllib.request
 
 import pytest
 import yaml
 
 from tests.integration.lxd_fixtures import REPO, run_script
+from tests.integration.trixie_stack import (
+    TRIXIE_PACKAGES,
+    fetch_debs,
+    lxc_exec,
+    packages_index,
+    push,
+    wait_booted,
+)
 from tests.provider_contract import SpecFactory, eventually
 from vcluster.providers.lxd import LxdProvider
 
@@ -59,16 +63,10 @@ IMAGE_ALIAS = "vcluster-node-trixie"
 # directory, so the bookworm and trixie images would evict each other there.
 CACHE_DIR = "/var/cache/vcluster/trixie"
 SALT_VERSION = "3008.3"  # image/build.sh's default, the bookworm image's Salt
-BOOT_TIMEOUT = 120
 NODE_STATES = ["munge", "slurm.compute", "chrony.client", "nfs.client"]
 MUNGE_KEY_RAW = hashlib.sha512(b"vcluster-trixie-image-test-munge-key").digest()
 MUNGE_KEY_B64 = base64.b64encode(MUNGE_KEY_RAW).decode()
 SRV = "/srv/vcluster"
-MIRROR = os.environ.get("MIRROR", "http://deb.debian.org/debian")  # image/build.sh's default
-# The Debian 13 package list of the Slurm chroot (tests/harness/trixie_chroot.sh,
-# which scripts/test.sh builds): where slurmctld's .deb and checksum are found.
-TRIXIE_PACKAGES = (pathlib.Path(os.environ.get("VCLUSTER_SLURM_CHROOT", "/var/tmp/vcluster-trixie"))
-                   / "var/lib/apt/lists/deb.debian.org_debian_dists_trixie_main_binary-amd64_Packages")
 
 
 def _build(*extra):
@@ -95,51 +93,6 @@ def provider(trixie_image, lxd_daemon, lxd_network):  # the image fixture takes 
     prov = LxdProvider("lxd-trixie-test", {"network": lxd_network["name"], "storage_pool": lxd_daemon})
     yield prov
     prov.close()
-
-
-def lxc_exec(name, *cmd, timeout=BOOT_TIMEOUT, check=True):
-    """Run a command in the container; return its stripped stdout."""
-    proc = subprocess.run(["lxc", "exec", name, "--", *cmd], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    if check:
-        assert proc.returncode == 0, f"{' '.join(cmd)} in {name} exited {proc.returncode}: {proc.stderr.strip()}"
-    return proc.stdout.strip()
-
-
-# What `systemctl is-system-running` prints once boot has ended.
-BOOTED_STATES = ("running", "degraded", "maintenance")
-
-
-def wait_booted(name):
-    """Poll until the container's systemd has finished booting; fail unless it is "running".
-
-    `lxc exec` can run before the container's systemd answers, and then
-    systemctl prints "offline" (or nothing, or "starting") although boot goes
-    on: such answers are polled past, not taken as the result (a CI run on a
-    loaded 2-core host saw "offline" once). The failure message carries what
-    tells a stuck boot apart: PID 1's command, the failed units, the console.
-    """
-    deadline = time.monotonic() + BOOT_TIMEOUT
-    state = ""
-    while time.monotonic() < deadline:
-        state = lxc_exec(name, "systemctl", "is-system-running", "--wait", check=False)
-        if state in BOOTED_STATES:
-            break
-        time.sleep(0.5)
-    if state != "running":
-        pid1 = lxc_exec(name, "cat", "/proc/1/comm", check=False)
-        failed = lxc_exec(name, "systemctl", "--failed", "--no-legend", "--plain", check=False)
-        console = subprocess.run(["lxc", "console", name, "--show-log"], capture_output=True, text=True,
-                                 timeout=60, check=False).stdout[-2000:]
-        pytest.fail(f"systemd in {name} is {state!r} after {BOOT_TIMEOUT} s (PID 1: {pid1!r}; "
-                    f"failed units: {failed!r}); console:\n{console}")
-
-
-def push(name, path, text, mode="0644"):
-    """Write ``text`` to ``path`` in the container (parents created), mode set before it has content."""
-    script = 'mkdir -p "$(dirname "$1")" && : > "$1" && chmod "$2" "$1" && cat > "$1"'
-    subprocess.run(["lxc", "exec", name, "--", "sh", "-c", script, "sh", path, mode],
-                   input=text, text=True, check=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -344,40 +297,18 @@ def chrony_untouched(node):
 # ------------------------------------------------------------ a 24.11 controller
 
 
-def _package_entry(name):
-    """``{Version, Filename, SHA256}`` of ``name`` in the Debian 13 package list."""
-    entry, found = {}, False
-    with open(TRIXIE_PACKAGES, encoding="utf-8") as fh:
-        for line in fh:
-            if line == f"Package: {name}\n":
-                found = True
-            elif found and line == "\n":
-                break
-            elif found and line.split(":", 1)[0] in ("Version", "Filename", "SHA256"):
-                key, value = line.rstrip("\n").split(": ", 1)
-                entry[key] = value
-    return entry if found else None
-
-
 @pytest.fixture(scope="module")
 def slurmctld_deb(node):
     """Debian 13's slurmctld .deb of the node's Slurm version, fetched once into the image's .deb cache."""
     if not TRIXIE_PACKAGES.exists():
         pytest.skip(f"no Debian 13 package list at {TRIXIE_PACKAGES} to find slurmctld in: "
                     "build the chroot with tests/harness/trixie_chroot.sh")
-    entry = _package_entry("slurmctld")
+    entry = packages_index()[0].get("slurmctld")
     version = lxc_exec(node.name, "dpkg-query", "-W", "-f", "${Version}", "slurmd")
     assert entry and entry["Version"] == version, (
         f"the package list at {TRIXIE_PACKAGES} has slurmctld {entry and entry['Version']}, the image slurmd "
         f"{version}: rebuild the image or the chroot's list")
-    path = pathlib.Path(CACHE_DIR) / "debs" / os.path.basename(entry["Filename"])
-    if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != entry["SHA256"]:
-        with urllib.request.urlopen(f"{MIRROR}/{entry['Filename']}", timeout=120) as resp:  # noqa: S310 - the mirror
-            data = resp.read()
-        assert hashlib.sha256(data).hexdigest() == entry["SHA256"], f"{entry['Filename']}: checksum mismatch"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return path
+    return fetch_debs([entry])[0]
 
 
 def configure_minion(name, minion_id, roles, site, grains_extra=None, cluster_ids=None, policy_ids="L@nobody",

@@ -84,16 +84,28 @@ def lxc_exec(name, *cmd, timeout=120, check=True, input=None):  # noqa: A002 - s
 
 
 def wait_booted(name):
-    """Poll until the container's systemd has finished booting ("offline" answers are polled past)."""
+    """Poll until the container's systemd has finished booting; fail unless it is "running".
+
+    `lxc exec` can run before the container's systemd answers, and then
+    systemctl prints "offline" (or nothing, or "starting") although boot goes
+    on: such answers are polled past, not taken as the result (a CI run on a
+    loaded 2-core host saw "offline" once). The failure message carries what
+    tells a stuck boot apart: PID 1's command, the failed units, the console.
+    """
     deadline = time.monotonic() + BOOT_TIMEOUT
     state = ""
     while time.monotonic() < deadline:
         state = lxc_exec(name, "systemctl", "is-system-running", "--wait", check=False)
         if state in BOOTED_STATES:
-            return state
+            break
         time.sleep(0.5)
-    failed = lxc_exec(name, "systemctl", "--failed", "--no-legend", "--plain", check=False)
-    raise AssertionError(f"systemd in {name} is {state!r} after {BOOT_TIMEOUT} s (failed units: {failed!r})")
+    if state != "running":
+        pid1 = lxc_exec(name, "cat", "/proc/1/comm", check=False)
+        failed = lxc_exec(name, "systemctl", "--failed", "--no-legend", "--plain", check=False)
+        console = subprocess.run(["lxc", "console", name, "--show-log"], capture_output=True, text=True,
+                                 timeout=60, check=False).stdout[-2000:]
+        raise AssertionError(f"systemd in {name} is {state!r} after {BOOT_TIMEOUT} s (PID 1: {pid1!r}; "
+                             f"failed units: {failed!r}); console:\n{console}")
 
 
 def push(name, path, data, mode="0644"):
@@ -114,7 +126,7 @@ def push_tree(name, source, dest, *members):
 # -- Debian 13 packages for the controller ---------------------------------------------
 
 
-def _packages_index():
+def packages_index():
     """``{name: {Version, Filename, SHA256, Depends, Pre-Depends}}`` and ``{provided: name}`` of the list."""
     index, provides, entry = {}, {}, {}
     with open(TRIXIE_PACKAGES, encoding="utf-8") as fh:
@@ -135,7 +147,7 @@ def _packages_index():
 
 def resolve_debs(wanted, installed):
     """The .deb entries to add for ``wanted``, with what they need that ``installed`` lacks."""
-    index, provides = _packages_index()
+    index, provides = packages_index()
     todo, chosen = list(wanted), {}
     while todo:
         name = todo.pop()
