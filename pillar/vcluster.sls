@@ -113,6 +113,8 @@ vcluster:
     #   hosts:
     #     hv1: qemu+ssh://root@hv1/system
     #     hv2: {uri: "qemu+ssh://root@hv2/system", migration_address: 10.0.0.2}
+    #   # shared_storage: true  # only for a shared pool libvirt cannot recognise
+    #   #                       # (volumes then QEMU's own, never relabelled)
 
   # Kinds of virtual node an admin (or the autoscaler) can ask for.
   profiles:
