@@ -10,6 +10,7 @@ from tests.unit.test_wheel_keys import body, bus, master_opts  # noqa: F401 - fi
 from vcluster import expand as vexpand
 from vcluster import lifecycle, saltlink
 from vcluster.context import Context
+from vcluster.errors import VclusterError
 from vcluster.policy import load
 from vcluster.registry import Registry
 
@@ -156,3 +157,77 @@ def test_a_provider_returning_fewer_instances_than_specs_fails_the_expand_and_le
     assert "returned 1 instance(s) for 2 node(s)" in ret["comment"], ret
     # the instance the provider made but did not return is found by its tags and deleted too
     assert ctx.registry.nodes() == [] and provider.instances == {} and keys.keys == set()
+
+
+class GatedKeys(MemoryKeys):
+    """The last node's key pair is made only once the provider has been called (or after 10 s)."""
+
+    def __init__(self, last, gate, fail=None):
+        super().__init__()
+        self.last, self.gate, self.fail = last, gate, fail
+        self.waited = None
+
+    def gen_accept(self, name, clear=True):
+        if name == self.fail:
+            raise VclusterError(f"could not generate a minion key for {name}: OSError")
+        if name == self.last:
+            self.waited = self.gate.wait(10)
+        super().gen_accept(name, clear=clear)
+        return {"pub": "pub", "priv": SECRET}
+
+
+class BootFileReadingProvider(MemoryProvider):
+    """Reads every spec's boot files, as the real providers do when they provision an instance."""
+
+    def __init__(self, gate):
+        super().__init__()
+        self.gate = gate
+        self.files = {}
+        self.reprs = []
+
+    def create(self, specs):
+        self.gate.set()
+        self.reprs = [repr(s) for s in specs]
+        for spec in specs:
+            self.files[spec.name] = list(spec.boot_files)  # waits for that node's key
+        return super().create(specs)
+
+
+SECRET = "-----BEGIN RSA PRIVATE KEY----- unit-secret"
+
+
+def test_the_provider_is_called_while_later_keys_are_still_being_generated(tmp_path):
+    """A burst's first instances are created before its last key pair exists (0.75 s at N=32 here)."""
+    gate = threading.Event()
+    names = load(PILLAR).pools["p"].names[:3]
+    keys = GatedKeys(last=names[-1], gate=gate)
+    ctx = Context(policy=load(PILLAR), registry=Registry(tmp_path / "r.sqlite"), keys=keys,
+                  slurm=MemorySlurm(), salt=None, events=Bus())
+    provider = ctx._providers["lxd"] = BootFileReadingProvider(gate)
+
+    ret = vexpand.expand(ctx, "htc", 3, wait=False)
+
+    assert {n: v["instance"] for n, v in ret["nodes"].items()} == {n: f"i-{n}" for n in names}, ret
+    assert keys.waited is True  # the provider was called before the last key was made
+    for name in names:
+        assert any(f.content == SECRET for f in provider.files[name]), name
+    # a spec's repr names its boot files, never their content
+    assert provider.reprs and not any(SECRET in r for r in provider.reprs)
+    assert all(f"<boot files of {s.split(chr(39))[1]}>" in s for s in provider.reprs), provider.reprs
+
+
+def test_a_key_that_cannot_be_made_fails_the_expand_and_leaves_no_key(tmp_path):
+    gate = threading.Event()
+    names = load(PILLAR).pools["p"].names[:3]
+    keys = GatedKeys(last=names[-1], gate=gate, fail=names[1])
+    ctx = Context(policy=load({**PILLAR, "faults": {"create_attempts": 1}}), registry=Registry(tmp_path / "r.sqlite"),
+                  keys=keys, slurm=MemorySlurm(), salt=None, events=Bus())
+    provider = ctx._providers["lxd"] = BootFileReadingProvider(gate)
+
+    ret = vexpand.expand(ctx, "htc", 3, wait=False)
+
+    assert ret["result"] is False
+    assert f"could not generate a minion key for {names[1]}" in ret["comment"], ret
+    assert SECRET not in str(ret)
+    # the keys made before and after the failure are deleted with the nodes
+    assert keys.keys == set() and ctx.registry.nodes() == [] and provider.instances == {}
