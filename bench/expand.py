@@ -32,7 +32,8 @@ the overhead of the largest N against N=1's (``overhead_ratio``; the goal of
 a burst of 32 joins is at most 2x) and the per-node overhead.
 
 ``--memory`` sets the profile's memory (MiB) for the run (small containers
-for a burst of 32: 24 GB of RAM hold 32 x 512 MiB); ``max_per_request`` is
+for a burst of 32: 24 GB of RAM hold 32 x 512 MiB), ``--lxd-parallel`` the
+``lxd`` provider's ``parallel`` (containers created at once); ``max_per_request`` is
 set to the largest count. Both go into the site pillar for the run, which is
 restored byte for byte at the end. Each cell is also printed to stderr as
 soon as it is measured (a later failure keeps the earlier cells). Static
@@ -50,7 +51,7 @@ two); the nodes are retired after each measurement. The site pillar's membership
 keys are switched for the static runs and restored at the end.
 
 Usage: /opt/vcluster/venv/bin/python bench/expand.py [--counts 1,4] [--profile htc] [--repeat 1]
-       [--modes dynamic,static] [--memory MiB]
+       [--modes dynamic,static] [--memory MiB] [--lxd-parallel N]
        e.g. bench/expand.py --counts 1,8,32 --modes dynamic --memory 512
 """
 
@@ -221,6 +222,8 @@ def main():
     parser.add_argument("--modes", default="dynamic,static")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--memory", type=int, help="the profile's memory (MiB) for this run")
+    parser.add_argument("--lxd-parallel", type=int,
+                        help="the lxd provider's parallel (containers created at once) for this run")
     parser.add_argument("--host", default=subprocess.run(["hostname"], capture_output=True, text=True).stdout.strip())
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
@@ -233,6 +236,10 @@ def main():
         if args.memory < 128:
             parser.error("--memory takes MiB, at least 128")
         sizing["profiles"] = {args.profile: {"memory": args.memory}}
+    if args.lxd_parallel is not None:
+        if args.lxd_parallel < 1:
+            parser.error("--lxd-parallel takes a whole number from 1")
+        sizing["providers"] = {"lxd": {"parallel": args.lxd_parallel}}
     original_site = SITE.read_text()
 
     opts = salt.config.client_config("/etc/salt/master")
@@ -240,7 +247,8 @@ def main():
     watcher.start()
     watcher.ready.wait(10)
 
-    results = {"profile": args.profile, "memory": args.memory, "unit": "seconds", "repeat": args.repeat,
+    results = {"profile": args.profile, "memory": args.memory, "lxd_parallel": args.lxd_parallel,
+               "unit": "seconds", "repeat": args.repeat,
                "modes": {}}
     samples = {mode: {n: [] for n in counts} for mode in modes}
     retire_all()
