@@ -10,8 +10,10 @@ Suspend, per node (``ready -> suspending -> suspended``):
 
 Resume reverses it (``suspended -> resuming -> ready``): provider resume
 (optionally on another host, where the provider can move a suspended
-instance: :mod:`vcluster.migrate`), wait until the node's minion answers and its slurmd runs,
-``scontrol resume`` the jobs, undrain (only a drain vcluster set).
+instance: :mod:`vcluster.migrate`), wait until the node's slurmd listens
+(the controller's SYN probe, :mod:`vcluster.slurm.reach`), ``scontrol
+resume`` the jobs, undrain (only a drain vcluster set), then wait for the
+node's minion (a silent one is reported, the jobs do not wait for it).
 
 Slurm must not declare a frozen node dead: the cluster runs with
 ``SlurmdTimeout=0`` and vcluster owns node liveness (:mod:`vcluster.liveness`),
@@ -274,15 +276,26 @@ RESUME_REPORT = ("seconds", "clock_offset_before", "clock_offset_after", "minion
 
 
 def _resume_one(ctx, node, timeout):
+    """Provider resume, the node's slurmd checked from the controller, its jobs resumed, then its minion.
+
+    The jobs wait for Slurm's side only: the node's slurmd listening
+    (the controller's SYN probe) and Slurm's ``scontrol resume``. Its
+    minion, which vcluster needs to manage the node but no job needs, is
+    waited for after that (a restored VM's restarted salt-minion takes
+    20-30 s under TCG); a minion still silent at the deadline leaves the
+    node ``ready`` and is reported (``minion_answered`` None, the
+    ``vcluster/node/<name>/minion-silent`` event), as liveness does.
+    """
     name = node.name
     lifecycle.move(ctx, name, "resuming", expect="suspended")
-    deadline = time.monotonic() + float(timeout)
+    started = time.monotonic()
+    deadline = started + float(timeout)
     try:
         inst = ctx.provider(node.provider).resume(node.instance_id)
         if inst is not None and getattr(inst, "host", None) and inst.host != node.host:
             ctx.registry.update(name, host=inst.host)
         report = {k: inst[k] for k in RESUME_REPORT if k in inst} if isinstance(inst, dict) else {}
-        _wait_alive(ctx, name, deadline)
+        minion_seen = _wait_slurmd(ctx, name, deadline)
         # one controller call: scontrol resume the mapped jobs still
         # suspended, then lift the drain if it is vcluster's
         ctx.slurm.release_node(name, sorted(ctx.registry.jobs_on(name)), DRAIN_REASON)
@@ -291,6 +304,15 @@ def _resume_one(ctx, node, timeout):
                        event={"reason": "resume failed"})
         raise
     ctx.registry.map_jobs(name, [])
+    jobs_resumed = round(time.monotonic() - started, 2)
+    answered = True if minion_seen else _wait_minion(ctx, name, deadline)
+    if not answered:
+        log.warning("%s resumed and its jobs with it, but its minion did not answer within the resume timeout",
+                    name)
+        lifecycle.announce(ctx, name, "minion-silent", reason="its minion did not answer after the resume")
+    if report:  # providers that measure their resume (libvirt): when the jobs ran again, when the minion did
+        report["jobs_resumed"] = jobs_resumed
+        report["minion_answered"] = round(time.monotonic() - started, 2) if answered else None
     lifecycle.move(ctx, name, "ready", expect="resuming", event={"resumed": True, **report})
     return report
 
@@ -300,10 +322,49 @@ def _resume_one(ctx, node, timeout):
 #: publish altogether (a restored VM's restarted minion), so short waits find
 #: it sooner, while a slow minion (TCG guest) still gets a long one
 PROBE_WAITS = (3.0, 10.0)
+#: seconds the controller's SYN probe of a resumed node's slurmd waits for an answer
+SLURMD_PROBE_WAIT = 2.0
 
 
-def _wait_alive(ctx, name, deadline):
-    """Until the node's minion answers and its slurmd runs, or raise at ``deadline``."""
+def _wait_slurmd(ctx, name, deadline):
+    """Until the node's slurmd listens (the controller's SYN probe), or raise at ``deadline``.
+
+    True when the node's minion was asked instead and answered: a node
+    Slurm does not probe (``skipped``, e.g. powered down) or a controller
+    that cannot scan falls back to asking the minion whether slurmd runs.
+    """
+    last = "its slurmd did not answer the controller"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise VclusterError(f"{name} was resumed by its provider but {last} within the resume timeout")
+        asked = time.monotonic()
+        try:
+            verdict = ctx.slurm.liveness_scan([name], wait=min(left, SLURMD_PROBE_WAIT))["slurmd"].get(name)
+        except VclusterError as exc:
+            log.warning("%s: the controller could not probe its slurmd (%s); asking its minion", name, exc)
+            verdict = "skipped"
+        if verdict == "listening":
+            return False
+        if verdict in ("skipped", None):
+            _wait_alive(ctx, name, deadline)
+            return True
+        last = f"its slurmd did not answer the controller ({verdict})"
+        # poll at most once a second (a refused probe returns at once)
+        time.sleep(min(max(0.0, 1.0 - (time.monotonic() - asked)), max(0.0, deadline - time.monotonic())))
+
+
+def _wait_minion(ctx, name, deadline):
+    """True once the node's minion answers a probe, False at ``deadline`` (never raises)."""
+    try:
+        _wait_alive(ctx, name, deadline, need_slurmd=False)
+        return True
+    except VclusterError:
+        return False
+
+
+def _wait_alive(ctx, name, deadline, need_slurmd=True):
+    """Until the node's minion answers (and sees its slurmd run), or raise at ``deadline``."""
     last = "its minion did not answer"
     wait = PROBE_WAITS[0]
     while True:
@@ -313,7 +374,7 @@ def _wait_alive(ctx, name, deadline):
         asked = time.monotonic()
         answers = ctx.salt.probe([name], min(left, wait))
         if name in answers:
-            if answers[name] is not None:
+            if answers[name] is not None or not need_slurmd:
                 return
             last = "its slurmd is not running"
         else:

@@ -33,6 +33,14 @@ class FakeSlurm:
         self.nodes_ = {}  # name -> {"state": [...], "reason": ""}
         self.jobs_ = {}  # id -> {"id", "state", "nodes", "partition"}
         self.calls = []
+        self.slurmd = {}  # name -> the controller's SYN probe verdict; absent: listening
+        self.scans = 0
+
+    def liveness_scan(self, names, wait):
+        self.scans += 1
+        known = [n for n in names if n in self.nodes_]
+        return {"nodes": [dict(name=n, **copy.deepcopy(self.nodes_[n])) for n in known],
+                "slurmd": {n: self.slurmd.get(n, "listening") for n in known}}
 
     def nodes(self):
         return [dict(name=n, **copy.deepcopy(v)) for n, v in self.nodes_.items()]
@@ -208,13 +216,17 @@ def test_resume_reports_what_the_provider_measured(env):
     ctx = env()
     sus.suspend(ctx, "vn1,vn2")
     report = {"seconds": 2.4, "clock_offset_before": -331.2, "clock_offset_after": -0.004,
-              "minion_restart": {"ok": True, "seconds": 8.1, "error": None}, "internal": "not reported"}
+              "minion_restart": {"ok": True, "seconds": 0.3, "error": None}, "internal": "not reported"}
     ctx.provider("lxd").resume_report = report
     ret = sus.resume(ctx, "vn1")
     shown = {k: v for k, v in report.items() if k != "internal"}
-    assert ret["result"] is True and ret["resumed"] == {"vn1": shown}, ret
+    got = ret["resumed"]["vn1"]
+    assert ret["result"] is True and {k: got[k] for k in shown} == shown, ret
+    # when the jobs ran again and when the minion answered, seconds after the resume began
+    assert set(got) == set(shown) | {"jobs_resumed", "minion_answered"}
+    assert 0 <= got["jobs_resumed"] <= got["minion_answered"]
     tag, data = ctx.events.data[-1]
-    assert tag == "vcluster/node/vn1/ready" and data == dict(shown, resumed=True, node="vn1", state="ready")
+    assert tag == "vcluster/node/vn1/ready" and data == dict(got, resumed=True, node="vn1", state="ready")
     ctx.provider("lxd").resume_report = None  # a provider that measures nothing: no key
     assert "resumed" not in sus.resume(ctx, "vn2")
 
@@ -281,12 +293,53 @@ def test_failed_freeze_rolls_back(env):
     assert ctx.slurm.nodes_["vn1"]["state"] == ["IDLE"]
 
 
-def test_resume_waits_for_minion_and_gives_up_at_deadline(env):
+def test_resume_waits_for_slurmd_and_gives_up_at_deadline(env):
+    """A slurmd that does not answer the controller: the node goes back to suspended, its job with it."""
     ctx = env()
+    ctx.slurm.jobs_[7] = {"id": 7, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
+    sus.suspend(ctx, "vn1")
+    ctx.slurm.slurmd["vn1"] = "silent"
+    ret = sus.resume(ctx, "vn1", timeout=1)
+    assert ret["result"] is False and "its slurmd did not answer the controller (silent)" in ret["comment"], ret
+    assert ctx.registry.get("vn1").state == "suspended"
+    assert ctx.slurm.jobs_[7]["state"] == "SUSPENDED" and ctx.registry.jobs_on("vn1") == ["7"]
+    del ctx.slurm.slurmd["vn1"]
+    assert sus.resume(ctx, "vn1")["result"] is True
+    assert ctx.slurm.jobs_[7]["state"] == "RUNNING"
+
+
+def test_resumed_jobs_do_not_wait_for_a_silent_minion(env):
+    """slurmd listens, the minion stays silent (a restored VM's minion restarting): jobs run, the minion is reported."""
+    ctx = env()
+    ctx.slurm.jobs_[7] = {"id": 7, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
     sus.suspend(ctx, "vn1")
     del ctx.salt.alive["vn1"]
+    resumed_before_probe = []
+    probe = ctx.salt.probe
+
+    def watching(names, timeout):
+        resumed_before_probe.append(ctx.slurm.jobs_[7]["state"])
+        return probe(names, timeout)
+
+    ctx.salt.probe = watching
+    ctx.provider("lxd").resume_report = {"seconds": 1.0}
     ret = sus.resume(ctx, "vn1", timeout=1)
-    assert ret["result"] is False and "minion did not answer" in ret["comment"]
+    assert ret["result"] is True, ret
+    assert resumed_before_probe and set(resumed_before_probe) == {"RUNNING"}
+    assert ctx.registry.get("vn1").state == "ready" and ctx.registry.jobs_on("vn1") == []
+    assert ret["resumed"]["vn1"]["minion_answered"] is None
+    assert "vcluster/node/vn1/minion-silent" in ctx.events.fired
+    assert ctx.events.fired[-1] == "vcluster/node/vn1/ready"
+
+
+def test_a_node_slurm_does_not_probe_is_checked_through_its_minion(env):
+    """A node the scan skips (or a controller that cannot scan): its minion must see slurmd run."""
+    ctx = env()
+    sus.suspend(ctx, "vn1")
+    ctx.slurm.slurmd["vn1"] = "skipped"
+    ctx.salt.alive["vn1"] = False  # the minion answers, no slurmd runs
+    ret = sus.resume(ctx, "vn1", timeout=1)
+    assert ret["result"] is False and "its slurmd is not running" in ret["comment"], ret
     assert ctx.registry.get("vn1").state == "suspended"
     ctx.salt.alive["vn1"] = True
     assert sus.resume(ctx, "vn1")["result"] is True

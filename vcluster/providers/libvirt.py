@@ -31,7 +31,8 @@ Config keys (pillar ``vcluster:providers:<name>``):
 ``clock_sync_timeout``  seconds resume waits for the guest agent to step
                   the guest clock (default 30).
 ``minion_restart_timeout``  seconds resume from a save waits for the guest
-                  agent's ``systemctl restart salt-minion`` (default 60).
+                  agent to queue ``systemctl restart salt-minion`` (default 60;
+                  the restart itself is not waited for).
 
 ``spec.extra`` may hold ``machine`` and ``cmdline`` overriding the provider's.
 
@@ -443,7 +444,9 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
 
         The guest's clock stood still meanwhile: it is stepped to the host's
         through the guest agent. After a save the guest's salt-minion is
-        restarted through the agent too: its TCP connections to the master
+        restarted through the agent too (queued, not waited for: the runner
+        resumes the node's jobs once its slurmd answers and then waits for
+        the minion): its TCP connections to the master
         were frozen in the saved RAM while the master's side ended (the
         master restarted, or its kernel gave up on the vanished peer). A
         minion restored 30 s later sent nothing on them and heard no publish

@@ -78,7 +78,8 @@ OPTIONS = DriverOptions(
         Key("clock_sync_timeout", c.positive_number, None, "seconds resume waits for the guest agent to step "
             "the guest clock to the host's", shown_default="driver: `30`"),
         Key("minion_restart_timeout", c.positive_number, None, "seconds resume from a save waits for the guest "
-            "agent's `systemctl restart salt-minion` (the minion's connections did not survive the save)",
+            "agent to queue `systemctl restart salt-minion` (the minion's connections did not survive the save; "
+            "the jobs do not wait for the restart)",
             shown_default="driver: `60`"),
     ),
     Section(
