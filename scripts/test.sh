@@ -13,11 +13,19 @@ cd "$REPO"
 
 say "installing dependencies"
 bash scripts/install-deps.sh
-if [ -f /var/run/salt-master.pid ] && kill -0 "$(cat /var/run/salt-master.pid)" 2>/dev/null; then
-    # The integration stack owns the host's slurmctld, slurmd and /etc/slurm.
-    say "the demo stack is up: taking it down first (scripts/stack.sh up brings it back)"
-    bash scripts/stack.sh down
-fi
+# The integration stack owns the host's slurmctld, slurmd and /etc/slurm, so
+# the demo stack goes down first; under the host-wide stack lock, which a
+# bench or another test run holds while it uses the host's daemons.
+demo_stack_down() {
+    if [ -f /var/run/salt-master.pid ] && kill -0 "$(cat /var/run/salt-master.pid)" 2>/dev/null; then
+        say "the demo stack is up: taking it down first (scripts/stack.sh up brings it back)"
+        bash scripts/stack.sh down
+    fi
+}
+exec 9>/run/vcluster-test-stack.lock
+flock 9
+demo_stack_down
+exec 9>&-
 say "LXD daemon and node image"
 bash scripts/lxd-up.sh --no-network --pool vcluster
 bash image/build.sh --alias vcluster-node
