@@ -462,6 +462,8 @@ def test_the_preempting_jobs_end_restores_the_vm_and_its_job_finishes(vm_stack, 
     print(f"counter: {len(lines)} lines, first {lines[:3]}, last {lines[-3:]}")
     assert lines == list(range(1, COUNT_TO + 1)), lines  # one run, no gap, no repeat
     assert show_job(pinned)["NodeList"] == name  # it ran once the node was back
+    # the jobs resume once slurmd answers; the node is ready once its restarted minion answers too
+    wait_until(lambda: registry(vm_stack, name)["state"] == "ready", 180, f"{name} ready after its restore")
     status = registry(vm_stack, name)
     assert (status["state"], status["host"]) == ("ready", "hv1"), status
     offset = guest_offset(virt, name)
