@@ -11,11 +11,21 @@ are counted with ``sacct`` on the controller: none lost, none requeued (one
 Scenarios: dynamic membership expand, jobs, retire waiting for a running
 job, retire leaving no key, Slurm node, registry name or address;
 suspend/resume with a counter job alive (unbroken, one sacct record);
+preemption (a ``batch`` job on the bare-metal node freezes the ``htc``
+node on its hypervisor and its end thaws it, the counter job unbroken);
 static membership expand/retire with a held job kept across slurmctld's
 restarts; cloud membership's power saving with a warm pool (short Slurm
-timers, as test_cloud_mode). Not here: preemption (its trigger is a job on
-a hypervisor host, and the LXD host's slurmd 22.05 cannot join a 24.11
-controller).
+timers, as test_cloud_mode).
+
+Preemption's trigger is a job on a hypervisor host. The LXD host's slurmd
+is 22.05 and cannot join a 24.11 controller, so the controller container
+is also the cluster's bare-metal node (``TrixieStack(baremetal=True)``: a
+24.11 slurmd of partition ``batch`` configured by the same highstate), and
+the policy names the LXD server as its hypervisor
+(``vcluster:preemption:hypervisors``), as a site whose Slurm node names
+differ from its hypervisors' names would. The preemption policy is on for
+the whole module, so every scenario runs with vcluster's PrologSlurmctld
+and jobcomp/script hooks in slurm.conf.
 
 Skipped (not an error) without the Debian 13 package list
 (tests/harness/trixie_chroot.sh, which scripts/test.sh builds) or the host's
@@ -31,7 +41,7 @@ import yaml
 
 from tests.integration.stack import REPO, _merge
 from tests.integration.test_trixie_image import trixie_build, trixie_image  # noqa: F401 - fixtures
-from tests.integration.trixie_stack import HOST_LIBMARIADB, TRIXIE_PACKAGES, TrixieStack, lxc_exec
+from tests.integration.trixie_stack import HOST_LIBMARIADB, TRIXIE_PACKAGES, TrixieStack, lxc_exec, lxd_server_name
 from tests.provider_contract import SpecFactory, eventually
 from vcluster.providers.lxd import LxdProvider
 
@@ -66,9 +76,12 @@ def stack24(host_slurm_lock, salt_factories, lxd_network, controller_spec, tmp_p
     extra = {"vcluster": {
         "profiles": {"htc": {"memory": NODE_MEMORY_MB, "join_timeout": 180}},
         "reconcile": {"interval": 0},  # only when a test asks
+        # test_suspend_resume's policy; the bare-metal node is the controller container, on the LXD server
+        "preemption": {"enabled": True, "partitions": ["batch"], "preemptible": ["htc"], "mode": "suspend",
+                       "hypervisors": {controller_spec.name: lxd_server_name()}},
     }}
     cluster = TrixieStack(salt_factories, lxd_network, tmp_path_factory.mktemp("stack24"), controller_spec,
-                          site_extra=extra)
+                          site_extra=extra, baremetal=True)
     started = time.monotonic()
     cluster.start()
     try:
@@ -181,6 +194,54 @@ def test_job_survives_suspend_and_resume(stack24, nodes):
     assert counter_lines(node, job) == list(range(1, seconds + 1))
     assert "DRAIN" not in slurm.node_info(node)["State"]
     assert stack24.run("vcluster.status").data["nodes"][node]["state"] == "ready"
+
+
+def test_preemption_freezes_and_thaws_the_colocated_node(stack24, nodes):
+    """A ``batch`` job on the bare-metal node (the controller container, whose hypervisor the policy
+    says is the LXD server) freezes the ``htc`` node there: PrologSlurmctld -> spool line -> the
+    controller minion's engine -> reactor -> vcluster.on_slurm_event; its end (jobcomp/script) thaws
+    it, and the counter job on the node completes unbroken, with one sacct record and Restarts=0."""
+    slurm, ctl = stack24.slurm, stack24.controller_id
+    # the states put vcluster's hooks in 24.11's slurm.conf and slurmctld runs with them; never an
+    # EpilogSlurmctld (it delays scheduling). 24.11 lists them as PrologSlurmctld[0], ... (several allowed)
+    config = {k.strip(): v.strip() for k, v in (line.split(" = ", 1) for line in
+                                                 slurm("scontrol", "show", "config").splitlines() if " = " in line)}
+    hooks = {k.split("[")[0]: v for k, v in config.items()
+             if k.split("[")[0] in ("PrologSlurmctld", "JobCompType", "JobCompLoc", "EpilogSlurmctld")}
+    assert hooks == {"PrologSlurmctld": "/usr/local/libexec/vcluster/slurmctld-prolog",
+                     "JobCompType": "jobcomp/script",
+                     "JobCompLoc": "/usr/local/libexec/vcluster/slurmctld-jobcomp"}, hooks
+    conf = lxc_exec(ctl, "cat", "/etc/slurm/slurm.conf")
+    assert "PrologSlurmctld=/usr/local/libexec/vcluster/slurmctld-prolog" in conf and "EpilogSlurmctld" not in conf
+    info = slurm.node_info(ctl)
+    assert info is not None and "baremetal" in info.get("AvailableFeatures", ""), info
+    assert "batch" in info.get("Partitions", "").split(","), info
+
+    node = nodes[1]
+    seconds = 12
+    low = slurm.sbatch("-p", "htc", "-w", node, script=counter_script(seconds))
+    slurm.wait_jobs([low], states=("RUNNING",), timeout=60)
+    eventually(lambda: len(counter_lines(node, low)) >= 2, 30, f"job {low} counting before the preemption")
+    high = slurm.sbatch("-p", "batch", "-w", ctl, script="sleep 6")
+    slurm.wait_jobs([high], states=("RUNNING", "COMPLETED"), timeout=60)
+    started = time.monotonic()
+    eventually(lambda: lxd_status(node) == "FROZEN", 30, f"{node} frozen by job {high}")
+    print(f"frozen {time.monotonic() - started:.1f} s after job {high} was seen running")
+    assert slurm.job_states([low]) == {low: "SUSPENDED"}
+    status = stack24.run("vcluster.status").data["nodes"][node]
+    assert status["state"] == "suspended" and status["reason"] == f"preempted by job {high}", status
+    assert "DRAIN" in slurm.node_info(node)["State"]
+
+    slurm.wait_jobs([high], timeout=60)
+    ended = time.monotonic()
+    eventually(lambda: registry_state(stack24, node) == "ready", 60, f"{node} resumed after job {high}")
+    print(f"thawed {time.monotonic() - ended:.1f} s after job {high} was seen completed")
+    assert lxd_status(node) == "RUNNING"
+    assert slurm.wait_jobs([low], timeout=120) == {low: "COMPLETED"}
+    slurm.assert_not_requeued([low, high])
+    assert slurm.show_job(low).get("Restarts") == "0", slurm.show_job(low)
+    assert counter_lines(node, low) == list(range(1, seconds + 1))
+    assert "DRAIN" not in slurm.node_info(node)["State"]
 
 
 def test_retire_leaves_no_key_name_or_address(stack24, nodes):

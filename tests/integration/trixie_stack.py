@@ -29,13 +29,22 @@ provider) with the Slurm controller moved off the host:
   states install and configure slurmdbd, the test only adds the library;
 * Slurm's client commands run in the controller container
   (:class:`Slurm24`: sbatch, scontrol, sacct with the same job counting as
-  stack.py's helpers).
+  stack.py's helpers);
+* with ``baremetal=True`` the container is also the cluster's bare-metal
+  node (a 24.11 slurmd beside slurmctld, as the 22.05 stack's host is):
+  pillar ``slurm:nodes`` declares it (feature ``baremetal``, so partition
+  ``batch``) and its minion gets role ``slurm-compute`` too, so the same
+  highstate gives it slurm.compute. A preemption policy then names the LXD
+  server as its hypervisor (``vcluster:preemption:hypervisors``,
+  :func:`lxd_server_name`): the host's own slurmd 22.05 cannot join a 24.11
+  controller, so a job on this node stands for a job on the hypervisor.
 
 Virtual nodes are the trixie image (profile ``htc``'s image), expanded,
 joined, suspended and retired by the real runner and reactor.
 """
 
 import hashlib
+import json
 import os
 import pathlib
 import subprocess
@@ -65,6 +74,10 @@ DBD_DROPIN = f"""\
 [Service]
 Environment=LD_LIBRARY_PATH={LIBMARIADB_DIR}
 """
+#: The controller container as a bare-metal node (TrixieStack baremetal=True): at most its LXD
+#: limits (the module's controller container has 1 CPU and 1024 MiB), leaving slurmctld and slurmdbd room.
+BAREMETAL_CPUS = 1
+BAREMETAL_MEMORY_MB = 256
 BOOT_TIMEOUT = 120
 BOOTED_STATES = ("running", "degraded", "maintenance")
 EVENTS_SPOOL = "/var/spool/vcluster-slurm/events"
@@ -121,6 +134,12 @@ def push_tree(name, source, dest, *members):
                          capture_output=True, check=True, timeout=120).stdout
     subprocess.run(["lxc", "exec", name, "--", "sh", "-c", f"mkdir -p {dest} && tar -C {dest} -xf -"],
                    input=tar, check=True, timeout=120)
+
+
+def lxd_server_name():
+    """The LXD server's name, the host of every LXD instance in vcluster's registry (the provider's ``host``)."""
+    out = subprocess.run(["lxc", "query", "/1.0"], capture_output=True, text=True, check=True, timeout=60).stdout
+    return json.loads(out)["environment"]["server_name"]
 
 
 # -- Debian 13 packages for the controller ---------------------------------------------
@@ -299,21 +318,27 @@ def create_database():
 class TrixieStack(ClusterStack):
     """Master on the host, Slurm 24.11 controller (with slurmdbd) in the trixie container ``controller``."""
 
-    def __init__(self, factories, network, root, controller, membership="dynamic", site_extra=None):
+    def __init__(self, factories, network, root, controller, membership="dynamic", site_extra=None,
+                 baremetal=False):
         super().__init__(factories, network, root, membership=membership, site_extra=site_extra)
         self.ctl = controller  # an InstanceSpec: .name, .address
+        self.baremetal = baremetal  # the controller container is also partition batch's node
         self.controller_id = controller.name
         self.admin_accepts = {controller.name}
         self.master_id = "vct24_master"
         self.slurm = Slurm24(controller.name)
 
     def write_site_pillar(self):
-        """The 22.05 stack's site files, with the controller in the container and no bare-metal node."""
+        """The 22.05 stack's site files, with the controller in the container, which is the
+        bare-metal node with ``baremetal`` (else there is none)."""
         super().write_site_pillar()
         path = self.site / "site.sls"
         site = yaml.safe_load(path.read_text())
         site["slurm"]["controller"] = {"host": self.ctl.name, "address": self.ctl.address}
         site["slurm"].pop("nodes", None)
+        if self.baremetal:
+            site["slurm"]["nodes"] = {self.ctl.name: {"address": self.ctl.address, "cpus": BAREMETAL_CPUS,
+                                                      "memory": BAREMETAL_MEMORY_MB, "features": ["baremetal"]}}
         site["slurm"]["accounting"]["storage_loc"] = DATABASE
         # the trixie image for the stack's virtual nodes (policy.md: a profile's image)
         for profile in ("htc", "mem"):
@@ -354,7 +379,7 @@ class TrixieStack(ClusterStack):
             # salt-factories gives the master free ports of its own
             "master_port": self.master.config["ret_port"],
             "publish_port": self.master.config["publish_port"],
-            "grains": {"roles": ["slurm-controller"]},
+            "grains": {"roles": ["slurm-controller", "slurm-compute"] if self.baremetal else ["slurm-controller"]},
             "engines": [{"vcluster_slurm_events": {"spool": EVENTS_SPOOL}}],
             "acceptance_wait_time": 2,
             "enable_fqdns_grains": False,
@@ -400,10 +425,12 @@ class TrixieStack(ClusterStack):
     def set_membership(self, mode):
         self.membership = mode
         self.write_site_pillar()
-        ret = self.master.salt_cli(timeout=600).run("state.apply", "slurm.controller", minion_tgt=self.controller_id,
+        # the bare-metal slurmd reads the same slurm.conf (the 22.05 stack applies both too)
+        states = "slurm.controller,slurm.compute" if self.baremetal else "slurm.controller"
+        ret = self.master.salt_cli(timeout=600).run("state.apply", states, minion_tgt=self.controller_id,
                                                     _timeout=600)
         if ret.returncode != 0:
-            raise AssertionError(f"state.apply slurm.controller failed: {ret.stdout[-3000:]}")
+            raise AssertionError(f"state.apply {states} failed: {ret.stdout[-3000:]}")
 
     def forget_slurm_nodes(self):
         """Nothing: the controller container goes with the stack."""
