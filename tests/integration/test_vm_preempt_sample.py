@@ -47,9 +47,7 @@ if not os.environ.get("VCLUSTER_BENCH_OUT"):
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed (extra `libvirt`)")
 
 from tests.integration.libvirt_fixtures import module_network, qemu_pid  # noqa: E402
-from tests.integration.lxd_fixtures import REPO, run_script  # noqa: E402
 from tests.integration.stack import (  # noqa: E402
-    VIRT_POOL,
     VIRT_URI,
     accounted_jobs,
     job_states,
@@ -58,7 +56,12 @@ from tests.integration.stack import (  # noqa: E402
     vm_site,
     wait_jobs,
 )
-from tests.integration.test_vm_nodes import apply_controller, node_event, on_node  # noqa: E402
+from tests.integration.test_vm_nodes import (  # noqa: E402
+    apply_controller,
+    node_event,
+    on_node,
+    virt,  # noqa: F401 - the fixture: libvirtd up, the VM image built or cached
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -70,15 +73,6 @@ REPEAT = int(os.environ.get("VCLUSTER_BENCH_REPEAT", "3"))
 HIGH_SECONDS = 15  # the preempting job's length
 POLL = 0.1
 COUNTER = "/tmp/vm-bench.$SLURM_JOB_ID"
-
-
-@pytest.fixture(scope="module")
-def virt(lxd_root):
-    run_script(REPO / "scripts" / "libvirt-up.sh", "--no-network", "--pool", VIRT_POOL)
-    run_script(REPO / "image-vm" / "build.sh", "--pool", VIRT_POOL, timeout=1800)
-    conn = libvirt.open(VIRT_URI)
-    yield conn
-    conn.close()
 
 
 @pytest.fixture(scope="module")
