@@ -101,8 +101,9 @@ SUSPEND = Section(
     Key("mode", c.choice(SUSPEND_MODES), "suspend", "`freeze` (containers), `pause` (VMs; RAM kept), `save` "
         "(VMs; RAM to disk) or `suspend`: `save`, or `freeze` where the provider cannot save; see "
         "[Suspend modes](#suspend-modes)"),
-    Key("resume_timeout", c.positive_number, 120, "seconds for minion and slurmd to answer after the "
-        "provider resume"),
+    Key("resume_timeout", c.positive_number, 120, "seconds after the provider resume for the node's slurmd "
+        "to answer the controller (else the node goes back to suspended) and then for its minion (else "
+        "it is reported silent)"),
 )
 
 METRICS = Section(
