@@ -2,7 +2,8 @@
 
 Nova's fake virt driver boots no guest, so there is no minion and no slurmd:
 the registry is the real one, the provider is the real OpenStack provider
-against real Nova, and Slurm plus the minion probe are recording stand-ins.
+against real Nova, and Slurm (its SYN probe of slurmd included) plus the
+minion probe are recording stand-ins.
 Checked: the registry (state, host) and what Slurm is told stay consistent
 with where Nova says the server is.
 """
@@ -54,6 +55,10 @@ class RecordingSlurm:
 
     def update_node_addr(self, name, address):
         self.addr.append((name, address))
+
+    def liveness_scan(self, names, wait):
+        """The controller's SYN probe: the stand-in's slurmd listens (resume waits for it, then the minion)."""
+        return {"nodes": [dict(self.node)], "slurmd": dict.fromkeys(names, "listening")}
 
 
 class AlwaysAlive:
