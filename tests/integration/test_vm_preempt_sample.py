@@ -61,6 +61,7 @@ from tests.integration.test_vm_nodes import (  # noqa: E402
     node_event,
     on_node,
     virt,  # noqa: F401 - the fixture: libvirtd up, the VM image built or cached
+    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -137,16 +138,6 @@ def watch(dom, high, low, timeout=240):
         return round(b - a, 3) if a is not None and b is not None else None
 
     return span(t_run, t_saved), span(t_end, t_active), span(t_end, t_back)
-
-
-def wait_until(predicate, timeout, what, every=0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(every)
 
 
 def one_size(stack, conn, event_listener, size):
