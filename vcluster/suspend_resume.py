@@ -221,7 +221,8 @@ def resume(ctx, nodes, host=None, timeout=None, test=False):
     resume or restart check fails goes back to ``suspended`` (its jobs stay
     suspended, nothing is lost) and the return says why; run resume again.
     Where the provider measures its resume (libvirt: ``seconds``,
-    ``clock_offset_before``/``_after`` of the guest clock, ``minion_restart``)
+    ``clock_offset_before``/``_after`` of the guest clock,
+    ``minion_reconnect``, and ``minion_restart`` when the runner had to)
     the return has it under ``resumed`` (``{name: {...}}``) and the node's
     ``ready`` event carries it. ``test=True`` validates and says what would
     be done; nothing changes.
@@ -266,13 +267,18 @@ def resume(ctx, nodes, host=None, timeout=None, test=False):
 
     ret = _per_node(ctx, names, todo, found, "ready", one, "ready", "resuming")
     if reports:
-        ret["resumed"] = reports  # providers that measure it (libvirt): seconds, guest clock offsets, minion restart
+        ret["resumed"] = reports  # providers that measure it (libvirt): seconds, clock offsets, minion reconnect
     return ret
 
 
 #: what a provider's resume may report (libvirt: the restore's seconds, the
-#: guest clock offset before and after it was stepped, the minion restart)
-RESUME_REPORT = ("seconds", "clock_offset_before", "clock_offset_after", "minion_restart")
+#: guest clock offset before and after it was stepped, the reset of the
+#: guest minion's connections to the master)
+RESUME_REPORT = ("seconds", "clock_offset_before", "clock_offset_after", "minion_reconnect")
+#: seconds a resumed node's minion has, once the jobs run, to answer after
+#: its provider reset its connections (it re-authenticated in about 4 s
+#: under TCG) before the provider is asked to restart it, where it can
+MINION_RECONNECT_GRACE = 15.0
 
 
 def _resume_one(ctx, node, timeout):
@@ -281,17 +287,19 @@ def _resume_one(ctx, node, timeout):
     The jobs wait for Slurm's side only: the node's slurmd listening
     (the controller's SYN probe) and Slurm's ``scontrol resume``. Its
     minion, which vcluster needs to manage the node but no job needs, is
-    waited for after that (a restored VM's restarted salt-minion takes
-    20-30 s under TCG); a minion still silent at the deadline leaves the
-    node ``ready`` and is reported (``minion_answered`` None, the
-    ``vcluster/node/<name>/minion-silent`` event), as liveness does.
+    waited for after that: a provider that reset its connections
+    (libvirt) gets it restarted if it is still silent
+    ``MINION_RECONNECT_GRACE`` seconds later. A minion still silent at the
+    deadline leaves the node ``ready`` and is reported (``minion_answered``
+    None, the ``vcluster/node/<name>/minion-silent`` event), as liveness does.
     """
     name = node.name
     lifecycle.move(ctx, name, "resuming", expect="suspended")
     started = time.monotonic()
     deadline = started + float(timeout)
+    provider = ctx.provider(node.provider)
     try:
-        inst = ctx.provider(node.provider).resume(node.instance_id)
+        inst = provider.resume(node.instance_id)
         if inst is not None and getattr(inst, "host", None) and inst.host != node.host:
             ctx.registry.update(name, host=inst.host)
         report = {k: inst[k] for k in RESUME_REPORT if k in inst} if isinstance(inst, dict) else {}
@@ -305,7 +313,7 @@ def _resume_one(ctx, node, timeout):
         raise
     ctx.registry.map_jobs(name, [])
     jobs_resumed = round(time.monotonic() - started, 2)
-    answered = True if minion_seen else _wait_minion(ctx, name, deadline)
+    answered = minion_seen or _minion_back(ctx, provider, node, report, deadline)
     if not answered:
         log.warning("%s resumed and its jobs with it, but its minion did not answer within the resume timeout",
                     name)
@@ -315,6 +323,22 @@ def _resume_one(ctx, node, timeout):
         report["minion_answered"] = round(time.monotonic() - started, 2) if answered else None
     lifecycle.move(ctx, name, "ready", expect="resuming", event={"resumed": True, **report})
     return report
+
+
+def _minion_back(ctx, provider, node, report, deadline):
+    """True once the resumed node's minion answers, restarting it once if its provider reset it in vain."""
+    reset = (report.get("minion_reconnect") or {}).get("ok")
+    restart = getattr(provider, "restart_minion", None)
+    if not (reset and restart):
+        return _wait_minion(ctx, node.name, deadline)
+    if _wait_minion(ctx, node.name, min(deadline, time.monotonic() + MINION_RECONNECT_GRACE)):
+        return True
+    if time.monotonic() >= deadline:
+        return False
+    log.warning("%s: its minion did not come back within %.0f s of the reset of its connections; restarting it",
+                node.name, MINION_RECONNECT_GRACE)
+    report["minion_restart"] = restart(node.instance_id)
+    return _wait_minion(ctx, node.name, deadline)
 
 
 #: seconds the first probe of a resumed node waits for its minion, doubled

@@ -97,7 +97,7 @@ def wait_lines(stack, name, path, at_least, timeout=120):
     while True:
         try:
             lines = counted(stack, name, path)
-        except AssertionError:  # its minion restarting (queued by the resume after a short save)
+        except AssertionError:  # its minion reconnecting after the resume
             lines = []
         if len(lines) >= at_least:
             return lines
@@ -135,6 +135,7 @@ def one_save(stack, conn, event_listener, name, job, path, length):
     offset_now = guest_offset(conn, name)
     report = (ret.data.get("resumed") or {}).get(name) or {}
     ready = node_event(stack, event_listener, name, "ready", since) or {}
+    reconnect = report.get("minion_reconnect") or {}
     restart = report.get("minion_restart") or {}
     wait_lines(stack, name, path, before + LINES_BETWEEN)  # counting again before the next save
     sample = {
@@ -147,9 +148,12 @@ def one_save(stack, conn, event_listener, name, job, path, length):
         "minion_answered_seconds": report.get("minion_answered"),
         "clock_offset_before": report.get("clock_offset_before"),
         "clock_offset_after": report.get("clock_offset_after"),
+        "minion_reconnect_seconds": reconnect.get("seconds"),
+        "minion_connections_reset": reconnect.get("connections"),
+        "minion_reconnect_ok": reconnect.get("ok"),
+        # the runner's fallback restart, when the minion stayed silent after the reset (None: not needed)
         "minion_restart_queued_seconds": restart.get("seconds"),
-        "minion_restart_ok": restart.get("ok"),
-        # the restarted minion back on the master's bus (looked for once the job counts again)
+        # the minion's start event, if it started again (the fallback restart; a reconnect fires none)
         "minion_start_seconds": event_after(stack, event_listener, f"salt/minion/{name}/start", since),
         "ready_event_seconds": event_after(stack, event_listener, f"vcluster/node/{name}/ready", since),
         "ready_event_clock_offsets": [ready.get("clock_offset_before"), ready.get("clock_offset_after")],

@@ -216,7 +216,8 @@ def test_resume_reports_what_the_provider_measured(env):
     ctx = env()
     sus.suspend(ctx, "vn1,vn2")
     report = {"seconds": 2.4, "clock_offset_before": -331.2, "clock_offset_after": -0.004,
-              "minion_restart": {"ok": True, "seconds": 0.3, "error": None}, "internal": "not reported"}
+              "minion_reconnect": {"ok": True, "seconds": 0.3, "connections": 2, "error": None},
+              "internal": "not reported"}
     ctx.provider("lxd").resume_report = report
     ret = sus.resume(ctx, "vn1")
     shown = {k: v for k, v in report.items() if k != "internal"}
@@ -330,6 +331,42 @@ def test_resumed_jobs_do_not_wait_for_a_silent_minion(env):
     assert ret["resumed"]["vn1"]["minion_answered"] is None
     assert "vcluster/node/vn1/minion-silent" in ctx.events.fired
     assert ctx.events.fired[-1] == "vcluster/node/vn1/ready"
+
+
+def test_a_minion_silent_after_its_reset_is_restarted_once(env, monkeypatch):
+    """The provider reset the minion's connections (libvirt); silent past the grace, it is restarted, then answers."""
+    monkeypatch.setattr(sus, "MINION_RECONNECT_GRACE", 0.2)
+    ctx = env()
+    sus.suspend(ctx, "vn1")
+    del ctx.salt.alive["vn1"]
+    provider = ctx.provider("lxd")
+    restarted = []
+
+    def restart_minion(iid):
+        restarted.append(iid)
+        ctx.salt.alive["vn1"] = True  # the restarted minion answers
+        return {"ok": True, "seconds": 0.1, "error": None}
+
+    provider.restart_minion = restart_minion
+    provider.resume_report = {"seconds": 1.0, "minion_reconnect": {"ok": True, "seconds": 0.2, "connections": 2,
+                                                                   "error": None}}
+    ret = sus.resume(ctx, "vn1", timeout=10)
+    got = ret["resumed"]["vn1"]
+    assert ret["result"] is True and restarted == ["vn1"], ret
+    assert got["minion_restart"] == {"ok": True, "seconds": 0.1, "error": None}
+    assert got["minion_answered"] is not None and "vcluster/node/vn1/minion-silent" not in ctx.events.fired
+    # a minion that answers after its reset is not restarted
+    sus.suspend(ctx, "vn1")
+    ret = sus.resume(ctx, "vn1", timeout=10)
+    assert restarted == ["vn1"] and "minion_restart" not in ret["resumed"]["vn1"], ret
+    # a reset that failed (no guest agent): no restart either, it goes through the same agent; the runner waits
+    sus.suspend(ctx, "vn1")
+    del ctx.salt.alive["vn1"]
+    provider.resume_report = {"seconds": 1.0, "minion_reconnect": {"ok": False, "seconds": 0.2, "connections": None,
+                                                                   "error": "no agent"}}
+    ret = sus.resume(ctx, "vn1", timeout=1)
+    assert restarted == ["vn1"] and ret["resumed"]["vn1"]["minion_answered"] is None, ret
+    assert "vcluster/node/vn1/minion-silent" in ctx.events.fired
 
 
 def test_a_node_slurm_does_not_probe_is_checked_through_its_minion(env):

@@ -30,9 +30,10 @@ Config keys (pillar ``vcluster:providers:<name>``):
                   nodes' volumes are QEMU's own, never relabelled by libvirt.
 ``clock_sync_timeout``  seconds resume waits for the guest agent to step
                   the guest clock (default 30).
-``minion_restart_timeout``  seconds resume from a save waits for the guest
-                  agent to queue ``systemctl restart salt-minion`` (default 60;
-                  the restart itself is not waited for).
+``minion_restart_timeout``  seconds a resume waits for the guest agent to
+                  reset the minion's connections to the master, and the
+                  runner's fallback to queue ``systemctl restart salt-minion``
+                  (default 60; the restart itself is not waited for).
 
 ``spec.extra`` may hold ``machine`` and ``cmdline`` overriding the provider's.
 
@@ -46,9 +47,10 @@ Instance ids are domain names (the node names). Suspend modes: ``pause``
 stops the vCPUs (RAM kept, virDomainSuspend); ``save`` (and ``suspend``,
 the engine's word for "memory to disk where the provider can") is libvirt's
 managed save: the guest's RAM goes to a file on the hypervisor and the QEMU
-process exits, so the host gets the memory back; ``resume`` restores it,
-steps the guest clock and restarts the guest's salt-minion (its connection to
-the master did not survive the save, see :meth:`LibvirtProvider.resume`).
+process exits, so the host gets the memory back; ``resume`` restores it
+(or lifts the pause), steps the guest clock and resets the guest minion's
+connections to the master so that it reconnects at once (see
+:meth:`LibvirtProvider.resume`).
 """
 
 import logging
@@ -443,45 +445,42 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
         """Undo a pause (virDomainResume) or a save (start from the managed save image).
 
         The guest's clock stood still meanwhile: it is stepped to the host's
-        through the guest agent. After a save the guest's salt-minion is
-        restarted through the agent too (queued, not waited for: the runner
-        resumes the node's jobs once its slurmd answers and then waits for
-        the minion): its TCP connections to the master
-        were frozen in the saved RAM while the master's side ended (the
-        master restarted, or its kernel gave up on the vanished peer). A
-        minion restored 30 s later sent nothing on them and heard no publish
-        in the 90 s measured (its own keepalive fires after 300 s of the
-        guest's clock, which stood still), and a re-authentication after such a disconnect
-        can die in Salt 3008.3 (``AsyncAuth._authenticate``:
-        InvalidStateError, seen on thawed containers). A pause keeps QEMU,
-        its network port and every socket, so the minion is left alone.
-        slurmd is never restarted: it holds no connection to slurmctld
-        between messages (each RPC is its own connection under
-        ``MessageTimeout``), and a restart while jobs run is a risk for
-        nothing.
+        through the guest agent. Then the guest minion's TCP connections to
+        the master are reset (``ss -K`` through the agent,
+        :meth:`~vcluster.providers.libvirt_guest.GuestAgent._reconnect_minion`)
+        so that it reconnects at once: they come back looking open to the
+        guest while the master's side ended (a save: the master restarted,
+        or its kernel gave up on the vanished peer) or sits in
+        retransmission backoff (a publish sent while the guest was away,
+        saved or paused, is retried 30-120 s later; after a paused move it
+        went to the source's port). A minion restored 30 s later sent
+        nothing on them and heard no publish in the 90 s measured (its own
+        keepalive fires after 300 s of the guest's clock, which stood still).
+        The runner restarts the minion (:meth:`restart_minion`) if it stays
+        silent after that. slurmd is never restarted: it holds no
+        connection to slurmctld between messages (each RPC is its own
+        connection under ``MessageTimeout``), and a restart while jobs run
+        is a risk for nothing.
 
         Returns ``{"seconds", "clock_offset_before", "clock_offset_after",
-        "minion_restart"}``: offsets are guest minus host, seconds (``None``
+        "minion_reconnect"}``: offsets are guest minus host, seconds (``None``
         when the agent did not answer within ``clock_sync_timeout``);
-        ``minion_restart`` is ``None`` after a pause, else ``{"ok",
-        "seconds", "error"}`` (``error`` says why ``ok`` is false).
+        ``minion_reconnect`` is ``{"ok", "seconds", "connections", "error"}``
+        (``None`` for an instance that was already running).
         """
         what = f"resume {instance_id}"
         dom = self._domain(instance_id, what)
         status = self._status(dom)
         start = time.monotonic()
         if status is Status.RUNNING:
-            return {"seconds": 0.0, "clock_offset_before": None, "clock_offset_after": None, "minion_restart": None}
-        restored = False
+            return {"seconds": 0.0, "clock_offset_before": None, "clock_offset_after": None, "minion_reconnect": None}
         if status is Status.PAUSED:
             self._call("resume", what, dom.resume)
         elif status is Status.SUSPENDED and not dom.isActive():
             self._call("resume", what, dom.createWithFlags, libvirt.VIR_DOMAIN_START_BYPASS_CACHE)
-            restored = True
         else:
             raise ProviderStateError(f"cannot resume {instance_id}: it is {status.value}, not paused or saved")
         seconds = round(time.monotonic() - start, 2)
         before, after = self._step_clock(dom, what)
-        restart = self._restart_minion(dom, what) if restored else None
         return {"seconds": seconds, "clock_offset_before": before, "clock_offset_after": after,
-                "minion_restart": restart}
+                "minion_reconnect": self._reconnect_minion(dom, what)}

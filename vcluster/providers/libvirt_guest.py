@@ -1,7 +1,8 @@
 """What the libvirt provider does inside a guest, through the QEMU guest agent.
 
-Run a command (``guest-exec``), restart the guest's salt-minion after a
-restore from a managed save, read and step the guest clock. A mixin of
+Run a command (``guest-exec``), reset the guest minion's connections to the
+master after a resume (restart the minion where that is not enough), read
+and step the guest clock. A mixin of
 :class:`vcluster.providers.libvirt.LibvirtProvider`: it uses the
 provider's ``_call``, ``_domain``, ``minion_restart_timeout`` and
 ``clock_sync_timeout``.
@@ -15,16 +16,29 @@ import time
 import libvirt
 import libvirt_qemu
 
+from vcluster.bootstrap import MINION_CONF
 from vcluster.errors import ProviderError
 
 log = logging.getLogger(__name__)
+
+#: Reset (``ss -K``) the guest's TCP connections to the master's ports as
+#: the node's minion config names them (Salt's defaults otherwise); one
+#: output line per connection reset.
+RESET_MINION_CONNECTIONS = (
+    "/bin/sh", "-c",
+    f'ret=$(sed -n "s/^master_port: *//p" {MINION_CONF} 2>/dev/null); '
+    f'pub=$(sed -n "s/^publish_port: *//p" {MINION_CONF} 2>/dev/null); '
+    'exec ss -K -H -tn state connected "( dport = :${ret:-4506} or dport = :${pub:-4505} )"')
 
 
 class GuestAgent:
     """Guest-agent calls of a libvirt provider (see the module docstring)."""
 
-    def _guest_exec(self, dom, argv, deadline, what):
-        """Run ``argv`` in the guest through the agent; ``(exit code, output)`` or raise ProviderError at ``deadline``."""
+    def _guest_exec(self, dom, argv, deadline, what, every=0.2):
+        """Run ``argv`` in the guest through the agent; ``(exit code, output)`` or raise ProviderError at ``deadline``.
+
+        ``every``: seconds between the agent's exec-status polls.
+        """
         command = {"execute": "guest-exec",
                    "arguments": {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}}
         while True:  # the agent answers a moment after a restore
@@ -45,17 +59,52 @@ class GuestAgent:
                 return got.get("exitcode", got.get("signal")), out.decode(errors="replace").strip()
             if time.monotonic() >= deadline:
                 raise ProviderError(f"{' '.join(argv)} did not end in the guest within the deadline")
-            time.sleep(0.2)
+            time.sleep(every)
 
-    def _restart_minion(self, dom, what):
+    def _reconnect_minion(self, dom, what):
+        """Reset the guest minion's TCP connections to the master (``ss -K``) so that it reconnects now.
+
+        After a save or a pause those connections come back looking open
+        to the guest while the master's side has ended or sits in
+        retransmission backoff (a publish sent while the guest was away is
+        retried 30-120 s later): the minion would hear nothing until then.
+        Resetting them (the guest kernel aborts the sockets and sends the
+        master a reset) makes ZeroMQ reconnect within the minion's
+        ``recon_*`` delay, and the minion re-authenticates. Jobs hold no
+        such connection: slurmd talks to slurmctld one connection per RPC.
+        Returns ``{"ok", "seconds", "connections", "error"}``
+        (``connections``: how many were reset).
+        """
+        start = time.monotonic()
+        connections = None
+        try:
+            code, out = self._guest_exec(dom, RESET_MINION_CONNECTIONS, start + self.minion_restart_timeout, what,
+                                         every=0.05)
+            connections = len([line for line in out.splitlines() if line.strip()]) if code == 0 else None
+            error = None if code == 0 else f"ss -K exited {code}: {out[-300:]}"
+        except ProviderError as exc:
+            error = str(exc)
+        if error:
+            log.warning("%s: the guest minion's connections to the master were not reset: %s", what, error)
+        return {"ok": error is None, "seconds": round(time.monotonic() - start, 2), "connections": connections,
+                "error": error}
+
+    def restart_minion(self, instance_id):
         """Have systemd restart the guest's salt-minion (``--no-block``: queued, not waited for).
 
-        The restart itself takes 8-25 s under TCG; the resume does not wait
-        for it: the node's jobs resume once its slurmd answers and the
-        runner then waits for the minion (:mod:`vcluster.suspend_resume`).
-        ``seconds`` is how long queueing it took, within
-        ``minion_restart_timeout`` (the agent answers a moment after a restore).
+        The runner's fallback when a resumed node's minion stays silent
+        after :meth:`_reconnect_minion` (a re-authentication can die in
+        Salt 3008.3: ``AsyncAuth._authenticate`` InvalidStateError). The
+        restart takes 8-25 s under TCG. Returns ``{"ok", "seconds",
+        "error"}``: ``seconds`` is how long queueing it took, within
+        ``minion_restart_timeout``.
+
+        CLI Example (what the runner does)::
+
+            salt-run vcluster.resume nodes=vnode-3
         """
+        what = f"restart the minion of {instance_id}"
+        dom = self._domain(instance_id, what)
         start = time.monotonic()
         argv = ("/bin/systemctl", "--no-block", "restart", "salt-minion")
         try:
@@ -63,10 +112,9 @@ class GuestAgent:
             error = None if code == 0 else f"systemctl restart salt-minion exited {code}: {out[-300:]}"
         except ProviderError as exc:
             error = str(exc)
-        seconds = round(time.monotonic() - start, 2)
         if error:
-            log.warning("%s: the guest's salt-minion was not restarted: %s", what, error)
-        return {"ok": error is None, "seconds": seconds, "error": error}
+            log.warning("%s: %s", what, error)
+        return {"ok": error is None, "seconds": round(time.monotonic() - start, 2), "error": error}
 
     def clock_offset(self, instance_id):
         """Guest clock minus host clock in seconds, read through the guest agent."""
