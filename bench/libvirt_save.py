@@ -10,10 +10,10 @@ then ``pause``/``resume`` and ``save``/``resume`` it and report, as JSON:
   the provider reports them (``restore_s``: QEMU running again from the
   save image);
 * ``resume_s``: the whole provider resume after the save: the restore, the
-  guest clock stepped and the guest's salt-minion restarted through the
-  agent (``minion_restart_s`` of it; the bench's guests have no minion
-  config, so systemd skips the start: this is the agent's and systemctl's
-  share);
+  guest clock stepped and the guest minion's connections to the master
+  reset through the agent (``minion_reconnect_s`` of it; the bench's
+  guests run no minion, so ``ss -K`` finds nothing to reset: this is the
+  agent's share);
 * ``qemu_rss_mib``: the QEMU process's resident memory before the save;
 * ``freed_mib``: what the provider reports: the memory the QEMU process
   held right before the save (its PSS from ``/proc/<pid>/smaps_rollup``,
@@ -145,7 +145,7 @@ def measure(prov, size, fill, address):
             "guest_mib": size, "filled_mib": nbytes // 2**20, "boot_to_agent_s": round(booted, 1),
             "qemu_rss_mib": rss, "pause_s": paused["seconds"], "save_s": saved["seconds"],
             "restore_s": restored["seconds"], "resume_s": round(resumed, 2),
-            "minion_restart_s": restored["minion_restart"]["seconds"], "freed_mib": saved["freed_mib"],
+            "minion_reconnect_s": restored["minion_reconnect"]["seconds"], "freed_mib": saved["freed_mib"],
             "freed_of_guest": round(saved["freed_mib"] / size, 2) if saved["freed_mib"] is not None else None,
             "freed_source": (saved.get("process_mib") or {}).get("source"),
             "qemu_pss_mib": (saved.get("process_mib") or {}).get("pss_mib"),

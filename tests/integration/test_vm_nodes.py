@@ -477,7 +477,7 @@ def test_resume_event_shows_the_guest_clock_offsets(vm_stack, event_listener):
     assert data, f"no ready event of {name} after the preempting job ended"
     print(f"\nready event: guest clock {data['clock_offset_before']} s before the step, "
           f"{data['clock_offset_after']} s after; restore {data.get('seconds')} s; "
-          f"minion restart {data.get('minion_restart')}")
+          f"minion reconnect {data.get('minion_reconnect')}, restart {data.get('minion_restart')}")
     # saved longer than munge's credential TTL, and the clock put right
     assert data["clock_offset_before"] <= -MUNGE_TTL and abs(data["clock_offset_after"]) < 1, data
 
