@@ -9,11 +9,10 @@ then ``pause``/``resume`` and ``save``/``resume`` it and report, as JSON:
 * ``pause_s``, ``save_s``, ``restore_s``: the libvirt calls' own times as
   the provider reports them (``restore_s``: QEMU running again from the
   save image);
-* ``resume_s``: the whole provider resume after the save: the restore, the
-  guest clock stepped and the guest minion's connections to the master
-  reset through the agent (``minion_reconnect_s`` of it; the bench's
-  guests run no minion, so ``ss -K`` finds nothing to reset: this is the
-  agent's share);
+* ``resume_s``: the whole provider resume after the save: the restore and
+  the guest clock stepped through the agent (the reset of the minion's
+  connections comes after, from the runner, once the jobs run; the bench's
+  guests run no minion);
 * ``qemu_rss_mib``: the QEMU process's resident memory before the save;
 * ``freed_mib``: what the provider reports: the memory the QEMU process
   held right before the save (its PSS from ``/proc/<pid>/smaps_rollup``,
@@ -145,7 +144,7 @@ def measure(prov, size, fill, address):
             "guest_mib": size, "filled_mib": nbytes // 2**20, "boot_to_agent_s": round(booted, 1),
             "qemu_rss_mib": rss, "pause_s": paused["seconds"], "save_s": saved["seconds"],
             "restore_s": restored["seconds"], "resume_s": round(resumed, 2),
-            "minion_reconnect_s": restored["minion_reconnect"]["seconds"], "freed_mib": saved["freed_mib"],
+            "freed_mib": saved["freed_mib"],
             "freed_of_guest": round(saved["freed_mib"] / size, 2) if saved["freed_mib"] is not None else None,
             "freed_source": (saved.get("process_mib") or {}).get("source"),
             "qemu_pss_mib": (saved.get("process_mib") or {}).get("pss_mib"),

@@ -272,9 +272,8 @@ def resume(ctx, nodes, host=None, timeout=None, test=False):
 
 
 #: what a provider's resume may report (libvirt: the restore's seconds, the
-#: guest clock offset before and after it was stepped, the reset of the
-#: guest minion's connections to the master)
-RESUME_REPORT = ("seconds", "clock_offset_before", "clock_offset_after", "minion_reconnect")
+#: guest clock offset before and after it was stepped)
+RESUME_REPORT = ("seconds", "clock_offset_before", "clock_offset_after")
 #: seconds a resumed node's minion has, once the jobs run, to answer after
 #: its provider reset its connections (it re-authenticated in about 4 s
 #: under TCG) before the provider is asked to restart it, where it can
@@ -287,9 +286,10 @@ def _resume_one(ctx, node, timeout):
     The jobs wait for Slurm's side only: the node's slurmd listening
     (the controller's SYN probe) and Slurm's ``scontrol resume``. Its
     minion, which vcluster needs to manage the node but no job needs, is
-    waited for after that: a provider that reset its connections
-    (libvirt) gets it restarted if it is still silent
-    ``MINION_RECONNECT_GRACE`` seconds later. A minion still silent at the
+    waited for after that: a provider that can reset its connections to
+    the master (libvirt: they came back looking open while the master's
+    side ended or backed off) does so first, and restarts it if it is
+    still silent ``MINION_RECONNECT_GRACE`` seconds later. A minion still silent at the
     deadline leaves the node ``ready`` and is reported (``minion_answered``
     None, the ``vcluster/node/<name>/minion-silent`` event), as liveness does.
     """
@@ -326,10 +326,18 @@ def _resume_one(ctx, node, timeout):
 
 
 def _minion_back(ctx, provider, node, report, deadline):
-    """True once the resumed node's minion answers, restarting it once if its provider reset it in vain."""
-    reset = (report.get("minion_reconnect") or {}).get("ok")
+    """True once the resumed node's minion answers: reset first, restarted once if silent, where the provider can."""
+    reconnect = getattr(provider, "reconnect_minion", None)
+    if reconnect is None:
+        return _wait_minion(ctx, node.name, deadline)
+    try:
+        reset = reconnect(node.instance_id)
+    except Exception as exc:  # noqa: BLE001 - the jobs run again: the node is ready whatever its minion does
+        log.warning("%s: its minion's connections could not be reset: %s", node.name, exc)
+        reset = {"ok": False, "error": sentence(exc)}
+    report["minion_reconnect"] = reset
     restart = getattr(provider, "restart_minion", None)
-    if not (reset and restart):
+    if not (reset.get("ok") and restart):
         return _wait_minion(ctx, node.name, deadline)
     if _wait_minion(ctx, node.name, min(deadline, time.monotonic() + MINION_RECONNECT_GRACE)):
         return True

@@ -216,7 +216,6 @@ def test_resume_reports_what_the_provider_measured(env):
     ctx = env()
     sus.suspend(ctx, "vn1,vn2")
     report = {"seconds": 2.4, "clock_offset_before": -331.2, "clock_offset_after": -0.004,
-              "minion_reconnect": {"ok": True, "seconds": 0.3, "connections": 2, "error": None},
               "internal": "not reported"}
     ctx.provider("lxd").resume_report = report
     ret = sus.resume(ctx, "vn1")
@@ -337,6 +336,7 @@ def test_a_minion_silent_after_its_reset_is_restarted_once(env, monkeypatch):
     """The provider reset the minion's connections (libvirt); silent past the grace, it is restarted, then answers."""
     monkeypatch.setattr(sus, "MINION_RECONNECT_GRACE", 0.2)
     ctx = env()
+    ctx.slurm.jobs_[7] = {"id": 7, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
     sus.suspend(ctx, "vn1")
     del ctx.salt.alive["vn1"]
     provider = ctx.provider("lxd")
@@ -347,13 +347,19 @@ def test_a_minion_silent_after_its_reset_is_restarted_once(env, monkeypatch):
         ctx.salt.alive["vn1"] = True  # the restarted minion answers
         return {"ok": True, "seconds": 0.1, "error": None}
 
-    provider.restart_minion = restart_minion
-    provider.resume_report = {"seconds": 1.0, "minion_reconnect": {"ok": True, "seconds": 0.2, "connections": 2,
-                                                                   "error": None}}
+    reset = {"ok": True, "seconds": 0.2, "connections": 2, "error": None}
+    resets = []
+
+    def reconnect_minion(iid):
+        resets.append(ctx.slurm.jobs_[7]["state"])  # the jobs run before the minion is looked after
+        return dict(reset)
+
+    provider.reconnect_minion, provider.restart_minion = reconnect_minion, restart_minion
+    provider.resume_report = {"seconds": 1.0}
     ret = sus.resume(ctx, "vn1", timeout=10)
     got = ret["resumed"]["vn1"]
-    assert ret["result"] is True and restarted == ["vn1"], ret
-    assert got["minion_restart"] == {"ok": True, "seconds": 0.1, "error": None}
+    assert ret["result"] is True and restarted == ["vn1"] and resets == ["RUNNING"], ret
+    assert got["minion_reconnect"] == reset and got["minion_restart"] == {"ok": True, "seconds": 0.1, "error": None}
     assert got["minion_answered"] is not None and "vcluster/node/vn1/minion-silent" not in ctx.events.fired
     # a minion that answers after its reset is not restarted
     sus.suspend(ctx, "vn1")
@@ -362,11 +368,16 @@ def test_a_minion_silent_after_its_reset_is_restarted_once(env, monkeypatch):
     # a reset that failed (no guest agent): no restart either, it goes through the same agent; the runner waits
     sus.suspend(ctx, "vn1")
     del ctx.salt.alive["vn1"]
-    provider.resume_report = {"seconds": 1.0, "minion_reconnect": {"ok": False, "seconds": 0.2, "connections": None,
-                                                                   "error": "no agent"}}
+    reset.update(ok=False, connections=None, error="no agent")
     ret = sus.resume(ctx, "vn1", timeout=1)
     assert restarted == ["vn1"] and ret["resumed"]["vn1"]["minion_answered"] is None, ret
     assert "vcluster/node/vn1/minion-silent" in ctx.events.fired
+    # a reset that raised: the node is ready all the same, its jobs running, the error reported
+    sus.suspend(ctx, "vn1")
+    provider.reconnect_minion = lambda iid: (_ for _ in ()).throw(ProviderError(f"no domain {iid}"))
+    ret = sus.resume(ctx, "vn1", timeout=1)
+    assert ret["result"] is True and ret["resumed"]["vn1"]["minion_reconnect"]["ok"] is False, ret
+    assert ctx.registry.get("vn1").state == "ready" and ctx.slurm.jobs_[7]["state"] == "RUNNING"
 
 
 def test_a_node_slurm_does_not_probe_is_checked_through_its_minion(env):

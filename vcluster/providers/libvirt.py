@@ -48,9 +48,9 @@ stops the vCPUs (RAM kept, virDomainSuspend); ``save`` (and ``suspend``,
 the engine's word for "memory to disk where the provider can") is libvirt's
 managed save: the guest's RAM goes to a file on the hypervisor and the QEMU
 process exits, so the host gets the memory back; ``resume`` restores it
-(or lifts the pause), steps the guest clock and resets the guest minion's
-connections to the master so that it reconnects at once (see
-:meth:`LibvirtProvider.resume`).
+(or lifts the pause) and steps the guest clock; once the node's jobs run
+again the runner has the guest minion's connections to the master reset so
+that it reconnects at once (:meth:`LibvirtProvider.reconnect_minion`).
 """
 
 import logging
@@ -445,35 +445,24 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
         """Undo a pause (virDomainResume) or a save (start from the managed save image).
 
         The guest's clock stood still meanwhile: it is stepped to the host's
-        through the guest agent. Then the guest minion's TCP connections to
-        the master are reset (``ss -K`` through the agent,
-        :meth:`~vcluster.providers.libvirt_guest.GuestAgent._reconnect_minion`)
-        so that it reconnects at once: they come back looking open to the
-        guest while the master's side ended (a save: the master restarted,
-        or its kernel gave up on the vanished peer) or sits in
-        retransmission backoff (a publish sent while the guest was away,
-        saved or paused, is retried 30-120 s later; after a paused move it
-        went to the source's port). A minion restored 30 s later sent
-        nothing on them and heard no publish in the 90 s measured (its own
-        keepalive fires after 300 s of the guest's clock, which stood still).
-        The runner restarts the minion (:meth:`restart_minion`) if it stays
-        silent after that. slurmd is never restarted: it holds no
-        connection to slurmctld between messages (each RPC is its own
-        connection under ``MessageTimeout``), and a restart while jobs run
-        is a risk for nothing.
+        through the guest agent. The guest minion's connections to the
+        master are not touched here: the runner has them reset
+        (:meth:`reconnect_minion`) once the node's jobs run again.
+        slurmd is never restarted: it holds no connection to slurmctld
+        between messages (each RPC is its own connection under
+        ``MessageTimeout``), and a restart while jobs run is a risk for
+        nothing.
 
-        Returns ``{"seconds", "clock_offset_before", "clock_offset_after",
-        "minion_reconnect"}``: offsets are guest minus host, seconds (``None``
-        when the agent did not answer within ``clock_sync_timeout``);
-        ``minion_reconnect`` is ``{"ok", "seconds", "connections", "error"}``
-        (``None`` for an instance that was already running).
+        Returns ``{"seconds", "clock_offset_before", "clock_offset_after"}``:
+        offsets are guest minus host, seconds (``None`` when the agent did
+        not answer within ``clock_sync_timeout``).
         """
         what = f"resume {instance_id}"
         dom = self._domain(instance_id, what)
         status = self._status(dom)
         start = time.monotonic()
         if status is Status.RUNNING:
-            return {"seconds": 0.0, "clock_offset_before": None, "clock_offset_after": None, "minion_reconnect": None}
+            return {"seconds": 0.0, "clock_offset_before": None, "clock_offset_after": None}
         if status is Status.PAUSED:
             self._call("resume", what, dom.resume)
         elif status is Status.SUSPENDED and not dom.isActive():
@@ -482,5 +471,25 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
             raise ProviderStateError(f"cannot resume {instance_id}: it is {status.value}, not paused or saved")
         seconds = round(time.monotonic() - start, 2)
         before, after = self._step_clock(dom, what)
-        return {"seconds": seconds, "clock_offset_before": before, "clock_offset_after": after,
-                "minion_reconnect": self._reconnect_minion(dom, what)}
+        return {"seconds": seconds, "clock_offset_before": before, "clock_offset_after": after}
+
+    def reconnect_minion(self, instance_id):
+        """Reset the guest minion's TCP connections to the master (``ss -K`` through the agent) after a resume.
+
+        They come back looking open to the guest while the master's side
+        ended (a save: the master restarted, or its kernel gave up on the
+        vanished peer) or sits in retransmission backoff (a publish sent
+        while the guest was away, saved or paused, is retried 30-120 s
+        later; after a paused move it went to the source's port). A minion
+        restored 30 s later sent nothing on them and heard no publish in the
+        90 s measured (its own keepalive fires after 300 s of the guest's
+        clock, which stood still). Reset, they are reopened by ZeroMQ within
+        the minion's ``recon_*`` delay. Returns ``{"ok", "seconds",
+        "connections", "error"}`` (``connections``: how many were reset).
+
+        CLI Example (what the runner does after the node's jobs resume)::
+
+            salt-run vcluster.resume nodes=vnode-3
+        """
+        return self._reconnect_minion(self._domain(instance_id, f"reset the minion of {instance_id}"),
+                                      f"reset the minion of {instance_id}")

@@ -62,18 +62,11 @@ class GuestAgent:
             time.sleep(every)
 
     def _reconnect_minion(self, dom, what):
-        """Reset the guest minion's TCP connections to the master (``ss -K``) so that it reconnects now.
+        """``ss -K`` the guest minion's connections to the master (see ``LibvirtProvider.reconnect_minion``).
 
-        After a save or a pause those connections come back looking open
-        to the guest while the master's side has ended or sits in
-        retransmission backoff (a publish sent while the guest was away is
-        retried 30-120 s later): the minion would hear nothing until then.
-        Resetting them (the guest kernel aborts the sockets and sends the
-        master a reset) makes ZeroMQ reconnect within the minion's
-        ``recon_*`` delay, and the minion re-authenticates. Jobs hold no
-        such connection: slurmd talks to slurmctld one connection per RPC.
-        Returns ``{"ok", "seconds", "connections", "error"}``
-        (``connections``: how many were reset).
+        The guest kernel aborts the sockets and sends the master a reset;
+        ZeroMQ reconnects and the minion re-authenticates. Jobs hold no such
+        connection: slurmd talks to slurmctld one connection per RPC.
         """
         start = time.monotonic()
         connections = None
@@ -93,7 +86,7 @@ class GuestAgent:
         """Have systemd restart the guest's salt-minion (``--no-block``: queued, not waited for).
 
         The runner's fallback when a resumed node's minion stays silent
-        after :meth:`_reconnect_minion` (a re-authentication can die in
+        after ``reconnect_minion`` (a re-authentication can die in
         Salt 3008.3: ``AsyncAuth._authenticate`` InvalidStateError). The
         restart takes 8-25 s under TCG. Returns ``{"ok", "seconds",
         "error"}``: ``seconds`` is how long queueing it took, within
