@@ -49,6 +49,12 @@ def minion_config(node, master, master_port=4506, publish_port=4505, sync_module
     minion runs a ``mine.update`` job right at its start, alongside the
     join's highstate, and every ``mine_interval`` after. vcluster's states
     read no mine data, so it is off unless a site's states use the mine.
+
+    ``recon_max`` 2000 ms: a publish connection that dropped (a resumed
+    VM's, reset by its provider) is reopened 1-3 s later instead of Salt's
+    1-11 s (``recon_default`` plus a random share of ``recon_max``), the
+    time a resumed node's minion takes to hear publishes again. Still
+    randomised, so a master restart is met by a 2 s spread of reconnects.
     """
     return {
         "id": node,
@@ -57,6 +63,9 @@ def minion_config(node, master, master_port=4506, publish_port=4505, sync_module
         "publish_port": int(publish_port),
         "acceptance_wait_time": 2,
         "random_reauth_delay": 0,
+        "recon_default": 1000,
+        "recon_max": 2000,
+        "recon_randomize": True,
         "startup_states": "",
         "autoload_dynamic_modules": bool(sync_modules),
         "mine_enabled": bool(salt_mine),

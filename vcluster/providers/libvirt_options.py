@@ -77,9 +77,9 @@ OPTIONS = DriverOptions(
             "is 1024, on top of the guest's RAM); unused under KVM", shown_default="driver: `128`"),
         Key("clock_sync_timeout", c.positive_number, None, "seconds resume waits for the guest agent to step "
             "the guest clock to the host's", shown_default="driver: `30`"),
-        Key("minion_restart_timeout", c.positive_number, None, "seconds resume from a save waits for the guest "
-            "agent to queue `systemctl restart salt-minion` (the minion's connections did not survive the save; "
-            "the jobs do not wait for the restart)",
+        Key("minion_restart_timeout", c.positive_number, None, "seconds a resume waits for the guest agent to "
+            "reset the minion's connections to the master (`ss -K`), and to queue `systemctl restart salt-minion` "
+            "when the minion stays silent after that (the jobs wait for neither)",
             shown_default="driver: `60`"),
     ),
     Section(
