@@ -31,6 +31,7 @@ from vcluster import lifecycle
 from vcluster.arguments import node_names
 from vcluster.errors import InvalidTransition, PolicyError, PoolExhausted, RegistryError, VclusterError, sentence
 from vcluster.nodestates import COMING, FROZEN, UNJOINED, WARM_REASON
+from vcluster.suspend_resume import reset_minion
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +186,13 @@ def _thaw(ctx, node):
     try:
         # A thawed minion re-authenticates (and fires its start event) a
         # moment later; a command published before that is lost and costs
-        # a client timeout. Wait for the reconnect, briefly.
+        # a client timeout. Wait for the reconnect, briefly. A provider
+        # that can (libvirt) resets the minion's connections first: after a
+        # save they come back looking open while the master's side ended.
         with ctx.events.watch(f"salt/minion/{node.name}/start") as reconnected:
-            ctx.provider(node.provider).resume(node.instance_id)
+            provider = ctx.provider(node.provider)
+            provider.resume(node.instance_id)
+            reset_minion(provider, node)
             reconnected(RECONNECT_WAIT)
         ctx.salt.restart_slurmd(node.name, timeout=RESTART_TIMEOUT)
         lifecycle.move(ctx, node.name, "ready", expect="resuming", event={"trigger": "warm-pool"})

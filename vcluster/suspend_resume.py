@@ -326,27 +326,47 @@ def _resume_one(ctx, node, timeout):
 
 
 def _minion_back(ctx, provider, node, report, deadline):
-    """True once the resumed node's minion answers: reset first, restarted once if silent, where the provider can."""
-    reconnect = getattr(provider, "reconnect_minion", None)
-    if reconnect is None:
+    """True once the resumed node's minion is back: reset first and restarted once if silent, where the provider can.
+
+    After the reset the minion reopens its connections and announces it
+    with its start event (Salt fires ``salt/minion/<id>/start`` on a
+    reconnection too): that event is waited for, not a probe, which a
+    minion still reconnecting would miss and wait out.
+    """
+    if getattr(provider, "reconnect_minion", None) is None:
         return _wait_minion(ctx, node.name, deadline)
-    try:
-        reset = reconnect(node.instance_id)
-    except Exception as exc:  # noqa: BLE001 - the jobs run again: the node is ready whatever its minion does
-        log.warning("%s: its minion's connections could not be reset: %s", node.name, exc)
-        reset = {"ok": False, "error": sentence(exc)}
-    report["minion_reconnect"] = reset
-    restart = getattr(provider, "restart_minion", None)
-    if not (reset.get("ok") and restart):
-        return _wait_minion(ctx, node.name, deadline)
-    if _wait_minion(ctx, node.name, min(deadline, time.monotonic() + MINION_RECONNECT_GRACE)):
+    with ctx.events.watch(f"salt/minion/{node.name}/start") as reconnected:
+        reset = report["minion_reconnect"] = reset_minion(provider, node)
+        grace = min(deadline, time.monotonic() + MINION_RECONNECT_GRACE)
+        if reset.get("ok") and reset.get("connections") and reconnected(max(0.0, grace - time.monotonic())):
+            return True
+    # nothing was reset (no minion connection) or no start event within the grace: ask the minion itself
+    if _wait_minion(ctx, node.name, grace):
         return True
-    if time.monotonic() >= deadline:
-        return False
+    restart = getattr(provider, "restart_minion", None)
+    if not (reset.get("ok") and restart) or time.monotonic() >= deadline:
+        return _wait_minion(ctx, node.name, deadline)
     log.warning("%s: its minion did not come back within %.0f s of the reset of its connections; restarting it",
                 node.name, MINION_RECONNECT_GRACE)
     report["minion_restart"] = restart(node.instance_id)
     return _wait_minion(ctx, node.name, deadline)
+
+
+def reset_minion(provider, node):
+    """Have ``provider`` reset a resumed node's minion connections to the master; its report, never raises.
+
+    ``None`` when the provider has nothing to reset (its resume keeps the
+    minion's connections); else ``{"ok", "seconds", "connections",
+    "error"}`` (libvirt: ``LibvirtProvider.reconnect_minion``).
+    """
+    reconnect = getattr(provider, "reconnect_minion", None)
+    if reconnect is None:
+        return None
+    try:
+        return reconnect(node.instance_id)
+    except Exception as exc:  # noqa: BLE001 - the node runs again: whatever its minion does, that stands
+        log.warning("%s: its minion's connections could not be reset: %s", node.name, exc)
+        return {"ok": False, "error": sentence(exc)}
 
 
 #: seconds the first probe of a resumed node waits for its minion, doubled

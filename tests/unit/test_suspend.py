@@ -4,6 +4,7 @@ The registry and the policy are the real ones; Slurm, the minions and the
 provider are small in-memory stand-ins that record what was asked of them.
 """
 
+import contextlib
 import copy
 
 import pytest
@@ -148,6 +149,12 @@ class FakeSalt:
 class FakeEvents:
     def __init__(self):
         self.fired = []
+        self.starts = set()  # minions whose salt/minion/<id>/start event comes while watched
+
+    @contextlib.contextmanager
+    def watch(self, tag):
+        self.watched = getattr(self, "watched", []) + [tag]
+        yield lambda seconds: tag.split("/")[2] in self.starts
 
     def fire(self, tag, data):
         self.fired.append(tag)
@@ -378,6 +385,22 @@ def test_a_minion_silent_after_its_reset_is_restarted_once(env, monkeypatch):
     ret = sus.resume(ctx, "vn1", timeout=1)
     assert ret["result"] is True and ret["resumed"]["vn1"]["minion_reconnect"]["ok"] is False, ret
     assert ctx.registry.get("vn1").state == "ready" and ctx.slurm.jobs_[7]["state"] == "RUNNING"
+
+
+def test_a_reset_minion_is_back_at_its_start_event_without_a_probe(env):
+    """Salt fires the start event on a reconnection: the runner waits for it instead of probing a reconnecting minion."""
+    ctx = env()
+    sus.suspend(ctx, "vn1")
+    provider = ctx.provider("lxd")
+    provider.reconnect_minion = lambda iid: {"ok": True, "seconds": 0.3, "connections": 4, "error": None}
+    provider.resume_report = {"seconds": 1.0}
+    probes = []
+    ctx.salt.probe = lambda names, timeout: probes.append(names) or {}
+    ctx.events.starts.add("vn1")
+    ret = sus.resume(ctx, "vn1", timeout=10)
+    got = ret["resumed"]["vn1"]
+    assert ret["result"] is True and probes == [] and got["minion_answered"] is not None, ret
+    assert ctx.events.watched == ["salt/minion/vn1/start"] and "minion_restart" not in got
 
 
 def test_a_node_slurm_does_not_probe_is_checked_through_its_minion(env):
