@@ -353,8 +353,9 @@ class TestLibvirtNode:
         (2026-12-07): after 5-8 s saved the minion's next packet drew a
         reset and it re-authenticated by itself in 4 s; after 30 s saved it
         sent nothing, re-authenticated never and answered no job for 90 s.
-        The provider's resume resets the guest's side too (``ss -K``), so
-        the minion reconnects at once.
+        Reset on the guest's side too (``ss -K``, what the runner has the
+        provider do once the node's jobs run), the minion reconnects at once.
+        The saved guest also moves to the second hypervisor and back, saved.
         """
         spec, inst = node
         eventually(lambda: minion_answers(salt_master, spec.name), MINION_BACK, f"{spec.name}'s minion answering")
@@ -368,9 +369,21 @@ class TestLibvirtNode:
         assert ret["mode"] == "save" and isinstance(ret["freed_mib"], int)
         assert qemu_pid(inst.id) is None and not os.path.exists(f"/proc/{pid}")
         assert provider.get(inst.id).status is Status.SUSPENDED
-        with pytest.raises(ProviderStateError, match="it is saved .* resume it first, or suspend with mode=pause"):
-            pair.migrate(inst.id, host="hv2")  # refused before any side effect
-        assert provider.get(inst.id).status is Status.SUSPENDED and second_hypervisor["conn"].listAllDomains(0) == []
+        # a saved node moves saved (restored paused here, moved paused, saved again there), and back
+        hv2 = second_hypervisor["conn"]
+        moved = pair.migrate(inst.id, host="hv2")
+        stats = pair.last_migration
+        print(f"saved node moved hv1 -> hv2: {stats}")
+        assert moved.host == "hv2" and moved.status is Status.SUSPENDED and stats["saved"] and "save_s" in stats
+        there = hv2.lookupByName(inst.id)
+        assert not there.isActive() and there.hasManagedSaveImage(0) and there.isPersistent()
+        with pytest.raises(libvirt.libvirtError):
+            provider.conn.lookupByName(inst.id)  # gone from the source, definition and all
+        assert qemu_pid(inst.id) is None and qemu_pid(inst.id, second_hypervisor["run_dir"]) is None
+        back_home = pair.migrate(inst.id, host="hv1")
+        print(f"saved node moved hv2 -> hv1: {pair.last_migration}")
+        assert back_home.host == "hv1" and back_home.status is Status.SUSPENDED and hv2.listAllDomains(0) == []
+        assert provider.get(inst.id).status is Status.SUSPENDED and qemu_pid(inst.id) is None
         assert not pings(spec.address)
         assert master_connections(salt_master, spec.address, kill=True), "the minion held no master connection"
         assert not master_connections(salt_master, spec.address)

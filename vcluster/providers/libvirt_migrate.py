@@ -25,11 +25,13 @@ How a node moves (see docs/libvirt.md, "Live migration"):
   so on a network of the same name bridged to the same segment the guest
   keeps its address (its static DHCP entry is on every serving network,
   :meth:`LibvirtProvider._dhcp_networks`), its TCP connections and its jobs.
-* a *saved* node (managed save: no QEMU process) is refused in one
-  sentence: libvirt cannot migrate a save file (it lives in the source
-  daemon's state directory); the way round it (restore paused on the
-  source, move, save again on the destination) is not implemented.
-  ``pause`` nodes that must move while suspended, as with Nova. A node
+* a *saved* node (managed save: no QEMU process) moves saved: libvirt
+  cannot migrate a save file (it lives in the source daemon's state
+  directory), so it is restored paused on the source (the guest's RAM is
+  taken there again for the few seconds of the move; its vCPUs never
+  run), moved paused, and saved again on the destination, where a resume
+  restores it. A move that fails leaves it saved on the source; a save
+  that fails on the destination leaves it paused there (reported). A node
   that arrived by migration saves like any other: with ``shared_storage``
   its volumes are QEMU's own, so the source's end of the move cannot give
   them back to root (docs/libvirt.md).
@@ -114,7 +116,9 @@ class Migration:
     """:meth:`migrate` of the libvirt provider (see the module docstring)."""
 
     #: What the last :meth:`migrate` measured (``None`` before the first): ``{"source", "host", "live",
-    #: "paused", "seconds", "downtime_s", "time_s", "memory_mib", "iterations"}`` (libvirt's job statistics).
+    #: "paused", "saved", "seconds", "downtime_s", "time_s", "memory_mib", "iterations"}`` (libvirt's job
+    #: statistics), and for a saved node ``restore_s`` (restored paused on the source) and ``save_s``
+    #: (saved again on the destination) or ``save_error`` (left paused there).
     last_migration = None
 
     def migrate(self, instance_id, host=None, live=True):
@@ -125,8 +129,8 @@ class Migration:
         default); ``live=False`` pauses it for the whole copy. Name, MAC,
         address, disks and the guest's processes and connections stay; the
         definition moves (persistent on the destination, undefined on the
-        source). A paused node moves paused; a saved one is refused (see
-        the module docstring). Returns the
+        source). A paused node moves paused, a saved one saved (see the
+        module docstring). Returns the
         :class:`~vcluster.providers.base.Instance` with its new ``host``;
         :attr:`last_migration` holds the timings.
 
@@ -142,12 +146,9 @@ class Migration:
                                 f"({self.uri}); name two or more under its hosts option to migrate")
         source, dom = self._find(instance_id, what)
         status = self._status(dom)
-        if status is Status.SUSPENDED:
-            raise ProviderStateError(f"cannot migrate {instance_id}: it is saved (its memory is a file of "
-                                     f"{self._label(source)}'s libvirtd); resume it first, or suspend with "
-                                     f"mode=pause the nodes that must move while suspended")
-        if status not in (Status.RUNNING, Status.PAUSED):
-            raise ProviderStateError(f"cannot migrate {instance_id}: it is {status.value}, not running or paused")
+        if status not in (Status.RUNNING, Status.PAUSED, Status.SUSPENDED):
+            raise ProviderStateError(f"cannot migrate {instance_id}: it is {status.value}, not running, paused "
+                                     f"or saved")
         need_mib = dom.info()[1] // 1024
         try:
             target = choose_target(self._label(source), need_mib, self.hosts(), wanted=host)
@@ -158,18 +159,42 @@ class Migration:
         # The destination's view of the shared pool must list the node's volumes.
         self._call("get", what, self._pool(dest).refresh, 0)
         start = time.monotonic()
-        flags = BASE_FLAGS | (libvirt.VIR_MIGRATE_LIVE if live else 0)
+        saved = {}
+        if status is Status.SUSPENDED:  # restored paused here, moved paused, saved again there
+            self._call("migrate", what, dom.createWithFlags,
+                       libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_BYPASS_CACHE)
+            saved["restore_s"] = round(time.monotonic() - start, 2)
+        flags = BASE_FLAGS | (libvirt.VIR_MIGRATE_LIVE if live and status is Status.RUNNING else 0)
         if self.shared_storage:  # libvirt refuses a local file system ("without shared storage is unsafe")
             flags |= libvirt.VIR_MIGRATE_UNSAFE
         params = migration_params(self.hypervisors[dest]["migration_address"])
-        new = self._call("migrate", what, dom.migrate3, dconn, params, flags)
+        try:
+            new = self._call("migrate", what, dom.migrate3, dconn, params, flags)
+        except ProviderError:
+            if saved:  # still on the source, paused: saved again there, as it was
+                self._call("migrate", f"save {instance_id} again after a failed move", dom.managedSave,
+                           libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE | libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            raise
+        if saved:
+            # The node has moved: a save that fails here leaves it paused on the destination (holding its
+            # RAM there; a resume runs it), reported, not raised, so that the registry follows the move.
+            moved = time.monotonic()
+            try:
+                self._call("migrate", f"save {instance_id} on {target} after the move", new.managedSave,
+                           libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE | libvirt.VIR_DOMAIN_SAVE_RUNNING)
+                saved["save_s"] = round(time.monotonic() - moved, 2)
+            except ProviderError as exc:
+                log.warning("%s: moved to %s but left paused there, its save failed: %s", what, target, exc)
+                saved["save_error"] = str(exc)
         seconds = time.monotonic() - start
         try:
             stats = job_summary(new.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
         except libvirt.libvirtError:
             stats = job_summary({})
-        self.last_migration = {"source": self._label(source), "host": target, "live": bool(live),
-                               "paused": status is Status.PAUSED, "seconds": round(seconds, 2), **stats}
+        self.last_migration = {"source": self._label(source), "host": target,
+                               "live": bool(live) and status is Status.RUNNING,
+                               "paused": status is Status.PAUSED, "saved": status is Status.SUSPENDED,
+                               "seconds": round(seconds, 2), **stats, **saved}
         log.info("%s: moved from %s to %s in %.2f s (downtime %s s)", what, self._label(source), target,
                  seconds, stats["downtime_s"])
         return self._to_instance(new, self._meta(new) or {"tags": {}, "address": None}, target)
