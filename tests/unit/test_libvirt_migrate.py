@@ -103,3 +103,69 @@ def test_migration_params_and_job_summary():
     # the definition moves with the guest, and a failure leaves the guest running on the source
     assert lm.BASE_FLAGS & libvirt.VIR_MIGRATE_PERSIST_DEST and lm.BASE_FLAGS & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     assert lm.BASE_FLAGS & libvirt.VIR_MIGRATE_ABORT_ON_ERROR and not lm.BASE_FLAGS & libvirt.VIR_MIGRATE_UNSAFE
+
+
+class SavedDomain:
+    """A saved domain as the provider sees it (libvirt itself is what the integration tests use; this is the
+    failure path they cannot provoke: the move failing between the restore and the destination's save)."""
+
+    def __init__(self, fail_migrate=False, fail_save=False):
+        self.fail_migrate, self.fail_save, self.calls = fail_migrate, fail_save, []
+
+    def info(self):
+        return [5, 600 * 1024, 600 * 1024, 1, 0]
+
+    def createWithFlags(self, flags):  # noqa: N802 - libvirt's name
+        self.calls.append(("restore", flags))
+
+    def migrate3(self, dconn, params, flags):
+        self.calls.append(("migrate", flags))
+        if self.fail_migrate:
+            raise libvirt.libvirtError("migration failed: destination hung up")
+        self.arrived = SavedDomain(fail_save=self.fail_save)
+        return self.arrived
+
+    def managedSave(self, flags):  # noqa: N802 - libvirt's name
+        self.calls.append(("save", flags))
+        if self.fail_save:
+            raise libvirt.libvirtError("save failed: disk full")
+
+    def jobStats(self, flags):  # noqa: N802 - libvirt's name
+        return {"time_elapsed": 1500, "downtime": 120}
+
+
+def saved_pair(monkeypatch, dom):
+    prov = LibvirtProvider("v", {"network": "n", "storage_pool": "p", "shared_storage": True,
+                                 "hosts": {"hv1": "qemu+ssh://nobody@192.0.2.1/system",
+                                           "hv2": "qemu+ssh://nobody@192.0.2.2/system"}})
+    monkeypatch.setattr(prov, "_find", lambda iid, what: ("hv1", dom))
+    monkeypatch.setattr(prov, "_status", lambda d: lm.Status.SUSPENDED if d is dom else lm.Status.PAUSED)
+    monkeypatch.setattr(prov, "hosts", lambda: [Host("hv1", 0, 100), Host("hv2", 2, 4000)])
+    monkeypatch.setattr(prov, "conn_to", lambda key: object())
+    monkeypatch.setattr(prov, "_pool", lambda key: type("Pool", (), {"refresh": lambda self, flags: 0})())
+    monkeypatch.setattr(prov, "_meta", lambda d: {"tags": {}, "address": "10.0.0.5"})
+    monkeypatch.setattr(prov, "_to_instance", lambda d, meta, host: (d, host))
+    return prov
+
+
+def test_a_saved_node_moves_saved_and_a_failed_move_leaves_it_saved_on_the_source(monkeypatch):
+    save = libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE | libvirt.VIR_DOMAIN_SAVE_RUNNING
+    dom = SavedDomain()
+    new, host = saved_pair(monkeypatch, dom).migrate("n1", host="hv2")
+    assert host == "hv2" and new is dom.arrived
+    # restored paused (never run) on the source, moved paused (not live), saved on the destination
+    assert dom.calls[0] == ("restore", libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_BYPASS_CACHE)
+    assert dom.calls[1][0] == "migrate" and not dom.calls[1][1] & libvirt.VIR_MIGRATE_LIVE
+    assert new.calls == [("save", save)]
+
+    dom = SavedDomain(fail_migrate=True)
+    prov = saved_pair(monkeypatch, dom)
+    with pytest.raises(ProviderError, match="^migrate n1: "):  # libvirt's message (None for a bare libvirtError)
+        prov.migrate("n1", host="hv2")
+    assert [c[0] for c in dom.calls] == ["restore", "migrate", "save"] and dom.calls[2] == ("save", save)
+
+    dom = SavedDomain(fail_save=True)  # moved, but not saved there: left paused on hv2, reported, not raised
+    prov = saved_pair(monkeypatch, dom)
+    new, host = prov.migrate("n1", host="hv2")
+    assert host == "hv2" and prov.last_migration["save_error"].startswith("save n1 on hv2 after the move")
+    assert prov.last_migration["saved"] and "save_s" not in prov.last_migration
