@@ -130,6 +130,15 @@ class SavedDomain:
         if self.fail_save:
             raise libvirt.libvirtError("save failed: disk full")
 
+    def resume(self):
+        self.calls.append(("run",))
+
+    def suspend(self):
+        self.calls.append(("pause",))
+
+    def isActive(self):  # noqa: N802 - libvirt's name
+        return True
+
     def jobStats(self, flags):  # noqa: N802 - libvirt's name
         return {"time_elapsed": 1500, "downtime": 120}
 
@@ -139,7 +148,7 @@ def saved_pair(monkeypatch, dom):
                                  "hosts": {"hv1": "qemu+ssh://nobody@192.0.2.1/system",
                                            "hv2": "qemu+ssh://nobody@192.0.2.2/system"}})
     monkeypatch.setattr(prov, "_find", lambda iid, what: ("hv1", dom))
-    monkeypatch.setattr(prov, "_status", lambda d: lm.Status.SUSPENDED if d is dom else lm.Status.PAUSED)
+    monkeypatch.setattr(prov, "_status", lambda d: lm.Status.SUSPENDED if d is dom else lm.Status.RUNNING)
     monkeypatch.setattr(prov, "hosts", lambda: [Host("hv1", 0, 100), Host("hv2", 2, 4000)])
     monkeypatch.setattr(prov, "conn_to", lambda key: object())
     monkeypatch.setattr(prov, "_pool", lambda key: type("Pool", (), {"refresh": lambda self, flags: 0})())
@@ -156,7 +165,8 @@ def test_a_saved_node_moves_saved_and_a_failed_move_leaves_it_saved_on_the_sourc
     # restored paused (never run) on the source, moved paused (not live), saved on the destination
     assert dom.calls[0] == ("restore", libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_BYPASS_CACHE)
     assert dom.calls[1][0] == "migrate" and not dom.calls[1][1] & libvirt.VIR_MIGRATE_LIVE
-    assert new.calls == [("save", save)]
+    # run for the instant QEMU needs to take the arrived disks back (it aborts saving inactive ones), then saved
+    assert new.calls == [("run",), ("save", save)]
 
     dom = SavedDomain(fail_migrate=True)
     prov = saved_pair(monkeypatch, dom)
@@ -169,3 +179,4 @@ def test_a_saved_node_moves_saved_and_a_failed_move_leaves_it_saved_on_the_sourc
     new, host = prov.migrate("n1", host="hv2")
     assert host == "hv2" and prov.last_migration["save_error"].startswith("save n1 on hv2 after the move")
     assert prov.last_migration["saved"] and "save_s" not in prov.last_migration
+    assert dom.arrived.calls == [("run",), ("save", save), ("pause",)]  # paused again, not left running

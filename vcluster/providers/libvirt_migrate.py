@@ -29,9 +29,13 @@ How a node moves (see docs/libvirt.md, "Live migration"):
   cannot migrate a save file (it lives in the source daemon's state
   directory), so it is restored paused on the source (the guest's RAM is
   taken there again for the few seconds of the move; its vCPUs never
-  run), moved paused, and saved again on the destination, where a resume
-  restores it. A move that fails leaves it saved on the source; a save
-  that fails on the destination leaves it paused there (reported). A node
+  run there), moved paused, and saved again on the destination, where a
+  resume restores it. Before that save it runs for an instant on the
+  destination: QEMU 7.2 keeps an arrived guest's disks inactive until it
+  runs and aborts on saving them (``bdrv_inactivate_recurse`` assertion);
+  its Slurm jobs stay stopped (suspended: SIGSTOP). A move that fails
+  leaves it saved on the source; a save that fails on the destination
+  leaves it paused there (reported). A node
   that arrived by migration saves like any other: with ``shared_storage``
   its volumes are QEMU's own, so the source's end of the move cannot give
   them back to root (docs/libvirt.md).
@@ -178,14 +182,20 @@ class Migration:
         if saved:
             # The node has moved: a save that fails here leaves it paused on the destination (holding its
             # RAM there; a resume runs it), reported, not raised, so that the registry follows the move.
+            # QEMU (7.2) keeps an arrived guest's disks inactive until it runs, and aborts a save of them
+            # (block.c: bdrv_inactivate_recurse assertion, seen here): let it run the instant between
+            # QEMU's cont and the save's stop. Its jobs stay stopped (Slurm suspended them: SIGSTOP).
             moved = time.monotonic()
             try:
+                self._call("migrate", f"run {instance_id} on {target} to save it", new.resume)
                 self._call("migrate", f"save {instance_id} on {target} after the move", new.managedSave,
                            libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE | libvirt.VIR_DOMAIN_SAVE_RUNNING)
                 saved["save_s"] = round(time.monotonic() - moved, 2)
             except ProviderError as exc:
                 log.warning("%s: moved to %s but left paused there, its save failed: %s", what, target, exc)
                 saved["save_error"] = str(exc)
+                if new.isActive() and self._status(new) is Status.RUNNING:
+                    self._call("migrate", f"pause {instance_id} on {target} after a failed save", new.suspend)
         seconds = time.monotonic() - start
         try:
             stats = job_summary(new.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
