@@ -50,7 +50,7 @@ managed save: the guest's RAM goes to a file on the hypervisor and the QEMU
 process exits, so the host gets the memory back; ``resume`` restores it
 (or lifts the pause) and steps the guest clock; once the node's jobs run
 again the runner has the guest minion's connections to the master reset so
-that it reconnects at once (:meth:`LibvirtProvider.reconnect_minion`).
+that it reconnects at once (``reconnect_minion``, :mod:`vcluster.providers.libvirt_guest`).
 """
 
 import logging
@@ -447,7 +447,8 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
         The guest's clock stood still meanwhile: it is stepped to the host's
         through the guest agent. The guest minion's connections to the
         master are not touched here: the runner has them reset
-        (:meth:`reconnect_minion`) once the node's jobs run again.
+        (``reconnect_minion``, :mod:`~vcluster.providers.libvirt_guest`) once
+        the node's jobs run again.
         slurmd is never restarted: it holds no connection to slurmctld
         between messages (each RPC is its own connection under
         ``MessageTimeout``), and a restart while jobs run is a risk for
@@ -473,23 +474,3 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
         before, after = self._step_clock(dom, what)
         return {"seconds": seconds, "clock_offset_before": before, "clock_offset_after": after}
 
-    def reconnect_minion(self, instance_id):
-        """Reset the guest minion's TCP connections to the master (``ss -K`` through the agent) after a resume.
-
-        They come back looking open to the guest while the master's side
-        ended (a save: the master restarted, or its kernel gave up on the
-        vanished peer) or sits in retransmission backoff (a publish sent
-        while the guest was away, saved or paused, is retried 30-120 s
-        later; after a paused move it went to the source's port). A minion
-        restored 30 s later sent nothing on them and heard no publish in the
-        90 s measured (its own keepalive fires after 300 s of the guest's
-        clock, which stood still). Reset, they are reopened by ZeroMQ within
-        the minion's ``recon_*`` delay. Returns ``{"ok", "seconds",
-        "connections", "error"}`` (``connections``: how many were reset).
-
-        CLI Example (what the runner does after the node's jobs resume)::
-
-            salt-run vcluster.resume nodes=vnode-3
-        """
-        return self._reconnect_minion(self._domain(instance_id, f"reset the minion of {instance_id}"),
-                                      f"reset the minion of {instance_id}")

@@ -61,32 +61,55 @@ class GuestAgent:
                 raise ProviderError(f"{' '.join(argv)} did not end in the guest within the deadline")
             time.sleep(every)
 
-    def _reconnect_minion(self, dom, what):
-        """``ss -K`` the guest minion's connections to the master (see ``LibvirtProvider.reconnect_minion``).
+    def _exec_reported(self, instance_id, argv, what, every=0.2):
+        """Run ``argv`` in ``instance_id``'s guest within ``minion_restart_timeout``; never raises.
 
-        The guest kernel aborts the sockets and sends the master a reset;
-        ZeroMQ reconnects and the minion re-authenticates. Jobs hold no such
-        connection: slurmd talks to slurmctld one connection per RPC.
+        Returns ``({"ok", "seconds", "error"}, output)``: ``error`` says why
+        ``ok`` is false (the agent did not run it, or it exited non-zero).
         """
         start = time.monotonic()
-        connections = None
+        out = ""
         try:
-            code, out = self._guest_exec(dom, RESET_MINION_CONNECTIONS, start + self.minion_restart_timeout, what,
-                                         every=0.05)
-            connections = len([line for line in out.splitlines() if line.strip()]) if code == 0 else None
-            error = None if code == 0 else f"ss -K exited {code}: {out[-300:]}"
+            dom = self._domain(instance_id, what)
+            code, out = self._guest_exec(dom, argv, start + self.minion_restart_timeout, what, every=every)
+            error = None if code == 0 else f"exited {code}: {out[-300:]}"
         except ProviderError as exc:
             error = str(exc)
         if error:
-            log.warning("%s: the guest minion's connections to the master were not reset: %s", what, error)
-        return {"ok": error is None, "seconds": round(time.monotonic() - start, 2), "connections": connections,
-                "error": error}
+            log.warning("%s: %s", what, error)
+        return {"ok": error is None, "seconds": round(time.monotonic() - start, 2), "error": error}, out
+
+    def reconnect_minion(self, instance_id):
+        """Reset the guest minion's TCP connections to the master (``ss -K`` through the agent) after a resume.
+
+        They come back looking open to the guest while the master's side
+        ended (a save: the master restarted, or its kernel gave up on the
+        vanished peer) or sits in retransmission backoff (a publish sent
+        while the guest was away, saved or paused, is retried 30-120 s
+        later; after a paused move it went to the source's port). A minion
+        restored 30 s later sent nothing on them and heard no publish in the
+        90 s measured (its own keepalive fires after 300 s of the guest's
+        clock, which stood still). Reset, the guest kernel sends the master
+        a reset too, ZeroMQ reopens them within the minion's ``recon_*``
+        delay and the minion re-authenticates. Jobs hold no such
+        connection: slurmd talks to slurmctld one connection per RPC.
+        Returns ``{"ok", "seconds", "connections", "error"}``
+        (``connections``: how many were reset).
+
+        CLI Example (what the runner does after the node's jobs resume)::
+
+            salt-run vcluster.resume nodes=vnode-3
+        """
+        report, out = self._exec_reported(instance_id, RESET_MINION_CONNECTIONS,
+                                          f"reset the minion connections of {instance_id}", every=0.05)
+        report["connections"] = len([line for line in out.splitlines() if line.strip()]) if report["ok"] else None
+        return report
 
     def restart_minion(self, instance_id):
         """Have systemd restart the guest's salt-minion (``--no-block``: queued, not waited for).
 
         The runner's fallback when a resumed node's minion stays silent
-        after ``reconnect_minion`` (a re-authentication can die in
+        after :meth:`reconnect_minion` (a re-authentication can die in
         Salt 3008.3: ``AsyncAuth._authenticate`` InvalidStateError). The
         restart takes 8-25 s under TCG. Returns ``{"ok", "seconds",
         "error"}``: ``seconds`` is how long queueing it took, within
@@ -96,18 +119,8 @@ class GuestAgent:
 
             salt-run vcluster.resume nodes=vnode-3
         """
-        what = f"restart the minion of {instance_id}"
-        dom = self._domain(instance_id, what)
-        start = time.monotonic()
-        argv = ("/bin/systemctl", "--no-block", "restart", "salt-minion")
-        try:
-            code, out = self._guest_exec(dom, argv, start + self.minion_restart_timeout, what)
-            error = None if code == 0 else f"systemctl restart salt-minion exited {code}: {out[-300:]}"
-        except ProviderError as exc:
-            error = str(exc)
-        if error:
-            log.warning("%s: %s", what, error)
-        return {"ok": error is None, "seconds": round(time.monotonic() - start, 2), "error": error}
+        return self._exec_reported(instance_id, ("/bin/systemctl", "--no-block", "restart", "salt-minion"),
+                                   f"restart the minion of {instance_id}")[0]
 
     def clock_offset(self, instance_id):
         """Guest clock minus host clock in seconds, read through the guest agent."""
