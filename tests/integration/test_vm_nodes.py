@@ -36,7 +36,9 @@ The poster scenario, whose :data:`SAVE_FOR` seconds hold everything else:
   (to the hypervisor the provider picks: hv2) with the job running: same
   name, address and NodeAddr after each move, registry host following,
   Slurm's Extra where the release has it, the job never stopped by the live
-  move;
+  move; then a ``vcluster.suspend mode=save`` on hv2 and a
+  ``vcluster.resume host=hv1`` (the saved guest moves saved, then is
+  restored on hv1);
 * its QEMU process is killed: liveness sets it DOWN (and never the saved one);
 * both are retired: domains (on both hypervisors), volumes, DHCP entries,
   minion keys, names and addresses gone.
@@ -413,6 +415,34 @@ def test_live_migration_with_a_running_job(vm_stack, vms, virt, hv2):
     assert_moved(vm_stack, virt, hv2, name, vms[name], "hv2", instance, path, before)
 
 
+def test_counter_job_survives_a_save_and_a_resume_on_another_host(vm_stack, vms, virt, hv2, event_listener):
+    """Back on hv2: ``vcluster.suspend mode=save``, then ``vcluster.resume host=hv1``: moved saved, restored on hv1.
+
+    The saved guest is restored paused on hv2, moved paused and saved again on hv1 (libvirt_migrate),
+    then the resume restores it there: the job counts on, name and address kept.
+    """
+    name, job, path = SEEN["other"], SEEN["job2"], SEEN["path2"]
+    instance = node_info(name).get("InstanceId")
+    before = counter_lines(vm_stack, name, path)
+    assert len(before) < COUNT_TO_2 - 5, f"the job is nearly done ({len(before)} lines): nothing left to move"
+    ret, took = timed_run(vm_stack, "vcluster.suspend", f"nodes={name}", "mode=save")
+    assert ret.data["result"] is True, ret.data
+    freed = ret.data["freed_mib"][name]
+    assert freed > 0, ret.data  # QEMU gone, its memory with it
+    assert job_states([job]) == {job: "SUSPENDED"}
+    assert qemu_pid(name, hv2["run_dir"]) is None
+    assert domain(hv2["conn"], name).hasManagedSaveImage(0)
+    since = time.time()
+    ret, resume_s = timed_run(vm_stack, "vcluster.resume", f"nodes={name}", "host=hv1")
+    assert ret.data["result"] is True, ret.data
+    assert ret.data["nodes"] == {name: "ready"}, ret.data
+    moved = node_event(vm_stack, event_listener, name, "suspended", since)
+    print(f"\nsave: suspend {took} s (freed {freed} MiB), resume host=hv1 (moved saved, then "
+          f"restored) {resume_s} s: {ret.data.get('resumed')}; the move's event {moved}")
+    assert moved and moved.get("migrated") is True and (moved["source"], moved["host"]) == ("hv2", "hv1"), moved
+    assert_moved(vm_stack, virt, hv2, name, vms[name], "hv1", instance, path, before)
+
+
 def test_the_moved_nodes_job_completes_unbroken(vm_stack):
     name, job, path = SEEN["other"], SEEN["job2"], SEEN["path2"]
     final = wait_jobs([job], timeout=COUNT_TO_2 + 120)
@@ -423,9 +453,9 @@ def test_the_moved_nodes_job_completes_unbroken(vm_stack):
     assert lines == list(range(1, COUNT_TO_2 + 1)), lines  # one run, no gap, no repeat: paused, moved paused, moved live
 
 
-def test_a_vm_whose_qemu_is_killed_is_set_down(vm_stack, vms, hv2):
+def test_a_vm_whose_qemu_is_killed_is_set_down(vm_stack, vms, virt, hv2):
     victim = SEEN["other"]
-    pid = qemu_pid(victim, hv2["run_dir"])
+    pid = qemu_pid(victim, hypervisor(virt, hv2, registry(vm_stack, victim)["host"])[1])
     assert pid is not None
     start = time.monotonic()
     os.kill(pid, signal.SIGKILL)
