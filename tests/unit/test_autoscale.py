@@ -562,7 +562,8 @@ class JoiningBus(Bus):
 def test_a_held_flagged_job_gets_its_nodes_then_they_go_when_it_ends(tmp_path):
     data = copy.deepcopy(BASE)
     data["autoscale"] = {"profiles": {"htc": {"per_job": True}}}
-    reg = Registry(tmp_path / "registry.sqlite")
+    data["registry"] = str(tmp_path / "registry.sqlite")  # autoscale keeps its state there: never the host's
+    reg = Registry(data["registry"])
     ctx = Context(policy=policy.load(data), registry=reg, keys=MemoryKeys(), slurm=MemorySlurm(), salt=Salt(),
                   events=JoiningBus())
     ctx._providers["lxd"] = MemoryProvider()
