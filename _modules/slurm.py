@@ -406,6 +406,34 @@ def release_node(name, jobs=None, reason=_client.HOLD_REASON, conf=None):
         return _slurm(conf).release_node(name, jobs=_ids(jobs), reason=reason)
 
 
+def release_when_listening(name, jobs=None, reason=_client.HOLD_REASON, wait=30, conf=None):
+    """
+    Wait until a resumed node's slurmd answers this host's SYN probe, then ``slurm.release_node`` it.
+
+    vcluster's resume of a node in one call: the probe every 0.2 s for up
+    to ``wait`` seconds, then its jobs resumed and vcluster's drain lifted.
+    Returns ``{"slurmd": verdict, "waited": seconds, "released": {...} or
+    None}``; nothing is touched unless the verdict is ``listening``.
+
+    wait
+        Seconds to wait for slurmd (more than 0, at most 120; default 30).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt ctl slurm.release_when_listening vn1 jobs=42,43 wait=10
+    """
+    try:
+        wait = float(wait)
+    except (TypeError, ValueError):
+        raise CommandExecutionError(f"wait must be a number of seconds, got {wait!r}") from None
+    if not 0 < wait <= 120:
+        raise CommandExecutionError(f"wait must be more than 0 and at most 120 seconds, got {wait!r}")
+    with _errors():
+        return _slurm(conf).release_when_listening(name, jobs=_ids(jobs), reason=reason, wait=wait)
+
+
 def _ids(jobs):
     if jobs is None or jobs == "":
         return []

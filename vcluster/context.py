@@ -101,6 +101,13 @@ class SlurmController(typing.Protocol):
     def release_node(self, name: str, jobs: typing.Iterable[str | int], reason: str) -> dict:
         """Resume ``jobs`` where suspended, lift a drain with ``reason``: ``{"resumed", "undrained"}``."""
 
+    def release_when_listening(self, name: str, jobs: typing.Iterable[str | int], reason: str,
+                               wait: float) -> dict:
+        """:meth:`release_node` once ``name``'s slurmd answers the controller's SYN probe, within ``wait`` s.
+
+        ``{"slurmd": verdict, "waited": s, "released": release_node's return, or None when not listening}``.
+        """
+
     def reserve_for_job(self, job_id: str | int, nodes: typing.Sequence[str], user: str) -> dict:
         """A reservation ``vcjob<id>`` on ``nodes`` for ``user``, the held job moved into it and released."""
 

@@ -220,11 +220,14 @@ def resume(ctx, nodes, host=None, timeout=None, test=False):
     Nodes already ``ready`` are left as they are. A node whose provider
     resume or restart check fails goes back to ``suspended`` (its jobs stay
     suspended, nothing is lost) and the return says why; run resume again.
-    Where the provider measures its resume (libvirt: ``seconds``,
-    ``clock_offset_before``/``_after`` of the guest clock,
-    ``minion_reconnect``, and ``minion_restart`` when the runner had to)
-    the return has it under ``resumed`` (``{name: {...}}``) and the node's
-    ``ready`` event carries it. ``test=True`` validates and says what would
+    Where the provider measures its resume (libvirt: ``seconds`` of the
+    restore, ``clock_offset_before``/``_after`` of the guest clock and
+    ``clock_step_s``, ``minion_reconnect``, and ``minion_restart`` when the
+    runner had to) the return has it under ``resumed`` (``{name: {...}}``)
+    with the seconds since the node's resume began at which the provider
+    returned (``provider_returned``), its jobs ran again (``jobs_resumed``)
+    and its minion answered (``minion_answered``); the node's ``ready``
+    event carries it. ``test=True`` validates and says what would
     be done; nothing changes.
     """
     names = node_names(nodes)
@@ -272,8 +275,8 @@ def resume(ctx, nodes, host=None, timeout=None, test=False):
 
 
 #: what a provider's resume may report (libvirt: the restore's seconds, the
-#: guest clock offset before and after it was stepped)
-RESUME_REPORT = ("seconds", "clock_offset_before", "clock_offset_after")
+#: guest clock offset before and after it was stepped, the step's seconds)
+RESUME_REPORT = ("seconds", "clock_offset_before", "clock_offset_after", "clock_step_s")
 #: seconds a resumed node's minion has, once the jobs run, to answer after
 #: its provider reset its connections (it re-authenticated in about 4 s
 #: under TCG) before the provider is asked to restart it, where it can
@@ -303,10 +306,10 @@ def _resume_one(ctx, node, timeout):
         if inst is not None and getattr(inst, "host", None) and inst.host != node.host:
             ctx.registry.update(name, host=inst.host)
         report = {k: inst[k] for k in RESUME_REPORT if k in inst} if isinstance(inst, dict) else {}
-        minion_seen = _wait_slurmd(ctx, name, deadline)
-        # one controller call: scontrol resume the mapped jobs still
-        # suspended, then lift the drain if it is vcluster's
-        ctx.slurm.release_node(name, sorted(ctx.registry.jobs_on(name)), DRAIN_REASON)
+        provider_done = round(time.monotonic() - started, 2)
+        # one controller call: once slurmd listens, scontrol resume the
+        # mapped jobs still suspended, then lift the drain if it is vcluster's
+        minion_seen = _release_when_listening(ctx, name, deadline)
     except Exception as exc:
         lifecycle.move(ctx, name, "suspended", expect="resuming", reason=f"resume failed: {sentence(exc)}",
                        event={"reason": "resume failed"})
@@ -319,6 +322,7 @@ def _resume_one(ctx, node, timeout):
                     name)
         lifecycle.announce(ctx, name, "minion-silent", reason="its minion did not answer after the resume")
     if report:  # providers that measure their resume (libvirt): when the jobs ran again, when the minion did
+        report["provider_returned"] = provider_done
         report["jobs_resumed"] = jobs_resumed
         report["minion_answered"] = round(time.monotonic() - started, 2) if answered else None
     lifecycle.move(ctx, name, "ready", expect="resuming", event={"resumed": True, **report})
@@ -374,17 +378,21 @@ def reset_minion(provider, node):
 #: publish altogether (a restored VM's restarted minion), so short waits find
 #: it sooner, while a slow minion (TCG guest) still gets a long one
 PROBE_WAITS = (3.0, 10.0)
-#: seconds the controller's SYN probe of a resumed node's slurmd waits for an answer
-SLURMD_PROBE_WAIT = 2.0
+#: seconds one controller call waits for a resumed node's slurmd before the runner looks at its deadline again
+RELEASE_CALL_WAIT = 30.0
 
 
-def _wait_slurmd(ctx, name, deadline):
-    """Until the node's slurmd listens (the controller's SYN probe), or raise at ``deadline``.
+def _release_when_listening(ctx, name, deadline):
+    """The node's jobs resumed and vcluster's drain lifted once its slurmd listens; or raise at ``deadline``.
 
-    True when the node's minion was asked instead and answered: a node
-    Slurm does not probe (``skipped``, e.g. powered down) or a controller
-    that cannot scan falls back to asking the minion whether slurmd runs.
+    One controller call (``slurm.release_when_listening``: the SYN probe
+    every 0.2 s, then ``release_node``) per :data:`RELEASE_CALL_WAIT`
+    seconds. True when the node's minion was asked instead: a node Slurm
+    does not probe (``skipped``, e.g. powered down, or one it does not
+    know) or a controller that cannot probe (or release) falls back to
+    asking the minion whether slurmd runs, then releases the node.
     """
+    jobs = sorted(ctx.registry.jobs_on(name))
     last = "its slurmd did not answer the controller"
     while True:
         left = deadline - time.monotonic()
@@ -392,17 +400,19 @@ def _wait_slurmd(ctx, name, deadline):
             raise VclusterError(f"{name} was resumed by its provider but {last} within the resume timeout")
         asked = time.monotonic()
         try:
-            verdict = ctx.slurm.liveness_scan([name], wait=min(left, SLURMD_PROBE_WAIT))["slurmd"].get(name)
+            got = ctx.slurm.release_when_listening(name, jobs, DRAIN_REASON, wait=min(left, RELEASE_CALL_WAIT))
         except VclusterError as exc:
-            log.warning("%s: the controller could not probe its slurmd (%s); asking its minion", name, exc)
-            verdict = "skipped"
-        if verdict == "listening":
+            log.warning("%s: the controller could not probe and release it (%s); asking its minion", name, exc)
+            got = {"slurmd": "skipped", "released": None}
+        if got.get("released") is not None:
             return False
+        verdict = got.get("slurmd")
         if verdict in ("skipped", None):
             _wait_alive(ctx, name, deadline)
+            ctx.slurm.release_node(name, jobs, DRAIN_REASON)
             return True
         last = f"its slurmd did not answer the controller ({verdict})"
-        # poll at most once a second (a refused probe returns at once)
+        # a call that came back early is not repeated more than once a second
         time.sleep(min(max(0.0, 1.0 - (time.monotonic() - asked)), max(0.0, deadline - time.monotonic())))
 
 

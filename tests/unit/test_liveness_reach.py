@@ -101,3 +101,66 @@ def test_thousands_of_answers_at_once_are_all_read(listener):
     ret = reach.probe(targets, 2)
     assert ret.pop("up") == "listening"
     assert set(ret.values()) == {"refused"} and len(ret) == 4000
+
+
+def recorded_slurm(show_node, port, seen, sleep=None):
+    """A Slurm client whose commands are answered from ``show_node`` (and slurmd's ``port``); the probe is real."""
+
+    def runner(argv, env, timeout, stdin=None):
+        seen.append(argv)
+        if argv[:5] == ["scontrol", "-F", "show", "-o", "node"]:
+            wanted = argv[5:]
+            lines = [ln for ln in show_node.splitlines() if not wanted or ln.startswith(f"NodeName={wanted[0]} ")]
+            return 0, "\n".join(lines), ""
+        if argv[:3] == ["scontrol", "show", "config"]:
+            return 0, f"SlurmctldPort           = 6817\nSlurmdPort              = {port}\n", ""
+        if argv[:3] == ["scontrol", "update", "nodename=a"]:
+            return 0, "", ""
+        raise AssertionError(argv)
+
+    return Slurm(runner=runner, release="22.05", **({"sleep": sleep} if sleep else {}))
+
+
+def test_release_when_listening_releases_the_moment_slurmd_listens():
+    """Refused twice (a restored node's slurmd not yet there), then listening: released at once, drain lifted."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, not listening: the kernel refuses
+    port = sock.getsockname()[1]
+    show_node = ("NodeName=a NodeAddr=127.0.0.1 NodeHostName=a State=IDLE+DRAIN RealMemory=1 CPUTot=1 "
+                 "Reason=vcluster suspend [root@2026-12-08T00:00:00]")
+    seen, slept = [], []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        if len(slept) == 2:
+            sock.listen(8)
+
+    try:
+        got = recorded_slurm(show_node, port, seen, sleep).release_when_listening("a", [], "vcluster suspend",
+                                                                                   wait=10)
+    finally:
+        sock.close()
+    assert got["slurmd"] == "listening" and got["released"] == {"resumed": [], "undrained": True}, got
+    assert len(slept) == 2 and all(0 <= s <= 0.2 for s in slept), slept
+    assert ["scontrol", "update", "nodename=a", "state=RESUME"] == seen[-1][:4], seen
+    assert got["waited"] < 10
+
+
+def test_release_when_listening_touches_nothing_unless_slurmd_listens():
+    """Refused until the wait ends, or skipped (powered down), or unknown: no release, the last verdict."""
+    port = closed_port()
+    refused = "NodeName=a NodeAddr=127.0.0.1 NodeHostName=a State=IDLE+DRAIN RealMemory=1 CPUTot=1"
+    seen = []
+    got = recorded_slurm(refused, port, seen).release_when_listening("a", ["5"], "vcluster suspend", wait=0.6)
+    assert got["slurmd"] == "refused" and got["released"] is None, got
+    assert 0.6 <= got["waited"] < 3, got
+    assert all(argv[:2] != ["scontrol", "resume"] and argv[1] != "update" for argv in seen), seen
+
+    powered_down = "NodeName=a NodeAddr=127.0.0.1 NodeHostName=a State=IDLE+CLOUD+POWERED_DOWN RealMemory=1 CPUTot=1"
+    seen = []
+    got = recorded_slurm(powered_down, port, seen).release_when_listening("a", ["5"], "vcluster suspend", wait=30)
+    assert (got["slurmd"], got["released"]) == ("skipped", None) and got["waited"] < 1, got
+    assert len(seen) == 2  # the listing and the config: no probe, nothing released
+
+    got = recorded_slurm(refused, port, []).release_when_listening("nosuch", ["5"], "vcluster suspend", wait=30)
+    assert (got["slurmd"], got["released"]) == (None, None) and got["waited"] < 1, got

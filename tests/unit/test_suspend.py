@@ -15,7 +15,7 @@ from vcluster import policy as _policy
 from vcluster import preempt, reconcile
 from vcluster import suspend_resume as sus
 from vcluster.context import Context
-from vcluster.errors import PolicyError, ProviderError
+from vcluster.errors import PolicyError, ProviderError, SlurmError
 from vcluster.providers.base import Host, Instance, Status
 from vcluster.registry import Registry
 
@@ -36,12 +36,22 @@ class FakeSlurm:
         self.calls = []
         self.slurmd = {}  # name -> the controller's SYN probe verdict; absent: listening
         self.scans = 0
+        self.scan_error = None  # a SlurmError message for the controller's probe-and-release
 
     def liveness_scan(self, names, wait):
         self.scans += 1
         known = [n for n in names if n in self.nodes_]
         return {"nodes": [dict(name=n, **copy.deepcopy(self.nodes_[n])) for n in known],
                 "slurmd": {n: self.slurmd.get(n, "listening") for n in known}}
+
+    def release_when_listening(self, name, jobs, reason, wait):
+        """The controller's probe-then-release (vcluster.slurm.client.Slurm, tested for real elsewhere)."""
+        self.scans += 1
+        if self.scan_error:
+            raise SlurmError(self.scan_error)
+        verdict = self.slurmd.get(name, "listening") if name in self.nodes_ else None
+        released = self.release_node(name, jobs, reason) if verdict == "listening" else None
+        return {"slurmd": verdict, "waited": 0.0, "released": released}
 
     def nodes(self):
         return [dict(name=n, **copy.deepcopy(v)) for n, v in self.nodes_.items()]
@@ -222,16 +232,16 @@ def test_suspend_then_resume_keeps_job(env):
 def test_resume_reports_what_the_provider_measured(env):
     ctx = env()
     sus.suspend(ctx, "vn1,vn2")
-    report = {"seconds": 2.4, "clock_offset_before": -331.2, "clock_offset_after": -0.004,
+    report = {"seconds": 2.4, "clock_offset_before": -331.2, "clock_offset_after": -0.004, "clock_step_s": 0.3,
               "internal": "not reported"}
     ctx.provider("lxd").resume_report = report
     ret = sus.resume(ctx, "vn1")
     shown = {k: v for k, v in report.items() if k != "internal"}
     got = ret["resumed"]["vn1"]
     assert ret["result"] is True and {k: got[k] for k in shown} == shown, ret
-    # when the jobs ran again and when the minion answered, seconds after the resume began
-    assert set(got) == set(shown) | {"jobs_resumed", "minion_answered"}
-    assert 0 <= got["jobs_resumed"] <= got["minion_answered"]
+    # when the provider returned, the jobs ran again and the minion answered, seconds after the resume began
+    assert set(got) == set(shown) | {"provider_returned", "jobs_resumed", "minion_answered"}
+    assert 0 <= got["provider_returned"] <= got["jobs_resumed"] <= got["minion_answered"]
     tag, data = ctx.events.data[-1]
     assert tag == "vcluster/node/vn1/ready" and data == dict(got, resumed=True, node="vn1", state="ready")
     ctx.provider("lxd").resume_report = None  # a provider that measures nothing: no key
@@ -652,3 +662,15 @@ def test_suspend_reports_the_hosts_available_memory_delta_beside_the_freed_memor
     [data] = [data for tag, data in fired if tag.endswith("/suspended")]
     assert (data["freed_mib"], data["available_delta_mib"]) == (612, -40)
     assert "process_mib" not in data  # the detail stays with the provider
+
+
+def test_a_controller_that_cannot_probe_has_the_minion_asked_then_releases(env):
+    """The controller's probe-and-release fails (no raw socket, say): the node's minion sees slurmd, then release."""
+    ctx = env()
+    ctx.slurm.jobs_[7] = {"id": 7, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
+    sus.suspend(ctx, "vn1")
+    ctx.slurm.scan_error = "probing slurmd needs root on the controller (a raw socket)"
+    ret = sus.resume(ctx, "vn1", timeout=5)
+    assert ret["result"] is True and ret["nodes"] == {"vn1": "ready"}, ret
+    assert ctx.slurm.jobs_[7]["state"] == "RUNNING" and ctx.registry.jobs_on("vn1") == []
+    assert ctx.slurm.calls[-1] == ("release_node", "vn1", ["7"])

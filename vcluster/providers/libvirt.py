@@ -454,16 +454,17 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
         ``MessageTimeout``), and a restart while jobs run is a risk for
         nothing.
 
-        Returns ``{"seconds", "clock_offset_before", "clock_offset_after"}``:
-        offsets are guest minus host, seconds (``None`` when the agent did
-        not answer within ``clock_sync_timeout``).
+        Returns ``{"seconds", "clock_offset_before", "clock_offset_after",
+        "clock_step_s"}``: the restore's seconds, offsets guest minus host in
+        seconds (``None`` when the agent did not answer within
+        ``clock_sync_timeout``), and the step's seconds.
         """
         what = f"resume {instance_id}"
         dom = self._domain(instance_id, what)
         status = self._status(dom)
         start = time.monotonic()
         if status is Status.RUNNING:
-            return {"seconds": 0.0, "clock_offset_before": None, "clock_offset_after": None}
+            return {"seconds": 0.0, "clock_offset_before": None, "clock_offset_after": None, "clock_step_s": 0.0}
         if status is Status.PAUSED:
             self._call("resume", what, dom.resume)
         elif status is Status.SUSPENDED and not dom.isActive():
@@ -471,6 +472,8 @@ class LibvirtProvider(Connection, Hypervisors, GuestAgent, Migration, Provider):
         else:
             raise ProviderStateError(f"cannot resume {instance_id}: it is {status.value}, not paused or saved")
         seconds = round(time.monotonic() - start, 2)
+        stepping = time.monotonic()
         before, after = self._step_clock(dom, what)
-        return {"seconds": seconds, "clock_offset_before": before, "clock_offset_after": after}
+        return {"seconds": seconds, "clock_offset_before": before, "clock_offset_after": after,
+                "clock_step_s": round(time.monotonic() - stepping, 2)}
 

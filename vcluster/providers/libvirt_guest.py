@@ -145,4 +145,4 @@ class GuestAgent:
                 if time.monotonic() >= deadline:
                     log.warning("%s: guest clock not stepped, the guest agent did not answer: %s", what, exc)
                     return None, None
-                time.sleep(0.5)
+                time.sleep(0.2)

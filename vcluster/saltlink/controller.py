@@ -121,6 +121,11 @@ class ControllerSlurm(_Local):
         except SlurmError as exc:
             raise SlurmError(f"Slurm did not take the new address {address} of {name}: {exc}") from None
 
+    def release_when_listening(self, name, jobs, reason, wait):
+        """``slurm.release_when_listening`` on the controller: probe and release in one call."""
+        return self._slurm("release_when_listening", name, jobs=",".join(str(j) for j in jobs), reason=reason,
+                           wait=wait, call_timeout=int(wait) + 30)
+
     def reserve_for_job(self, job_id, nodes, user):
         """``slurm.reserve_for_job`` on the controller: the job's own nodes, reserved for it; the job released."""
         return self._slurm("reserve_for_job", jobid=str(job_id), nodes=",".join(nodes), user=user)

@@ -175,6 +175,12 @@ class Slurm(JobControl):
         their number. A node's ``Port=`` (shown only when it differs from
         ``SlurmdPort``) wins over the cluster's.
         """
+        found, targets, verdicts = self._probe_targets(names)
+        verdicts.update(reach.probe(targets, wait))
+        return {"nodes": found, "slurmd": verdicts}
+
+    def _probe_targets(self, names):
+        """``(nodes Slurm knows, {name: (address, port)} to probe, {name: "skipped"})`` of :meth:`liveness_scan`."""
         wanted = set(hostlist.expand(names))
         _, out, _ = self.run("scontrol", "-F", "show", "-o", "node")
         # one parse of the listing, and Node objects only for the watched nodes
@@ -188,8 +194,33 @@ class Slurm(JobControl):
                 verdicts[node.name] = "skipped"
             else:
                 targets[node.name] = (node.addr or node.hostname or node.name, int(ports.get(node.name, default)))
-        verdicts.update(reach.probe(targets, wait))
-        return {"nodes": found, "slurmd": verdicts}
+        return found, targets, verdicts
+
+    def release_when_listening(self, name, jobs=(), reason=HOLD_REASON, wait=30.0, every=0.2):
+        """:meth:`release_node` once the node's slurmd listens (the SYN probe of :meth:`liveness_scan`).
+
+        A resumed node's way back in one call on the controller: its address
+        read once, then probed every ``every`` seconds for up to ``wait``;
+        the moment it answers, its ``jobs`` are resumed and vcluster's drain
+        lifted. Returns ``{"slurmd": verdict, "waited": seconds, "released":
+        release_node's return or None}``: ``None`` (nothing touched) when the
+        last verdict is not ``listening``, at once for ``skipped`` (a node
+        Slurm expects no answer from) and for a node Slurm does not know
+        (verdict ``None``). A controller that cannot probe raises SlurmError.
+        """
+        _conf.validate_name(name)
+        start = self.clock()
+        deadline = start + float(wait)
+        _, targets, verdicts = self._probe_targets([name])
+        verdict = verdicts.get(name)
+        while name in targets:
+            asked = self.clock()
+            verdict = reach.probe(targets, max(0.05, min(deadline - asked, 2.0))).get(name)
+            if verdict == reach.LISTENING or self.clock() >= deadline:
+                break
+            self.sleep(max(0.0, min(every - (self.clock() - asked), deadline - self.clock())))
+        released = self.release_node(name, jobs, reason) if verdict == reach.LISTENING else None
+        return {"slurmd": verdict, "waited": round(self.clock() - start, 2), "released": released}
 
     def slurmd_port(self):
         """``SlurmdPort`` of the running configuration (``scontrol show config``)."""

@@ -60,6 +60,10 @@ class RecordingSlurm:
         """The controller's SYN probe: the stand-in's slurmd listens (resume waits for it, then the minion)."""
         return {"nodes": [dict(self.node)], "slurmd": dict.fromkeys(names, "listening")}
 
+    def release_when_listening(self, name, jobs, reason, wait):
+        """The controller's probe and release in one call: the stand-in's slurmd listens."""
+        return {"slurmd": "listening", "waited": 0.0, "released": self.release_node(name, jobs, reason)}
+
 
 class AlwaysAlive:
     def probe(self, names, timeout):
