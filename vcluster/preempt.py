@@ -144,18 +144,25 @@ def job_started(ctx, job_id):
 def job_ended(ctx, job_id, nodes=()):
     """Resume the nodes job ``job_id`` preempted, or move them to a free host when ``migrate``."""
     pre = ctx.policy.preemption
-    job = ctx.slurm.job(job_id)
-    if job and job.get("state") in HOLDING:
-        return {"result": True, "ignored": True, "comment": f"job {job_id} is still {job['state']}"}
-    if job and job.get("nodes"):
-        nodes = job["nodes"]
+    job = None
+    if not nodes:  # a line without nodes: Slurm says where the job ran
+        job = ctx.slurm.job(job_id)
+        nodes = (job or {}).get("nodes") or []
     hosts = {host_of(ctx.policy, n) for n in nodes}
     reason = f"{PREEMPTED_PREFIX}{job_id}"
     mine = [n for n in ctx.registry.nodes(states="suspended")
             if (n.reason or "").startswith(PREEMPTED_PREFIX) and (n.host in hosts or n.reason == reason)]
     if not mine:
         return {"result": True, "comment": f"job {job_id}: no node to resume", "nodes": {}}
-    busy = _busy_hosts(ctx, job_id, hosts={n.host for n in mine if n.host})
+    # one Slurm listing, of the jobs on the hosts concerned, says both
+    # whether the job still holds them (a stale or forged line) and which
+    # of them another preempting job keeps busy
+    concerned = slurm_nodes_of(ctx.policy, hosts | {n.host for n in mine if n.host})
+    listing = ctx.slurm.jobs(nodes=concerned) if concerned else []
+    listed = next((j for j in listing if str(j.get("id")) == str(job_id)), job)
+    if listed and listed.get("state") in HOLDING:
+        return {"result": True, "ignored": True, "comment": f"job {job_id} is still {listed['state']}"}
+    busy = _busy_hosts(ctx, job_id, jobs=listing)
     result, errors, kept = {}, [], []
     for node in mine:
         target = None

@@ -1,8 +1,10 @@
 """Preemption asks Slurm only about the nodes concerned, never for every job.
 
 On each start event: the job itself (``scontrol show job``), then the jobs
-on the victims; on each end event: the job, then the jobs on the hosts of
-the nodes it preempted; reconcile's check: the jobs on the victims' hosts.
+on the victims; on each end event: one call, the jobs on the hosts of the
+nodes it preempted (the job itself among them while it holds them; the job
+is asked for alone only when the line names no node); reconcile's check:
+the jobs on the victims' hosts.
 The fakes of test_suspend record every ``jobs`` listing with its node
 filter; the one behind them on the controller (``Slurm.jobs_on``, squeue
 ``--nodelist``) is run on a real slurmctld in
@@ -30,6 +32,13 @@ def listing(env):  # noqa: F811
 
         fake.jobs = jobs
         fake.asked = asked
+        original_job = fake.job
+
+        def job(job_id):
+            asked.append(("job", str(job_id)))
+            return original_job(job_id)
+
+        fake.job = job
         # many jobs elsewhere in the cluster: none of them is listed
         for i in range(100, 140):
             fake.jobs_[i] = {"id": i, "state": "RUNNING", "nodes": [f"other{i}"], "partition": "batch"}
@@ -44,14 +53,30 @@ def test_start_and_end_events_list_only_the_nodes_concerned(listing):
     ctx.slurm.jobs_[6] = {"id": 6, "state": "RUNNING", "nodes": ["h1"], "partition": "batch"}
     ret = preempt.on_event(ctx, "ctl", "vcluster-slurm-event v1 start job=6 partition=batch nodes=h1")
     assert ret["result"] is True and ctx.slurm.jobs_[5]["state"] == "SUSPENDED", ret
-    assert ctx.slurm.asked == [["vn1", "vn2", "vn3"]]
+    assert ctx.slurm.asked == [("job", "6"), ["vn1", "vn2", "vn3"]]
 
     ctx.slurm.asked.clear()
     ctx.slurm.jobs_[6]["state"] = "COMPLETING"
     ret = preempt.on_event(ctx, "ctl", "vcluster-slurm-event v1 end job=6 partition=batch nodes=h1")
     assert ret["result"] is True and ctx.slurm.jobs_[5]["state"] == "RUNNING", ret
-    assert ctx.slurm.asked[0] == ["h1"]  # the hosts of the nodes to resume
-    assert None not in ctx.slurm.asked
+    assert ctx.slurm.asked == [["h1"]]  # one listing, of the hosts of the nodes to resume, before any resume
+
+
+def test_an_end_line_of_a_job_still_running_resumes_nothing(listing):
+    """A stale or forged end line: the job is listed on its host, still RUNNING; its victims stay."""
+    ctx = listing()
+    ctx.slurm.jobs_[5] = {"id": 5, "state": "RUNNING", "nodes": ["vn1"], "partition": "htc"}
+    ctx.slurm.jobs_[6] = {"id": 6, "state": "RUNNING", "nodes": ["h1"], "partition": "batch"}
+    assert preempt.job_started(ctx, 6)["result"] is True
+    ctx.slurm.asked.clear()
+    ret = preempt.on_event(ctx, "ctl", "vcluster-slurm-event v1 end job=6 partition=batch nodes=h1")
+    assert ret["ignored"] is True and ret["comment"] == "job 6 is still RUNNING", ret
+    assert {n.state for n in ctx.registry.nodes()} == {"suspended"} and ctx.slurm.jobs_[5]["state"] == "SUSPENDED"
+    assert ctx.slurm.asked == [["h1"]]
+    # a line naming no node: the job is asked for where it ran
+    ctx.slurm.asked.clear()
+    ret = preempt.on_event(ctx, "ctl", "vcluster-slurm-event v1 end job=6 partition=batch")
+    assert ret["ignored"] is True and ctx.slurm.asked == [("job", "6"), ["h1"]], ret
 
 
 def test_a_host_behind_another_slurm_name_is_asked_by_that_name(listing):
