@@ -116,12 +116,7 @@ def liveness_scan(nodes, wait=2, conf=None):  # pylint: disable=redefined-outer-
 
         salt ctl slurm.liveness_scan nodes='vn[1-4],gpu1'
     """
-    try:
-        wait = float(wait)
-    except (TypeError, ValueError):
-        raise CommandExecutionError(f"wait must be a number of seconds, got {wait!r}") from None
-    if not 0 < wait <= 60:
-        raise CommandExecutionError(f"wait must be more than 0 and at most 60 seconds, got {wait!r}")
+    wait = _seconds(wait, 60)
     with _errors():
         scan = _slurm(conf).liveness_scan(nodes, wait)
     return {"nodes": [n.to_dict() for n in scan["nodes"]], "slurmd": scan["slurmd"]}
@@ -424,14 +419,20 @@ def release_when_listening(name, jobs=None, reason=_client.HOLD_REASON, wait=30,
 
         salt ctl slurm.release_when_listening vn1 jobs=42,43 wait=10
     """
+    wait = _seconds(wait, 120)
+    with _errors():
+        return _slurm(conf).release_when_listening(name, jobs=_ids(jobs), reason=reason, wait=wait)
+
+
+def _seconds(wait, most):
+    """``wait`` as seconds, more than 0 and at most ``most``; CommandExecutionError naming it otherwise."""
     try:
         wait = float(wait)
     except (TypeError, ValueError):
         raise CommandExecutionError(f"wait must be a number of seconds, got {wait!r}") from None
-    if not 0 < wait <= 120:
-        raise CommandExecutionError(f"wait must be more than 0 and at most 120 seconds, got {wait!r}")
-    with _errors():
-        return _slurm(conf).release_when_listening(name, jobs=_ids(jobs), reason=reason, wait=wait)
+    if not 0 < wait <= most:
+        raise CommandExecutionError(f"wait must be more than 0 and at most {most} seconds, got {wait!r}")
+    return wait
 
 
 def _ids(jobs):

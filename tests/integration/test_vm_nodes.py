@@ -367,6 +367,20 @@ def assert_moved(stack, virt, hv2, name, address, dest, instance, path, before):
     assert_pinned_waits()
 
 
+def resume_on_hv1(stack, event_listener, name, label):
+    """``vcluster.resume host=hv1`` of suspended ``name`` on hv2: ready, and the move's event says hv2 -> hv1.
+
+    The node moved while suspended (its ``suspended`` event of the move), then ran again on hv1.
+    """
+    since = time.time()
+    ret, resume_s = timed_run(stack, "vcluster.resume", f"nodes={name}", "host=hv1")
+    assert ret.data["result"] is True, ret.data
+    assert ret.data["nodes"] == {name: "ready"}, ret.data
+    moved = node_event(stack, event_listener, name, "suspended", since)
+    print(f"\n{label} {resume_s} s: {ret.data.get('resumed')}; the move's event {moved}")
+    assert moved and moved.get("migrated") is True and (moved["source"], moved["host"]) == ("hv2", "hv1"), moved
+
+
 def test_counter_job_survives_a_pause_and_a_resume_on_another_host(vm_stack, vms, virt, hv2, event_listener):
     """Meanwhile on hv2: a pause of PAUSE_FOR s, then ``vcluster.resume host=hv1``: moved paused, resumed on hv1."""
     name = SEEN["other"]
@@ -383,15 +397,8 @@ def test_counter_job_survives_a_pause_and_a_resume_on_another_host(vm_stack, vms
     assert qemu_pid(name, hv2["run_dir"]) == pid
     time.sleep(PAUSE_FOR)  # the node stays paused this long
     assert_pinned_waits()
-    since = time.time()
-    ret, resume_s = timed_run(vm_stack, "vcluster.resume", f"nodes={name}", "host=hv1")
-    assert ret.data["result"] is True, ret.data
-    assert ret.data["nodes"] == {name: "ready"}, ret.data
-    # it moved while suspended (the node's suspended event of the move), then ran again on hv1
-    moved = node_event(vm_stack, event_listener, name, "suspended", since)
-    print(f"\npause: suspend {took} s, {PAUSE_FOR} s paused, resume host=hv1 (moved paused, then resumed) "
-          f"{resume_s} s: {ret.data.get('resumed')}; the move's event {moved}")
-    assert moved and moved.get("migrated") is True and (moved["source"], moved["host"]) == ("hv2", "hv1"), moved
+    resume_on_hv1(vm_stack, event_listener, name,
+                  f"pause: suspend {took} s, {PAUSE_FOR} s paused, resume host=hv1 (moved paused, then resumed)")
     before = counter_lines(vm_stack, name, path)  # the resume returns once the moved node's minion answers
     assert_moved(vm_stack, virt, hv2, name, vms[name], "hv1", instance, path, before)
 
@@ -432,14 +439,8 @@ def test_counter_job_survives_a_save_and_a_resume_on_another_host(vm_stack, vms,
     assert job_states([job]) == {job: "SUSPENDED"}
     assert qemu_pid(name, hv2["run_dir"]) is None
     assert domain(hv2["conn"], name).hasManagedSaveImage(0)
-    since = time.time()
-    ret, resume_s = timed_run(vm_stack, "vcluster.resume", f"nodes={name}", "host=hv1")
-    assert ret.data["result"] is True, ret.data
-    assert ret.data["nodes"] == {name: "ready"}, ret.data
-    moved = node_event(vm_stack, event_listener, name, "suspended", since)
-    print(f"\nsave: suspend {took} s (freed {freed} MiB), resume host=hv1 (moved saved, then "
-          f"restored) {resume_s} s: {ret.data.get('resumed')}; the move's event {moved}")
-    assert moved and moved.get("migrated") is True and (moved["source"], moved["host"]) == ("hv2", "hv1"), moved
+    resume_on_hv1(vm_stack, event_listener, name,
+                  f"save: suspend {took} s (freed {freed} MiB), resume host=hv1 (moved saved, then restored)")
     assert_moved(vm_stack, virt, hv2, name, vms[name], "hv1", instance, path, before)
 
 

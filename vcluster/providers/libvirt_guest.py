@@ -152,19 +152,15 @@ class GuestAgent:
         to three reads) until one's round trip is within
         :data:`CLOCK_TOLERANCE`, so that the step that follows is off by less.
         """
-        while True:
-            try:
-                for _ in range(3):
-                    sent = time.monotonic()
-                    offset = self._offset(dom)
-                    if time.monotonic() - sent <= CLOCK_TOLERANCE / 2:
-                        break
-                return offset
-            except libvirt.libvirtError as exc:
-                if time.monotonic() >= deadline:
-                    log.warning("%s: guest clock not stepped, the guest agent did not answer: %s", what, exc)
-                    return None
-                time.sleep(0.05)  # an agent not yet reconnected fails at once
+        def settled():
+            for _ in range(3):
+                sent = time.monotonic()
+                offset = self._offset(dom)
+                if time.monotonic() - sent <= CLOCK_TOLERANCE / 2:
+                    break
+            return offset
+
+        return _once_answered(settled, what, deadline, every=0.05)  # an agent not yet reconnected fails at once
 
     def _step_clock(self, dom, what):
         """Step the guest clock to the host's: ``(offset before, offset after)`` in seconds, or ``(None, None)``.
@@ -206,13 +202,21 @@ class GuestAgent:
 
     def _set_time(self, dom, what, deadline):
         """The agent's ``guest-set-time`` (it waits for ``hwclock -w``); the offset after, or None."""
-        while True:
-            try:
-                now = time.time()
-                self._call("clock", what, dom.setTime, {"seconds": int(now), "nseconds": int(now % 1 * 1e9)}, 0)
-                return self._offset(dom)
-            except (libvirt.libvirtError, ProviderError) as exc:
-                if time.monotonic() >= deadline:
-                    log.warning("%s: guest clock not stepped, the guest agent did not answer: %s", what, exc)
-                    return None
-                time.sleep(0.2)
+        def set_time():
+            now = time.time()
+            self._call("clock", what, dom.setTime, {"seconds": int(now), "nseconds": int(now % 1 * 1e9)}, 0)
+            return self._offset(dom)
+
+        return _once_answered(set_time, what, deadline, every=0.2)
+
+
+def _once_answered(ask, what, deadline, every):
+    """``ask()`` once the guest agent answers it, polled every ``every`` s; None (logged) at ``deadline``."""
+    while True:
+        try:
+            return ask()
+        except (libvirt.libvirtError, ProviderError) as exc:
+            if time.monotonic() >= deadline:
+                log.warning("%s: guest clock not stepped, the guest agent did not answer: %s", what, exc)
+                return None
+            time.sleep(every)
